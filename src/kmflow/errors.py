@@ -8,7 +8,6 @@ from __future__ import annotations
 
 __all__ = [
     "ClusterError",
-    "ConvergenceWarning",
     "InvalidInputError",
     "KmflowError",
     "NotFittedError",
@@ -42,7 +41,3 @@ class NotFittedError(KmflowError, AttributeError):
 
 class ClusterError(KmflowError, RuntimeError):
     """A Dask cluster could not be created or reached."""
-
-
-class ConvergenceWarning(UserWarning):
-    """Lloyd iterations stopped at ``max_iter`` before reaching ``tol``."""

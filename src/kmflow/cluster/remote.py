@@ -1,0 +1,50 @@
+"""Mode ``address``: a client to a Dask scheduler that is already running."""
+
+from __future__ import annotations
+
+import logging
+
+from distributed import Client
+
+from kmflow.config import ClusterSettings
+from kmflow.errors import ClusterError
+
+__all__ = ["connect_to_scheduler"]
+
+logger = logging.getLogger(__name__)
+
+
+def connect_to_scheduler(settings: ClusterSettings) -> Client:
+    """Connect to the scheduler at ``settings.address``.
+
+    Parameters
+    ----------
+    settings : ClusterSettings
+        ``address`` and ``connect_timeout`` (seconds) are used.
+
+    Returns
+    -------
+    distributed.Client
+        Closing it disconnects; the remote cluster keeps running.
+
+    Raises
+    ------
+    ClusterError
+        If ``address`` is unset or malformed, or no scheduler answers there within
+        ``connect_timeout`` seconds.
+    """
+    address = settings.address
+    if address is None:
+        raise ClusterError("mode='address' needs a scheduler address (KMFLOW_CLUSTER__ADDRESS)")
+    timeout = settings.connect_timeout
+    try:
+        client = Client(address, timeout=timeout)  # type: ignore[no-untyped-call]
+    except (OSError, ValueError, TimeoutError) as exc:
+        raise ClusterError(
+            f"could not connect to the Dask scheduler at {address!r} within {timeout:g} s: {exc}"
+        ) from exc
+    info = client.scheduler_info(n_workers=-1)
+    logger.info(
+        "connected to Dask scheduler at %s (%d workers)", address, len(info.get("workers", {}))
+    )
+    return client

@@ -1,0 +1,20 @@
+"""Pure k-means math on numpy and Dask arrays: no I/O, no scheduler choice, no Prefect.
+
+- :mod:`kmflow.kernels.init`: k-means|| (default), greedy k-means++ and random initial centers
+- :mod:`kmflow.kernels.lloyd`: Lloyd iterations, assignment, inertia
+- :mod:`kmflow.kernels.validation`: input checks and the validation pass
+"""
+
+from kmflow.kernels.init import kmeans_parallel, kmeans_plusplus, random_centers
+from kmflow.kernels.lloyd import IterationInfo, LloydResult, assign, inertia, lloyd
+
+__all__ = [
+    "IterationInfo",
+    "LloydResult",
+    "assign",
+    "inertia",
+    "kmeans_parallel",
+    "kmeans_plusplus",
+    "lloyd",
+    "random_centers",
+]

@@ -1,0 +1,89 @@
+"""Map a function over the row blocks of a Dask array and tree-reduce the results.
+
+This is the MapReduce skeleton every pass of kmflow uses: one task per row block (the map and
+combiner), then a tree of ``combine`` tasks (the reduce), then a single ``dask.compute`` on
+whatever scheduler is current. Block offsets (the global index of a block's first row) are passed
+to the map function so per-row randomness can be keyed on the global row index, which makes
+results independent of the chunking.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import dask
+import dask.array as da
+import numpy as np
+
+__all__ = ["Blocks", "map_reduce"]
+
+T = TypeVar("T")
+
+
+class Blocks:
+    """Row blocks of ``X`` (and of the optional weights) with their global offsets.
+
+    Parameters
+    ----------
+    X : dask.array.Array of shape (n_samples, n_features)
+        Must have a single chunk along the feature axis.
+    sample_weight : dask.array.Array of shape (n_samples,) or None
+        Must share ``X``'s row chunks.
+    """
+
+    def __init__(self, X: da.Array, sample_weight: da.Array | None) -> None:
+        if len(X.chunks[1]) != 1:
+            raise ValueError("X must have a single chunk along the feature axis")
+        self.X = X
+        self.sample_weight = sample_weight
+        self.xs = list(X.to_delayed(optimize_graph=True).ravel())
+        if sample_weight is not None:
+            if sample_weight.chunks[0] != X.chunks[0]:
+                raise ValueError("sample_weight must share X's row chunks")
+            self.ws: list[Any] = list(sample_weight.to_delayed(optimize_graph=True).ravel())
+        else:
+            self.ws = [None] * len(self.xs)
+        sizes = np.asarray(X.chunks[0], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist()
+        self.sizes = sizes.tolist()
+
+    def __len__(self) -> int:
+        return len(self.xs)
+
+
+def map_reduce(
+    blocks: Blocks,
+    func: Callable[..., T],
+    combine: Callable[[T, T], T],
+    *args: Any,
+    split_every: int = 8,
+) -> T:
+    """Apply ``func(x_block, w_block, offset, *args)`` to every block and reduce with ``combine``.
+
+    Returns the reduced value, computed.
+
+    Notes
+    -----
+    Exactly one ``dask.compute`` call, on the current scheduler. Blocks with zero rows are
+    passed to ``func`` like any other, so ``func`` must return a neutral value for them.
+    ``combine`` must be associative; the tree shape depends only on the number of blocks.
+    """
+    f = dask.delayed(func, pure=True)
+    c = dask.delayed(_combine_group, pure=True)
+    level = [
+        f(x, w, off, *args) for x, w, off in zip(blocks.xs, blocks.ws, blocks.offsets, strict=True)
+    ]
+    while len(level) > 1:
+        nxt = []
+        for i in range(0, len(level), split_every):
+            group = level[i : i + split_every]
+            nxt.append(c(combine, *group) if len(group) > 1 else group[0])
+        level = nxt
+    (result,) = dask.compute(level[0])
+    return result  # type: ignore[no-any-return]
+
+
+def _combine_group(combine: Callable[[T, T], T], *items: T) -> T:
+    return functools.reduce(combine, items)

@@ -1,0 +1,101 @@
+"""Compiled per-block kernels: the inner loops of Lloyd and k-means||.
+
+Each function works on one in-memory block of rows and never allocates per row. They accept
+``uint8``, integer, ``float32`` or ``float64`` rows and always compute distances and accumulate
+in float64, so a block of ``uint8`` pixels is read once, as 3 bytes a pixel, without a float copy.
+
+``nogil=True`` lets Dask's threaded workers run them side by side; ``cache=True`` keeps the
+compiled code on disk so each worker process compiles once per dtype.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+__all__ = ["accumulate", "assign", "min_sqdist"]
+
+
+@nb.njit(nogil=True, cache=True)
+def accumulate(X, w, has_w, centers_t, sums, counts):  # type: ignore[no-untyped-def]
+    """Assign rows to their nearest center and add them to per-center sums.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d)
+    w : ndarray of shape (n,) (ignored unless ``has_w``)
+    has_w : bool
+    centers_t : float64 ndarray of shape (d, k), the centers transposed
+    sums : float64 ndarray of shape (k, d), added to in place
+    counts : float64 ndarray of shape (k,), added to in place
+
+    Returns
+    -------
+    inertia : float
+        Weighted sum of squared distances to the nearest center.
+    """
+    n, d = X.shape
+    k = centers_t.shape[1]
+    dist = np.empty(k)
+    inertia = 0.0
+    for i in range(n):
+        for j in range(k):
+            dist[j] = 0.0
+        for f in range(d):
+            xf = np.float64(X[i, f])
+            for j in range(k):
+                t = xf - centers_t[f, j]
+                dist[j] += t * t
+        best = dist[0]
+        bj = 0
+        for j in range(1, k):
+            if dist[j] < best:
+                best = dist[j]
+                bj = j
+        wi = np.float64(w[i]) if has_w else 1.0
+        counts[bj] += wi
+        for f in range(d):
+            sums[bj, f] += wi * np.float64(X[i, f])
+        inertia += wi * best
+    return inertia
+
+
+@nb.njit(nogil=True, cache=True)
+def assign(X, centers_t, labels, d2):  # type: ignore[no-untyped-def]
+    """Nearest center of every row: ``labels[i]`` and its squared distance ``d2[i]``."""
+    n, d = X.shape
+    k = centers_t.shape[1]
+    dist = np.empty(k)
+    for i in range(n):
+        for j in range(k):
+            dist[j] = 0.0
+        for f in range(d):
+            xf = np.float64(X[i, f])
+            for j in range(k):
+                t = xf - centers_t[f, j]
+                dist[j] += t * t
+        best = dist[0]
+        bj = 0
+        for j in range(1, k):
+            if dist[j] < best:
+                best = dist[j]
+                bj = j
+        labels[i] = bj
+        d2[i] = best
+
+
+@nb.njit(nogil=True, cache=True)
+def min_sqdist(X, centers_t, d2):  # type: ignore[no-untyped-def]
+    """Update ``d2[i] = min(d2[i], min_j ||X[i] - c_j||^2)`` for the given centers."""
+    n, d = X.shape
+    k = centers_t.shape[1]
+    for i in range(n):
+        best = d2[i]
+        for j in range(k):
+            s = 0.0
+            for f in range(d):
+                t = np.float64(X[i, f]) - centers_t[f, j]
+                s += t * t
+            if s < best:
+                best = s
+        d2[i] = best

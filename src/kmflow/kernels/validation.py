@@ -1,0 +1,242 @@
+"""Input checks shared by every kernel entry point and the estimator.
+
+``check_array`` turns what a user passes (numpy, dask, Zarr-backed dask, uint8 pixels) into a
+dask array with one chunk along features; ``data_stats`` makes the single validation pass that
+also yields the weighted per-feature variance scikit-learn scales ``tol`` by.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from kmflow.errors import InvalidInputError
+from kmflow.kernels._blocks import Blocks, map_reduce
+
+__all__ = ["DataStats", "check_array", "check_centers", "check_sample_weight", "data_stats"]
+
+#: Row-chunk target when wrapping an in-memory array (bytes per chunk).
+DEFAULT_CHUNK_BYTES = 64 * 2**20
+
+
+def check_array(X: Any, *, name: str = "X", n_features: int | None = None) -> da.Array:
+    """Validate ``X``'s shape and dtype and return it as a dask array.
+
+    Parameters
+    ----------
+    X : array-like or dask.array.Array of shape (n_samples, n_features)
+        Any real numeric dtype; ``uint8`` pixels are kept as ``uint8`` (never copied to float).
+    name : str
+        Name used in error messages.
+    n_features : int, optional
+        Expected number of features (for ``predict`` on a fitted model).
+
+    Returns
+    -------
+    dask.array.Array of shape (n_samples, n_features)
+        One chunk along the feature axis; row chunks as given (numpy input is split into
+        blocks of about 64 MiB).
+
+    Raises
+    ------
+    InvalidInputError
+        Wrong number of dimensions, no rows, no features, a non-numeric dtype, or the wrong
+        number of features.
+
+    Notes
+    -----
+    No computation: NaN/inf are found by :func:`data_stats`.
+    """
+    if not isinstance(X, da.Array):
+        X = np.asarray(X)
+    if X.ndim != 2:
+        hint = " (reshape a single feature with X.reshape(-1, 1))" if X.ndim == 1 else ""
+        if X.ndim == 3 and X.shape[-1] in (3, 4):
+            hint = " (an image: reshape it to pixels with X.reshape(-1, X.shape[-1]))"
+        raise InvalidInputError(
+            f"{name} must be 2-D (n_samples, n_features); got shape {X.shape}{hint}"
+        )
+    if X.dtype.kind not in "uif":
+        raise InvalidInputError(
+            f"{name} must have a real numeric dtype (uint8 pixels, integers or floats); "
+            f"got {X.dtype}"
+        )
+    if X.dtype == np.float16:
+        X = X.astype(np.float32)
+    if isinstance(X, np.ndarray):
+        row_bytes = max(1, X.shape[1] * X.dtype.itemsize)
+        rows = max(1, DEFAULT_CHUNK_BYTES // row_bytes)
+        X = da.from_array(X, chunks=(rows, -1))
+    elif any(np.isnan(c) for c in X.chunks[0]):
+        X = X.compute_chunk_sizes()
+    if len(X.chunks[1]) != 1:
+        X = X.rechunk({1: -1})
+    n_samples, n_feat = X.shape
+    if n_samples == 0:
+        raise InvalidInputError(f"{name} has no rows (shape {X.shape})")
+    if n_feat == 0:
+        raise InvalidInputError(f"{name} has no features (shape {X.shape})")
+    if n_features is not None and n_feat != n_features:
+        raise InvalidInputError(
+            f"{name} has {n_feat} features but the model was fitted with {n_features}"
+        )
+    return X
+
+
+def check_sample_weight(sample_weight: Any, X: da.Array) -> da.Array | None:
+    """Return ``sample_weight`` as a float64 dask array with ``X``'s row chunks (or None).
+
+    Raises
+    ------
+    InvalidInputError
+        If it is not 1-D or its length differs from ``X``'s number of rows. Negative, NaN and
+        all-zero weights are found by :func:`data_stats`.
+    """
+    if sample_weight is None:
+        return None
+    if not isinstance(sample_weight, da.Array):
+        sample_weight = np.asarray(sample_weight)
+    if sample_weight.ndim != 1:
+        raise InvalidInputError(
+            f"sample_weight must be 1-D of length {X.shape[0]}; got shape {sample_weight.shape}"
+        )
+    if sample_weight.dtype.kind not in "uif":
+        raise InvalidInputError(f"sample_weight must be numeric; got {sample_weight.dtype}")
+    if sample_weight.shape[0] != X.shape[0]:
+        raise InvalidInputError(
+            f"sample_weight has length {sample_weight.shape[0]} but X has {X.shape[0]} rows"
+        )
+    if isinstance(sample_weight, np.ndarray):
+        return da.from_array(sample_weight.astype(np.float64, copy=False), chunks=(X.chunks[0],))
+    return sample_weight.astype(np.float64).rechunk((X.chunks[0],))
+
+
+def check_centers(centers: Any, n_clusters: int, n_features: int) -> np.ndarray:
+    """Validate an explicit array of initial centers; return it as float64.
+
+    Raises
+    ------
+    InvalidInputError
+        Wrong shape or non-finite values.
+    """
+    c = np.asarray(centers.compute() if isinstance(centers, da.Array) else centers)
+    if c.dtype.kind not in "uif":
+        raise InvalidInputError(f"init array must be numeric; got dtype {c.dtype}")
+    if c.shape != (n_clusters, n_features):
+        raise InvalidInputError(
+            f"init array has shape {c.shape} but n_clusters={n_clusters} and X has "
+            f"{n_features} features: expected ({n_clusters}, {n_features})"
+        )
+    c = c.astype(np.float64)
+    if not np.isfinite(c).all():
+        raise InvalidInputError("init array contains NaN or infinity")
+    return c
+
+
+@dataclass(frozen=True)
+class DataStats:
+    """What the validation pass learns about the data.
+
+    Attributes
+    ----------
+    n_samples : int
+    n_positive : int
+        Rows with positive weight (all rows when unweighted).
+    total_weight : float
+    mean, variance : ndarray of shape (n_features,)
+        Weighted per-feature mean and (population) variance.
+    """
+
+    n_samples: int
+    n_positive: int
+    total_weight: float
+    mean: np.ndarray
+    variance: np.ndarray
+
+
+# Per-block partial: (n_bad_x, first_bad_row, n_bad_w, n_neg_w, min_w, n_pos, W, mean, M2)
+_Partial = tuple[int, int, int, int, float, int, float, np.ndarray, np.ndarray]
+
+
+def _stats_block(x: np.ndarray, w: np.ndarray | None, offset: int) -> _Partial:
+    d = x.shape[1]
+    n_bad_x, first_bad = 0, -1
+    if x.dtype.kind == "f":
+        bad = ~np.isfinite(x).all(axis=1)
+        n_bad_x = int(bad.sum())
+        if n_bad_x:
+            first_bad = offset + int(np.argmax(bad))
+            x = np.where(bad[:, None], 0, x)
+    xf = x.astype(np.float64)
+    n_bad_w = n_neg_w = 0
+    min_w = np.inf
+    if w is None:
+        wv = np.ones(x.shape[0])
+    else:
+        fin = np.isfinite(w)
+        n_bad_w = int((~fin).sum())
+        wv = np.where(fin, w, 0.0)
+        n_neg_w = int((wv < 0).sum())
+        min_w = float(wv.min()) if wv.size else np.inf
+        wv = np.clip(wv, 0.0, None)
+    W = float(wv.sum())
+    n_pos = int((wv > 0).sum())
+    if W > 0:
+        mean = (wv @ xf) / W
+        M2 = wv @ ((xf - mean) ** 2)
+    else:
+        mean, M2 = np.zeros(d), np.zeros(d)
+    return n_bad_x, first_bad, n_bad_w, n_neg_w, min_w, n_pos, W, mean, M2
+
+
+def _stats_combine(a: _Partial, b: _Partial) -> _Partial:
+    first = a[1] if a[1] >= 0 else b[1]
+    Wa, Wb = a[6], b[6]
+    W = Wa + Wb
+    if W > 0:
+        delta = b[7] - a[7]
+        mean = a[7] + delta * (Wb / W)
+        M2 = a[8] + b[8] + delta**2 * (Wa * Wb / W)
+    else:
+        mean, M2 = a[7], a[8]
+    return (a[0] + b[0], first, a[2] + b[2], a[3] + b[3], min(a[4], b[4]), a[5] + b[5], W, mean, M2)
+
+
+def data_stats(blocks: Blocks) -> DataStats:
+    """One pass over the data: reject NaN/inf and bad weights, return counts and variance.
+
+    Raises
+    ------
+    InvalidInputError
+        NaN or infinity in ``X``; NaN, infinite or negative weights; all weights zero.
+
+    Notes
+    -----
+    One ``compute``. Mean and variance are merged with Chan et al.'s pairwise update, so they
+    stay accurate for data far from the origin.
+    """
+    r = map_reduce(blocks, _stats_block, _stats_combine)
+    n_bad_x, first_bad, n_bad_w, n_neg_w, min_w, n_pos, W, mean, M2 = r
+    if n_bad_x:
+        raise InvalidInputError(
+            f"X contains NaN or infinity in {n_bad_x} row(s) (first at row {first_bad}); "
+            "drop or impute them before fitting"
+        )
+    if n_bad_w:
+        raise InvalidInputError(f"sample_weight contains {n_bad_w} NaN or infinite value(s)")
+    if n_neg_w:
+        raise InvalidInputError(
+            f"sample_weight must be non-negative; {n_neg_w} value(s) are negative (min {min_w:g})"
+        )
+    if W <= 0:
+        raise InvalidInputError("sample_weight sums to zero: no row has positive weight")
+    return DataStats(
+        n_samples=int(blocks.X.shape[0]),
+        n_positive=n_pos,
+        total_weight=W,
+        mean=mean,
+        variance=M2 / W,
+    )
