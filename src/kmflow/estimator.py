@@ -14,6 +14,7 @@ import numbers
 import time
 from typing import Any, Literal
 
+import dask
 import dask.array as da
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
@@ -319,5 +320,5 @@ def _maybe_persist(X: da.Array, W: da.Array | None) -> tuple[da.Array, da.Array 
         return X, W, False
     if W is None:
         return X.persist(), None, True
-    X, W = da.persist(X, W)  # type: ignore[attr-defined]
+    X, W = dask.persist(X, W)
     return X, W, True

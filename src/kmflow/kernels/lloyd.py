@@ -17,6 +17,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from kmflow.errors import InvalidInputError
 from kmflow.kernels import _numba
 from kmflow.kernels._blocks import Blocks, map_reduce
 from kmflow.kernels.validation import (
@@ -321,7 +322,18 @@ def inertia(X: Any, centers: Any, *, sample_weight: Any = None) -> float:
     return float(_lloyd_pass(Blocks(Xd, W), c)[2])
 
 
+def _require_finite(x: np.ndarray) -> None:
+    if x.dtype.kind == "f":
+        bad = ~np.isfinite(x).all(axis=1)
+        if bad.any():
+            raise InvalidInputError(
+                f"X contains NaN or infinity in {int(bad.sum())} row(s) of a block; "
+                "drop or impute them first"
+            )
+
+
 def _assign_block(x: np.ndarray, centers_t: np.ndarray) -> np.ndarray:
+    _require_finite(x)
     labels = np.empty(x.shape[0], dtype=np.int32)
     d2 = np.empty(x.shape[0])
     _numba.assign(x, centers_t, labels, d2)
@@ -340,18 +352,20 @@ def assign(X: da.Array, centers: np.ndarray) -> da.Array:
     Returns
     -------
     dask.array.Array of int32, shape (n_samples,)
+        Computing it raises :class:`~kmflow.errors.InvalidInputError` on NaN/inf rows.
 
     Notes
     -----
     No ``compute``: a ``map_blocks`` the caller computes or stores.
     """
     centers_t = np.ascontiguousarray(np.asarray(centers, dtype=np.float64).T)
-    return X.map_blocks(
-        _assign_block, centers_t, drop_axis=1, dtype=np.int32, meta=np.empty(0, np.int32)
+    return da.map_blocks(
+        _assign_block, X, centers_t, drop_axis=1, dtype=np.int32, meta=np.empty(0, np.int32)
     )
 
 
 def _distances_block(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    _require_finite(x)
     xf = x.astype(np.float64)
     d2 = (
         np.einsum("ij,ij->i", xf, xf)[:, None]
@@ -364,8 +378,9 @@ def _distances_block(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
 def distances(X: da.Array, centers: np.ndarray) -> da.Array:
     """Euclidean distance from every row to every center, lazily, shape (n_samples, k)."""
     c = np.asarray(centers, dtype=np.float64)
-    return X.map_blocks(
+    return da.map_blocks(
         _distances_block,
+        X,
         c,
         chunks=(X.chunks[0], (c.shape[0],)),
         dtype=np.float64,
