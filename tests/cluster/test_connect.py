@@ -178,7 +178,8 @@ def test_memory_budget_ignores_client_when_local_scheduler_configured(
 def test_memory_budget_counts_host_memory_for_unlimited_workers() -> None:
     with connect(ClusterSettings(n_workers=2, memory_limit="0", processes=False)) as client:
         limits = [w["memory_limit"] for w in client.scheduler_info()["workers"].values()]
-        assert limits == [None, None]
+        assert len(limits) == 2
+        assert not any(limits)  # no limit: 0 (or None)
         # Two unlimited workers on one host share its memory: counted once.
         assert memory_budget() == psutil.virtual_memory().total
 

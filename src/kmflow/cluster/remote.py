@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from distributed import Client
+from distributed.comm import get_address_host_port
 
 from kmflow.config import ClusterSettings
 from kmflow.errors import ClusterError
@@ -37,6 +38,15 @@ def connect_to_scheduler(settings: ClusterSettings) -> Client:
     if address is None:
         raise ClusterError("mode='address' needs a scheduler address (KMFLOW_CLUSTER__ADDRESS)")
     timeout = settings.connect_timeout
+    # Check the syntax first: distributed leaves a half-started client registered as the
+    # default (and dask's scheduler set to it) when Client() fails on a malformed address.
+    try:
+        get_address_host_port(address)
+    except ValueError as exc:
+        raise ClusterError(
+            f"scheduler address {address!r} is malformed ({exc}); expected a form such as "
+            "'tcp://10.0.0.5:8786'"
+        ) from exc
     try:
         client = Client(address, timeout=timeout)  # type: ignore[no-untyped-call]
     except (OSError, ValueError, TimeoutError) as exc:
