@@ -18,13 +18,20 @@ Examples
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from dask.utils import parse_bytes
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["ClusterSettings", "Settings", "get_settings"]
+__all__ = ["ClusterSettings", "Settings", "StorageSettings", "get_settings"]
 
 ClusterMode = Literal["local", "address", "kubernetes"]
 
@@ -154,6 +161,85 @@ class ClusterSettings(BaseModel):
         return self
 
 
+class StorageSettings(BaseModel):
+    """How kmflow reaches files and URLs, and the limits it applies to what it reads.
+
+    Read from ``KMFLOW_STORAGE__<FIELD>`` environment variables when built through
+    :class:`Settings` / :func:`get_settings`; building this class directly reads no
+    environment. ``KMFLOW_STORAGE__OPTIONS`` holds JSON, e.g. ``'{"anon": true}'``.
+
+    Credentials (``s3_key``, ``s3_secret``) are :class:`~pydantic.SecretStr` and print as
+    ``'**********'``; ``options`` may carry credentials too, so it is left out of the repr.
+    Turn these settings into fsspec storage options with
+    :func:`kmflow.storage.fs.storage_options_for`.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        repr=False,
+        description=(
+            "Extra fsspec storage options passed to every filesystem kmflow opens (JSON in "
+            'the environment variable), e.g. {"anon": true} or '
+            '{"client_kwargs": {"verify": false}}. The s3_* fields below take precedence '
+            "for s3:// URLs."
+        ),
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        min_length=1,
+        pattern=r"^https?://",
+        description=(
+            "Endpoint of an S3-compatible server for s3:// URLs (MinIO, Ceph, a local moto "
+            "server), e.g. 'http://127.0.0.1:9000'; None means AWS S3 itself."
+        ),
+    )
+    s3_key: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Access key id for s3:// URLs; None lets s3fs/botocore find credentials "
+            "themselves (AWS_* variables, ~/.aws, instance roles). Set with s3_secret."
+        ),
+    )
+    s3_secret: SecretStr | None = Field(
+        default=None,
+        description="Secret access key for s3:// URLs. Set with s3_key.",
+    )
+    max_image_pixels: int = Field(
+        default=89_478_485,
+        ge=1,
+        description=(
+            "Largest image (width x height) kmflow decodes; larger ones are reported as "
+            "bad input before any pixel is decoded. The default is Pillow's own "
+            "decompression-bomb threshold. Pillow refuses images over twice its "
+            "PIL.Image.MAX_IMAGE_PIXELS whatever this says."
+        ),
+    )
+    chunk_pixels: int = Field(
+        default=2_097_152,
+        ge=65_536,
+        le=16_777_216,
+        description=(
+            "Pixels per Zarr chunk of the pixel store (3 bytes each: the default is a 6 MiB "
+            "chunk). Larger chunks mean fewer objects and tasks, smaller ones finer "
+            "parallelism."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check_key_pair(self) -> StorageSettings:
+        """An S3 access key and its secret come together or not at all."""
+        if (self.s3_key is None) != (self.s3_secret is None):
+            pair = ("s3_key", "s3_secret")
+            given, missing = pair if self.s3_secret is None else pair[::-1]
+            raise ValueError(
+                f"{given} is set but {missing} is not: set both "
+                "(KMFLOW_STORAGE__S3_KEY and KMFLOW_STORAGE__S3_SECRET) or neither"
+            )
+        return self
+
+
 class Settings(BaseSettings):
     """All kmflow settings, read from keyword arguments and ``KMFLOW_*`` variables.
 
@@ -172,6 +258,10 @@ class Settings(BaseSettings):
     cluster: ClusterSettings = Field(
         default_factory=ClusterSettings,
         description="Which Dask cluster to compute on and how it is sized.",
+    )
+    storage: StorageSettings = Field(
+        default_factory=StorageSettings,
+        description="How files and URLs are reached (fsspec/S3 options) and image limits.",
     )
 
 

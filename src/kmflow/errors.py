@@ -41,3 +41,38 @@ class NotFittedError(KmflowError, AttributeError):
 
 class ClusterError(KmflowError, RuntimeError):
     """A Dask cluster could not be created or reached."""
+
+
+class StorageError(KmflowError, OSError):
+    """A file, folder or URL could not be read, listed or written (I/O, permissions, network).
+
+    The message names the URL; it never contains credentials.
+    """
+
+
+class SourceNotFoundError(StorageError, FileNotFoundError):
+    """A source file, folder, glob root or URL does not exist (or cannot be listed)."""
+
+
+class ImageDecodeError(InvalidInputError):
+    """Bytes that should be an image are not a usable one.
+
+    Empty, not an image, truncated or corrupt, zero-size, an unsupported mode, or over the
+    pixel limit; the message says which.
+    """
+
+
+# Appended by the storage work; fold into ``__all__`` at the top when convenient.
+__all__ += ["ImageDecodeError", "SourceNotFoundError", "StorageError"]
+
+
+# Appended by the pixel store; fold into ``__all__`` at the top when convenient.
+__all__ += ["StoreCorruptError", "StoreNotFoundError"]
+
+
+class StoreNotFoundError(StorageError, FileNotFoundError):
+    """No pixel store (or other kmflow store) exists at the given URL."""
+
+
+class StoreCorruptError(KmflowError, ValueError):
+    """A store exists at the URL but its layout is not what kmflow wrote."""

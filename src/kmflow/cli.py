@@ -1,0 +1,277 @@
+"""The ``kmflow`` command line: one command per job.
+
+Each command builds parameters and calls library code; progress bars and tables are drawn with
+rich. ``kmflow quantize`` is the main job: images in, images quantized to k colors out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from kmflow.cluster import connect
+from kmflow.config import ClusterSettings, get_settings
+from kmflow.errors import KmflowError
+from kmflow.kernels.lloyd import IterationInfo
+from kmflow.quantize import apply_palette, fit_palette
+from kmflow.storage.fs import join_url, storage_options_for, write_bytes_atomic
+from kmflow.storage.images import discover_images
+from kmflow.storage.pixelstore import IngestProgress, PixelStore
+from kmflow.storage.samples import sample_images_dir
+
+app = typer.Typer(
+    name="kmflow",
+    help="k-means clustering as a production workflow on Dask.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out_console = Console()
+
+
+def _cluster_settings(workers: int | None, scheduler: str | None) -> ClusterSettings:
+    base = get_settings().cluster
+    if scheduler:
+        return base.model_copy(update={"mode": "address", "address": scheduler})
+    if workers is not None:
+        return base.model_copy(update={"n_workers": workers})
+    return base
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description:<10}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+@app.callback()
+def main_callback(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every step.")] = False,
+) -> None:
+    """k-means clustering as a production workflow on Dask."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@app.command()
+def quantize(
+    source: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Images: files, folders (recursive), globs or URLs (s3://bucket/prefix/). "
+            "Default: the sample photos that ship with scikit-learn.",
+            show_default=False,
+        ),
+    ] = None,
+    k: Annotated[int, typer.Option("--k", "-k", min=1, max=65536, help="Number of colors.")] = 16,
+    out: Annotated[
+        str, typer.Option("--out", "-o", help="Output folder or URL for the quantized PNGs.")
+    ] = "kmflow-out",
+    store: Annotated[
+        str | None,
+        typer.Option(
+            help="Zarr pixel store (path or URL); reused by later runs. Default: OUT/store.zarr."
+        ),
+    ] = None,
+    color_space: Annotated[
+        str, typer.Option("--color-space", help="Fit in 'rgb' or perceptual 'lab'; output is sRGB.")
+    ] = "rgb",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="'histogram' (unique colors weighted by counts) or 'pixels' (every pixel)."
+        ),
+    ] = "histogram",
+    seed: Annotated[int | None, typer.Option(help="Random seed (reproducible palettes).")] = None,
+    max_iter: Annotated[int, typer.Option(min=1, help="Maximum Lloyd iterations.")] = 300,
+    pattern: Annotated[
+        str | None, typer.Option(help="Only files matching this glob (e.g. '*.tif') in folders.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Local Dask worker processes (default: CPU cores).")
+    ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Address of an existing Dask scheduler to use instead.")
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Write the summary, per-image figures and errors as JSON.")
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option(help="Fail (exit 1) if any image cannot be ingested.")
+    ] = False,
+) -> None:
+    """Quantize images to K colors: ingest into a Zarr store, fit a palette, write PNGs."""
+    if workers is not None and scheduler:
+        raise typer.BadParameter("give --workers or --scheduler, not both")
+    if color_space not in ("rgb", "lab"):
+        raise typer.BadParameter("--color-space must be 'rgb' or 'lab'")
+    if method not in ("histogram", "pixels"):
+        raise typer.BadParameter("--method must be 'histogram' or 'pixels'")
+    settings = get_settings()
+    sources = list(source) if source else [sample_images_dir()]
+    store_url = store or join_url(out, "store.zarr")
+    t0 = time.perf_counter()
+    try:
+        with connect(_cluster_settings(workers, scheduler)), _progress() as bar:
+            src_options = storage_options_for(sources[0], settings.storage)
+            images = [
+                img
+                for s in sources
+                for img in discover_images(
+                    s, pattern=pattern, storage_options=storage_options_for(s, settings.storage)
+                )
+            ]
+            pixel_store = PixelStore(
+                store_url,
+                storage_options=storage_options_for(store_url, settings.storage),
+                chunk_pixels=settings.storage.chunk_pixels,
+            )
+            ingest_task = bar.add_task("ingest", total=len(images), info="")
+
+            def on_ingest(p: IngestProgress) -> None:
+                bar.update(
+                    ingest_task, completed=p.images_done, info=f"{p.pixels_done / 1e6:.1f} MP"
+                )
+
+            ingest = pixel_store.ingest(
+                images,
+                max_pixels=settings.storage.max_image_pixels,
+                storage_options=src_options,
+                progress=on_ingest,
+            )
+            bar.update(ingest_task, completed=len(images))
+            if ingest.errors:
+                _print_errors(ingest.errors)
+            if strict and ingest.errors:
+                _write_report(report, {"ingest": ingest.to_dict()})
+                console.print(f"[red]--strict: {len(ingest.errors)} image(s) could not be ingested")
+                raise typer.Exit(1)
+            if not ingest.added and not ingest.duplicates:
+                _write_report(report, {"ingest": ingest.to_dict()})
+                console.print("[red]nothing could be ingested: no image to quantize")
+                raise typer.Exit(1)
+            fit_task = bar.add_task("fit", total=max_iter, info="")
+
+            def on_iteration(info: IterationInfo) -> None:
+                bar.update(fit_task, completed=info.iteration, info=f"inertia {info.inertia:.4g}")
+
+            palette = fit_palette(
+                pixel_store,
+                k,
+                color_space=color_space,  # type: ignore[arg-type]
+                method=method,  # type: ignore[arg-type]
+                random_state=seed,
+                max_iter=max_iter,
+                callback=on_iteration,
+            )
+            bar.update(fit_task, total=palette.n_iter, completed=palette.n_iter)
+            write_task = bar.add_task("write", total=len(pixel_store.images()), info="")
+            applied = apply_palette(
+                pixel_store,
+                palette,
+                out,
+                storage_options=storage_options_for(out, settings.storage),
+                progress=lambda done, total: bar.update(write_task, completed=done, total=total),
+            )
+    except KmflowError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    seconds = time.perf_counter() - t0
+    summary = {
+        "images": len(applied.images),
+        "megapixels": round(applied.n_pixels / 1e6, 3),
+        "k": k,
+        "color_space": color_space,
+        "method": method,
+        "iterations": palette.n_iter,
+        "converged": palette.converged,
+        "inertia": palette.inertia,
+        "inertia_per_pixel": palette.inertia / max(1, palette.n_pixels),
+        "psnr_db": applied.psnr,
+        "delta_e": applied.delta_e,
+        "seconds": round(seconds, 3),
+        "store": store_url,
+        "out": out,
+        "palette": applied.palette_url,
+        "seed": palette.seed,
+    }
+    _print_summary(summary)
+    _write_report(
+        report,
+        {
+            "summary": summary,
+            "palette_rgb": palette.rgb.tolist(),
+            "images": [{k_: v for k_, v in vars(r).items() if k_ != "sse"} for r in applied.images],
+            "ingest": ingest.to_dict(),
+        },
+    )
+
+
+def _print_errors(errors: list[Any]) -> None:
+    table = Table(title="Images that could not be ingested", title_justify="left")
+    table.add_column("file")
+    table.add_column("reason")
+    for e in errors:
+        table.add_row(e.source, e.reason)
+    console.print(table)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    table = Table(title="kmflow quantize", title_justify="left")
+    for col in (
+        "images",
+        "megapixels",
+        "k",
+        "iterations",
+        "inertia/pixel",
+        "PSNR dB",
+        "ΔE00",
+        "seconds",
+    ):
+        table.add_column(col, justify="right")
+    table.add_row(
+        str(summary["images"]),
+        f"{summary['megapixels']:.2f}",
+        str(summary["k"]),
+        str(summary["iterations"]),
+        f"{summary['inertia_per_pixel']:.2f}",
+        f"{summary['psnr_db']:.2f}",
+        f"{summary['delta_e']:.2f}",
+        f"{summary['seconds']:.1f}",
+    )
+    out_console.print(table)
+    out_console.print(
+        f"outputs: {summary['out']}   palette: {summary['palette']}   store: {summary['store']}"
+    )
+
+
+def _write_report(path: Path | None, payload: dict[str, Any]) -> None:
+    if path is None:
+        return
+    write_bytes_atomic(str(path), json.dumps(payload, indent=2, default=str).encode(), None)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="kmflow")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,929 @@
+"""The pixel store: every pixel of an image collection in one Zarr v3 group, through xarray.
+
+Layout (one Zarr v3 group, no consolidated metadata; local path or any fsspec URL)::
+
+    pixels      (pixel, channel)  uint8     RGB rows, chunked (chunk_pixels, 3)
+    source      (image,)          string    URL the image was read from
+    relpath     (image,)          string    POSIX path relative to its source root
+    sha256      (image,)          string    SHA-256 (hex) of the image file's bytes
+    height      (image,)          int64
+    width       (image,)          int64
+    offset      (image,)          int64     index of the image's first pixel
+    ingested_at (image,)          datetime64[ns], UTC (stored as int64 nanoseconds since epoch)
+    labels      (pixel,)          int32     optional, written by apply
+    colors      (color, channel)  uint8     optional color histogram: unique colors ...
+    counts      (color,)          int64     ... and how many pixels have each
+
+The group attribute ``kmflow`` is the **commit record**: ``{"format": "kmflow.pixelstore",
+"version": 1, "channels": "RGB", "n_images": ..., "n_pixels": ..., "fingerprint": ...}``.
+Readers see only the first ``n_images`` images and the first ``n_pixels`` pixels; anything an
+interrupted ingest left beyond them (orphan pixels, half-appended metadata) is invisible and is
+trimmed by the next writer. An ingest appends pixels first, then the per-image metadata, then
+replaces the commit record (a single-object write: atomic on object stores and on zarr's local
+store), so a crash at any point never makes a half-written image visible and never changes an
+image already committed.
+
+Derived variables carry the fingerprint of the images they were computed from (array attribute
+``fingerprint``, written after their data): labels and the histogram are ignored once new images
+are ingested. Labels must cover every pixel, so an ingest that adds pixels deletes them.
+
+One writer at a time per store; any number of readers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+from fsspec.utils import get_protocol
+
+from kmflow.errors import InvalidInputError, StoreCorruptError, StoreNotFoundError
+from kmflow.storage.fs import redact_url
+from kmflow.storage.images import DecodedImage, ImageSource, read_image
+
+__all__ = [
+    "DEFAULT_BATCH_PIXELS",
+    "DEFAULT_CHUNK_PIXELS",
+    "ImageRecord",
+    "IngestError",
+    "IngestProgress",
+    "IngestReport",
+    "PixelStore",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Pixels per Zarr chunk of ``pixels`` (6 MiB of RGB).
+DEFAULT_CHUNK_PIXELS = 2_097_152
+#: Pixels decoded and appended per ingest batch (64 MiB of RGB).
+DEFAULT_BATCH_PIXELS = 64 * 2**20 // 3
+
+_FORMAT = "kmflow.pixelstore"
+_VERSION = 1
+_RECORD_KEY = "kmflow"
+_IMAGE_CHUNK = 4096
+_MAX_BATCH_IMAGES = 4096
+_BATCH_GROWTH = 4
+_STRING = np.dtypes.StringDType()
+_STR_VARS = ("source", "relpath", "sha256")
+_INT_VARS = ("height", "width", "offset")
+_IMAGE_VARS = (*_STR_VARS, *_INT_VARS, "ingested_at")
+_TIME_ENCODING = {"units": "nanoseconds since 1970-01-01", "dtype": "int64"}
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One committed image: where it came from and where its pixels are.
+
+    Its pixels are rows ``offset : offset + height * width`` of the store, row-major.
+    """
+
+    source: str
+    relpath: str
+    sha256: str
+    height: int
+    width: int
+    offset: int
+
+    @property
+    def n_pixels(self) -> int:
+        """``height * width``."""
+        return self.height * self.width
+
+
+@dataclass(frozen=True)
+class IngestError:
+    """An image that could not be ingested, and why."""
+
+    source: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class IngestProgress:
+    """Where an ingest stands, passed to the ``progress`` callback after each batch."""
+
+    images_done: int
+    images_total: int
+    pixels_done: int
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """What one :meth:`PixelStore.ingest` call did.
+
+    Attributes
+    ----------
+    added : list of ImageRecord
+        Images appended to the store, in input order.
+    duplicates : list of str
+        Source URLs skipped because their content (sha256) was already in the store or earlier
+        in the same call.
+    errors : list of IngestError
+        Images that could not be read or decoded; nothing of them was stored.
+    n_pixels_added : int
+    seconds : float
+        Wall time of the call.
+    """
+
+    added: list[ImageRecord] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    errors: list[IngestError] = field(default_factory=list)
+    n_pixels_added: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (lists of plain dicts, ints, floats and strings)."""
+        return {
+            "added": [asdict(r) for r in self.added],
+            "duplicates": list(self.duplicates),
+            "errors": [asdict(e) for e in self.errors],
+            "n_pixels_added": int(self.n_pixels_added),
+            "seconds": float(self.seconds),
+        }
+
+
+@dataclass
+class _Tally:
+    """What an ingest has done so far (mutable; becomes the IngestReport)."""
+
+    known: list[str]  # sha256 of the committed images, in store order
+    seen: set[str]  # committed or decoded earlier in this call
+    added: list[ImageRecord] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    errors: list[IngestError] = field(default_factory=list)
+    n_pixels: int = 0
+
+
+@dataclass(frozen=True)
+class _Record:
+    """The commit record (group attribute ``kmflow``)."""
+
+    n_images: int
+    n_pixels: int
+    fingerprint: str
+
+    def to_attrs(self) -> dict[str, Any]:
+        return {
+            _RECORD_KEY: {
+                "format": _FORMAT,
+                "version": _VERSION,
+                "channels": "RGB",
+                "n_images": self.n_images,
+                "n_pixels": self.n_pixels,
+                "fingerprint": self.fingerprint,
+            }
+        }
+
+
+def _fingerprint(sha256s: Sequence[str]) -> str:
+    """``sha256`` of the sorted image hashes joined by newlines (hex)."""
+    return hashlib.sha256("\n".join(sorted(sha256s)).encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------- worker-side tasks
+
+
+def _decode_image(
+    source: ImageSource, storage_options: dict[str, Any] | None, max_pixels: int
+) -> DecodedImage:
+    """Read one image on a worker; never raises (a failure becomes ``error``)."""
+    try:
+        image = read_image(source, storage_options=storage_options, max_pixels=max_pixels)
+    except Exception as exc:  # read_image should not raise; one bad image never sinks a batch
+        return DecodedImage(source, None, 0, 0, None, f"{type(exc).__name__}: {exc}")
+    if image.error is not None:
+        return image
+    px = image.pixels
+    expected = (image.height * image.width, 3)
+    if image.sha256 is None:
+        reason = "the decoder returned no content hash"
+    elif not isinstance(px, np.ndarray) or px.dtype != np.uint8 or px.shape != expected:
+        shape = getattr(px, "shape", None)
+        reason = (
+            f"the decoder returned pixels of shape {shape} for a "
+            f"{image.height}x{image.width} image (expected uint8 {expected})"
+        )
+    elif image.height * image.width == 0:
+        reason = f"the image has no pixels ({image.height}x{image.width})"
+    else:
+        return image
+    return DecodedImage(source, image.sha256, image.height, image.width, None, reason)
+
+
+def _summary(image: DecodedImage) -> tuple[str | None, int, int, str | None]:
+    """The small part of a decoded image that travels to the driver."""
+    return image.sha256, image.height, image.width, image.error
+
+
+def _pixels_of(image: DecodedImage) -> np.ndarray:
+    assert image.pixels is not None  # only called for images without error
+    return image.pixels
+
+
+def _array(group: zarr.Group, name: str) -> zarr.Array[Any]:
+    node = group[name]
+    if not isinstance(node, zarr.Array):
+        raise StoreCorruptError(f"{name!r} in the pixel store is a group, not an array")
+    return node
+
+
+def _aligned_chunks(start: int, total: int, chunk: int) -> tuple[int, ...]:
+    """Row chunks for ``total`` rows written at row ``start`` so each Zarr chunk gets one."""
+    chunks: list[int] = []
+    first = (-start) % chunk
+    if first:
+        chunks.append(min(first, total))
+    remaining = total - sum(chunks)
+    chunks.extend([chunk] * (remaining // chunk))
+    if remaining % chunk:
+        chunks.append(remaining % chunk)
+    return tuple(chunks)
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class PixelStore:
+    """The Zarr v3 pixel store of an image collection, written and read through xarray.
+
+    Parameters
+    ----------
+    url : str
+        Local path or fsspec URL of the Zarr group (``s3://bucket/store.zarr``,
+        ``memory://store.zarr``, ``file:///data/store.zarr``).
+    storage_options : dict, optional
+        fsspec options for ``url`` (credentials, endpoint); never logged.
+    chunk_pixels : int, default 2_097_152
+        Pixels per Zarr chunk, used when the store is created; an existing store keeps its own.
+
+    Notes
+    -----
+    The constructor does no I/O. Readers (:meth:`open`, :meth:`pixels`, :meth:`images`, ...)
+    only ever see committed images; writers (:meth:`ingest`, :meth:`write_labels`,
+    :meth:`write_histogram`) first trim whatever an interrupted ingest left behind. One writer
+    at a time per store.
+
+    Examples
+    --------
+    >>> store = PixelStore("memory://doc/store.zarr", chunk_pixels=1000)
+    >>> store.exists()
+    False
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        storage_options: dict[str, Any] | None = None,
+        chunk_pixels: int = DEFAULT_CHUNK_PIXELS,
+    ) -> None:
+        if not isinstance(url, str) or not url:
+            raise InvalidInputError(f"url must be a non-empty string; got {url!r}")
+        if isinstance(chunk_pixels, bool) or not isinstance(chunk_pixels, int | np.integer):
+            raise InvalidInputError(f"chunk_pixels must be an int; got {chunk_pixels!r}")
+        if chunk_pixels < 1:
+            raise InvalidInputError(f"chunk_pixels must be >= 1; got {chunk_pixels}")
+        self.url = url
+        self.storage_options = dict(storage_options) if storage_options else None
+        self.chunk_pixels = int(chunk_pixels)
+        self._shown = redact_url(url)  # for messages and logs
+        self._protocol = get_protocol(url)
+        if self._protocol == "file":
+            self._target = url.removeprefix("file://")
+            self._options: dict[str, Any] | None = None
+        else:
+            self._target = url
+            self._options = self.storage_options
+
+    def __repr__(self) -> str:
+        return f"PixelStore({self._shown!r})"
+
+    # ----------------------------------------------------------------------- low level
+
+    def _group(self, mode: Literal["r", "r+"]) -> zarr.Group:
+        """Open the Zarr group (``mode`` 'r' or 'r+'); a missing store raises StoreNotFoundError."""
+        try:
+            return zarr.open_group(
+                self._target, mode=mode, zarr_format=3, storage_options=self._options
+            )
+        except FileNotFoundError as exc:  # zarr's GroupNotFoundError is one too
+            raise StoreNotFoundError(
+                f"no pixel store at {self._shown}: ingest images to create one"
+            ) from exc
+
+    def _record(self, group: zarr.Group) -> _Record:
+        """Validate the layout and return the commit record."""
+        raw = group.attrs.asdict().get(_RECORD_KEY)
+        if not isinstance(raw, dict) or raw.get("format") != _FORMAT:
+            raise StoreCorruptError(
+                f"{self._shown} is a Zarr group but not a kmflow pixel store "
+                f"(no {_RECORD_KEY!r} attribute with format {_FORMAT!r})"
+            )
+        if raw.get("version") != _VERSION:
+            raise StoreCorruptError(
+                f"pixel store {self._shown} has layout version {raw.get('version')!r}; "
+                f"this kmflow reads version {_VERSION}"
+            )
+        n_images, n_pixels, fp = raw.get("n_images"), raw.get("n_pixels"), raw.get("fingerprint")
+        if not (
+            isinstance(n_images, int)
+            and isinstance(n_pixels, int)
+            and isinstance(fp, str)
+            and n_images >= 0
+            and n_pixels >= 0
+        ):
+            raise StoreCorruptError(
+                f"pixel store {self._shown} has a malformed commit record {raw}"
+            )
+        arrays = dict(group.arrays())
+        missing = [name for name in ("pixels", *_IMAGE_VARS) if name not in arrays]
+        if missing:
+            raise StoreCorruptError(f"pixel store {self._shown} lacks the variables {missing}")
+        px = arrays["pixels"]
+        if px.dtype != np.uint8 or px.ndim != 2 or px.shape[1] != 3:
+            raise StoreCorruptError(
+                f"pixels in {self._shown} must be uint8 of shape (n, 3); "
+                f"got {px.dtype} of shape {px.shape}"
+            )
+        if px.shape[0] < n_pixels:
+            raise StoreCorruptError(
+                f"pixel store {self._shown} commits {n_pixels} pixels but holds {px.shape[0]}"
+            )
+        for name in _IMAGE_VARS:
+            if arrays[name].ndim != 1 or arrays[name].shape[0] < n_images:
+                raise StoreCorruptError(
+                    f"{name} in pixel store {self._shown} has shape {arrays[name].shape}; "
+                    f"{n_images} images are committed"
+                )
+        return _Record(n_images, n_pixels, fp)
+
+    def _valid_derived(self, group: zarr.Group, record: _Record) -> set[str]:
+        """Names of the derived variables that describe the committed images."""
+        names = set(group.array_keys())
+        valid: set[str] = set()
+        if "labels" in names:
+            labels = group["labels"]
+            if (
+                isinstance(labels, zarr.Array)
+                and labels.shape == (record.n_pixels,)
+                and labels.attrs.get("fingerprint") == record.fingerprint
+            ):
+                valid.add("labels")
+        if {"colors", "counts"} <= names:
+            colors, counts = group["colors"], group["counts"]
+            if (
+                isinstance(colors, zarr.Array)
+                and isinstance(counts, zarr.Array)
+                and counts.attrs.get("fingerprint") == record.fingerprint
+                and colors.shape == (counts.shape[0], 3)
+            ):
+                valid.update({"colors", "counts"})
+        return valid
+
+    def _to_zarr(self, ds: xr.Dataset, record: _Record, **kwargs: Any) -> None:
+        """``ds.to_zarr`` into this store, keeping the commit record as it is.
+
+        xarray replaces the group's attributes with ``ds.attrs`` on every write, so the current
+        record is passed along; it is only ever advanced by :meth:`_write_record`.
+        """
+        ds = ds.assign_attrs(record.to_attrs())
+        ds.to_zarr(
+            self._target,
+            zarr_format=3,
+            consolidated=False,
+            storage_options=self._options,
+            **kwargs,
+        )
+
+    def _write_record(self, group: zarr.Group, record: _Record) -> None:
+        """Publish the commit record (one metadata-object write)."""
+        group.attrs.update(record.to_attrs())
+
+    def _create(self) -> None:
+        """Create an empty store (zero images) at ``url``."""
+        empty = _Record(0, 0, _fingerprint([]))
+        ds = xr.Dataset(
+            {
+                "pixels": (("pixel", "channel"), np.zeros((0, 3), np.uint8)),
+                **{name: ("image", np.array([], dtype=_STRING)) for name in _STR_VARS},
+                **{name: ("image", np.array([], dtype=np.int64)) for name in _INT_VARS},
+                "ingested_at": ("image", np.array([], dtype="datetime64[ns]")),
+            }
+        )
+        encoding: dict[str, dict[str, Any]] = {
+            "pixels": {"chunks": (self.chunk_pixels, 3)},
+            **{name: {"chunks": (_IMAGE_CHUNK,)} for name in _IMAGE_VARS},
+        }
+        encoding["ingested_at"].update(_TIME_ENCODING)
+        self._to_zarr(ds, empty, mode="w-", encoding=encoding)
+        logger.info("created pixel store %s (chunk_pixels=%d)", self._shown, self.chunk_pixels)
+
+    def _prepare_write(self, *, create: bool) -> tuple[zarr.Group, _Record]:
+        """Open for writing and trim what an interrupted ingest left past the commit record."""
+        try:
+            group = self._group("r+")
+        except StoreNotFoundError:
+            if not create:
+                raise
+            self._create()
+            group = self._group("r+")
+        record = self._record(group)
+        arrays = dict(group.arrays())
+        for name in _IMAGE_VARS:
+            if arrays[name].shape[0] > record.n_images:
+                logger.warning(
+                    "%s: trimming %s from %d to %d images (an interrupted ingest)",
+                    self._shown,
+                    name,
+                    arrays[name].shape[0],
+                    record.n_images,
+                )
+                arrays[name].resize((record.n_images,))
+        if record.n_images:
+            last = record.n_images - 1
+            o, h, w = (int(np.asarray(arrays[k][last])) for k in ("offset", "height", "width"))
+            end = o + h * w
+            if end != record.n_pixels:
+                raise StoreCorruptError(
+                    f"pixel store {self._shown} commits {record.n_pixels} pixels but its last "
+                    f"image ends at pixel {end}"
+                )
+        elif record.n_pixels:
+            raise StoreCorruptError(
+                f"pixel store {self._shown} commits {record.n_pixels} pixels but no images"
+            )
+        pixels = arrays["pixels"]
+        if pixels.shape[0] > record.n_pixels:
+            logger.warning(
+                "%s: trimming %d orphan pixels of an interrupted ingest",
+                self._shown,
+                pixels.shape[0] - record.n_pixels,
+            )
+            pixels.resize((record.n_pixels, 3))
+        if "labels" in arrays and "labels" not in self._valid_derived(group, record):
+            del group["labels"]
+        return group, record
+
+    # ----------------------------------------------------------------------- read side
+
+    def exists(self) -> bool:
+        """Whether a Zarr group exists at ``url`` (it may still fail :meth:`open` as corrupt)."""
+        try:
+            self._group("r")
+        except StoreNotFoundError:
+            return False
+        return True
+
+    def open(self) -> xr.Dataset:
+        """The committed content as a read-only, dask-backed :class:`xarray.Dataset`.
+
+        Returns
+        -------
+        xarray.Dataset
+            ``pixels`` sliced to the committed pixels, the per-image variables to the committed
+            images; ``labels`` and ``colors``/``counts`` only when they describe the current
+            images. Its ``attrs["kmflow"]`` is the commit record.
+
+        Raises
+        ------
+        StoreNotFoundError
+            Nothing at ``url``.
+        StoreCorruptError
+            A Zarr group that is not a kmflow pixel store.
+
+        Notes
+        -----
+        Reads metadata only; no pixel is loaded.
+        """
+        group = self._group("r")
+        record = self._record(group)
+        keep = {"pixels", *_IMAGE_VARS} | self._valid_derived(group, record)
+        arrays = dict(group.arrays())
+        drop = sorted(set(arrays) - keep)
+        sizes: dict[str, set[int]] = {}
+        for name in keep:
+            dims = arrays[name].metadata.dimension_names or ()  # type: ignore[union-attr]
+            for dim, n in zip(dims, arrays[name].shape, strict=False):
+                sizes.setdefault(str(dim), set()).add(n)
+        committed = {"pixel": slice(0, record.n_pixels), "image": slice(0, record.n_images)}
+        if all(len(s) == 1 for s in sizes.values()):
+            ds = self._open_zarr(drop).isel(committed, missing_dims="ignore")
+        else:
+            # An interrupted ingest appended some per-image variables but not all: open each
+            # variable alone (xarray refuses a dimension with two lengths), cut, then merge.
+            parts = [
+                self._open_zarr(sorted(set(arrays) - {name})).isel(committed, missing_dims="ignore")
+                for name in sorted(keep)
+            ]
+            ds = xr.merge(parts, combine_attrs="override", join="exact", compat="override")
+        return ds.assign_attrs(record.to_attrs())
+
+    def _open_zarr(self, drop: Sequence[str]) -> xr.Dataset:
+        return xr.open_dataset(
+            self._target,
+            engine="zarr",
+            zarr_format=3,
+            consolidated=False,
+            storage_options=self._options,
+            drop_variables=list(drop),
+            chunks={},
+            mode="r",
+        )
+
+    def pixels(self) -> da.Array:
+        """The committed pixels.
+
+        Returns
+        -------
+        dask.array.Array of uint8, shape (n_pixels, 3)
+            RGB rows in the store's chunks (the last one may be partial).
+        """
+        return self.open()["pixels"].data
+
+    def images(self) -> list[ImageRecord]:
+        """The committed images, in the order they were ingested.
+
+        Notes
+        -----
+        Loads the per-image variables (small); no pixel is read.
+        """
+        ds = self.open()[list(_IMAGE_VARS)].load()
+        cols = {name: ds[name].values.tolist() for name in ("source", "relpath", "sha256")}
+        ints = {name: ds[name].values.astype(np.int64).tolist() for name in _INT_VARS}
+        return [
+            ImageRecord(
+                source=str(cols["source"][i]),
+                relpath=str(cols["relpath"][i]),
+                sha256=str(cols["sha256"][i]),
+                height=int(ints["height"][i]),
+                width=int(ints["width"][i]),
+                offset=int(ints["offset"][i]),
+            )
+            for i in range(ds.sizes["image"])
+        ]
+
+    @property
+    def n_pixels(self) -> int:
+        """Number of committed pixels (0 for an empty store)."""
+        return self._record(self._group("r")).n_pixels
+
+    @property
+    def n_images(self) -> int:
+        """Number of committed images."""
+        return self._record(self._group("r")).n_images
+
+    def fingerprint(self) -> str:
+        """Identity of the training data: sha256 (hex) over the sorted image sha256s.
+
+        Exactly ``hashlib.sha256("\\n".join(sorted(image_sha256s)).encode()).hexdigest()``;
+        stored in the commit record, so this reads one small metadata object.
+        """
+        return self._record(self._group("r")).fingerprint
+
+    def labels(self) -> da.Array | None:
+        """The stored labels if they cover the committed pixels, else ``None``.
+
+        Returns
+        -------
+        dask.array.Array of int32, shape (n_pixels,), or None
+        """
+        ds = self.open()
+        return ds["labels"].data if "labels" in ds else None
+
+    def histogram(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The stored color histogram if it was computed for the committed images, else None.
+
+        Returns
+        -------
+        colors : ndarray of uint8, shape (n_colors, 3)
+        counts : ndarray of int64, shape (n_colors,)
+        """
+        ds = self.open()
+        if "counts" not in ds:
+            return None
+        return (
+            np.asarray(ds["colors"].values, dtype=np.uint8),
+            np.asarray(ds["counts"].values, dtype=np.int64),
+        )
+
+    # ----------------------------------------------------------------------- derived data
+
+    def write_labels(self, labels: da.Array) -> None:
+        """Store one label per committed pixel as ``labels(pixel)`` int32, replacing older ones.
+
+        Parameters
+        ----------
+        labels : dask.array.Array of integers, shape (n_pixels,)
+            Label of every committed pixel (numpy arrays are accepted too).
+
+        Raises
+        ------
+        InvalidInputError
+            Not 1-D, not integers, outside the int32 range, or not one label per pixel.
+        StoreNotFoundError, StoreCorruptError
+
+        Notes
+        -----
+        One compute (on the current scheduler) writes the labels chunk by chunk, aligned with
+        the Zarr chunks of ``pixels``; the fingerprint attribute that makes them visible is
+        written after the data. Older labels are deleted first, so ``labels`` must not be
+        computed from :meth:`labels` of this store.
+        """
+        if not isinstance(labels, da.Array):
+            labels = da.from_array(np.asarray(labels))
+        if labels.ndim != 1:
+            raise InvalidInputError(f"labels must be 1-D; got shape {labels.shape}")
+        if labels.dtype.kind not in "iu":
+            raise InvalidInputError(f"labels must be integers; got dtype {labels.dtype}")
+        if labels.dtype.itemsize > 4 or labels.dtype == np.uint32:
+            # Wider than int32: checked block by block as the labels are written.
+            labels = da.map_blocks(_checked_int32, labels, dtype=np.int32)
+        group, record = self._prepare_write(create=False)
+        if labels.shape[0] != record.n_pixels:
+            raise InvalidInputError(
+                f"labels has {labels.shape[0]} entries but the store {self._shown} holds "
+                f"{record.n_pixels} committed pixels"
+            )
+        chunk = _array(group, "pixels").chunks[0]
+        labels = labels.astype(np.int32).rechunk((_aligned_chunks(0, record.n_pixels, chunk),))
+        if "labels" in group:
+            del group["labels"]
+        self._to_zarr(
+            xr.Dataset({"labels": ("pixel", labels)}),
+            record,
+            mode="a",
+            encoding={"labels": {"chunks": (chunk,)}},
+        )
+        group["labels"].attrs.update({"fingerprint": record.fingerprint})
+        logger.info("%s: wrote %d labels", self._shown, record.n_pixels)
+
+    def write_histogram(self, colors: np.ndarray, counts: np.ndarray) -> None:
+        """Store the color histogram of the committed pixels, replacing an older one.
+
+        Parameters
+        ----------
+        colors : ndarray of uint8, shape (n_colors, 3)
+            Unique RGB colors.
+        counts : ndarray of int64, shape (n_colors,)
+            Pixels of each color; they must add up to the committed pixel count.
+
+        Raises
+        ------
+        InvalidInputError
+            Wrong shapes or dtypes, negative counts, or counts that do not add up.
+        StoreNotFoundError, StoreCorruptError
+        """
+        colors = np.asarray(colors)
+        counts = np.asarray(counts)
+        if colors.ndim != 2 or colors.shape[1] != 3 or colors.dtype != np.uint8:
+            raise InvalidInputError(
+                f"colors must be uint8 of shape (n_colors, 3); got {colors.dtype} "
+                f"of shape {colors.shape}"
+            )
+        if counts.shape != (colors.shape[0],) or counts.dtype.kind not in "iu":
+            raise InvalidInputError(
+                f"counts must be integers of shape ({colors.shape[0]},); got {counts.dtype} "
+                f"of shape {counts.shape}"
+            )
+        if counts.size and counts.min() < 0:
+            raise InvalidInputError("counts must be non-negative")
+        group, record = self._prepare_write(create=False)
+        total = int(counts.sum(dtype=np.int64))
+        if total != record.n_pixels:
+            raise InvalidInputError(
+                f"counts add up to {total} pixels but the store {self._shown} holds "
+                f"{record.n_pixels} committed pixels"
+            )
+        for name in ("counts", "colors"):
+            if name in group:
+                del group[name]
+        self._to_zarr(
+            xr.Dataset(
+                {
+                    "colors": (("color", "channel"), colors),
+                    "counts": ("color", counts.astype(np.int64)),
+                }
+            ),
+            record,
+            mode="a",
+        )
+        group["counts"].attrs.update({"fingerprint": record.fingerprint})
+        logger.info("%s: wrote a histogram of %d colors", self._shown, colors.shape[0])
+
+    # ----------------------------------------------------------------------- ingest
+
+    def ingest(
+        self,
+        sources: Sequence[ImageSource],
+        *,
+        max_pixels: int,
+        storage_options: dict[str, Any] | None = None,
+        batch_pixels: int = DEFAULT_BATCH_PIXELS,
+        progress: Callable[[IngestProgress], None] | None = None,
+    ) -> IngestReport:
+        """Decode images on the Dask workers and append the new ones to the store.
+
+        Parameters
+        ----------
+        sources : sequence of ImageSource
+            Images to add, in order.
+        max_pixels : int
+            Largest image accepted (larger ones are reported as errors by the decoder).
+        storage_options : dict, optional
+            fsspec options for reading the sources. ``None``: the store's own options when a
+            source uses the store's protocol, none otherwise.
+        batch_pixels : int, default 64 MiB of RGB
+            Target pixels decoded per batch; each batch is committed on its own.
+        progress : callable, optional
+            Called with an :class:`IngestProgress` after each batch.
+
+        Returns
+        -------
+        IngestReport
+
+        Raises
+        ------
+        InvalidInputError
+            Bad ``max_pixels`` or ``batch_pixels``, or a source that is not an ImageSource.
+        StoreCorruptError
+            ``url`` holds a Zarr group that is not a kmflow pixel store.
+
+        Notes
+        -----
+        Per batch: one ``persist`` decodes the images on the workers (pixels stay there), one
+        ``compute`` brings each image's hash, size and error to the driver, and one compute
+        appends the new pixels (Dask chunks aligned with the Zarr chunks, so every Zarr chunk
+        is written by a single task). The per-image metadata and then the commit record follow.
+        Images whose sha256 is already committed, or seen earlier in the call, are duplicates.
+
+        Batch sizes adapt to the images: the first batch holds ``batch_pixels // max_pixels``
+        images (at least one); later ones as many as fit ``batch_pixels`` at the largest image
+        seen so far, growing at most fourfold per batch (at most 4096 images).
+        """
+        t0 = time.perf_counter()
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+            raise InvalidInputError(f"max_pixels must be a positive int; got {max_pixels!r}")
+        if isinstance(batch_pixels, bool) or not isinstance(batch_pixels, int) or batch_pixels < 1:
+            raise InvalidInputError(f"batch_pixels must be a positive int; got {batch_pixels!r}")
+        sources = list(sources)
+        for src in sources:
+            if not isinstance(src, ImageSource):
+                raise InvalidInputError(f"sources must be ImageSource objects; got {src!r}")
+
+        group, record = self._prepare_write(create=True)
+        chunk = _array(group, "pixels").chunks[0]
+        n = record.n_images
+        known = [str(s) for s in np.asarray(_array(group, "sha256")[:n])] if n else []
+        tally = _Tally(known=known, seen=set(known))
+
+        done = 0
+        largest = 0  # largest image decoded so far (pixels)
+        n_batch = max(1, min(_MAX_BATCH_IMAGES, batch_pixels // max_pixels))
+        while done < len(sources):
+            batch = sources[done : done + n_batch]
+            record, batch_largest = self._ingest_batch(
+                group, record, batch, tally, chunk, max_pixels, storage_options
+            )
+            done += len(batch)
+            largest = max(largest, batch_largest)
+            fit = batch_pixels // (largest or max_pixels)
+            n_batch = max(1, min(_MAX_BATCH_IMAGES, n_batch * _BATCH_GROWTH, fit))
+            if progress is not None:
+                progress(IngestProgress(done, len(sources), tally.n_pixels))
+        report = IngestReport(
+            added=tally.added,
+            duplicates=tally.duplicates,
+            errors=tally.errors,
+            n_pixels_added=tally.n_pixels,
+            seconds=time.perf_counter() - t0,
+        )
+        logger.info(
+            "%s: ingested %d images (%d pixels), %d duplicates, %d errors in %.1f s",
+            self._shown,
+            len(report.added),
+            report.n_pixels_added,
+            len(report.duplicates),
+            len(report.errors),
+            report.seconds,
+        )
+        return report
+
+    def _source_options(
+        self, source: ImageSource, storage_options: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        if storage_options is not None:
+            return storage_options
+        if self._options is not None and get_protocol(source.url) == self._protocol:
+            return self._options
+        return None
+
+    def _ingest_batch(
+        self,
+        group: zarr.Group,
+        record: _Record,
+        batch: list[ImageSource],
+        tally: _Tally,
+        chunk: int,
+        max_pixels: int,
+        storage_options: dict[str, Any] | None,
+    ) -> tuple[_Record, int]:
+        """Decode, deduplicate and commit one batch; returns the new record and largest image."""
+        decode = dask.delayed(_decode_image, pure=False)
+        decoded = dask.persist(
+            *[decode(s, self._source_options(s, storage_options), max_pixels) for s in batch]
+        )
+        summaries = dask.compute(*[dask.delayed(_summary, pure=False)(d) for d in decoded])
+        largest = max((h * w for _, h, w, _ in summaries), default=0)
+
+        new: list[tuple[ImageSource, str, int, int, Any]] = []
+        for src, image, (sha, h, w, error) in zip(batch, decoded, summaries, strict=True):
+            if error is not None or sha is None:
+                tally.errors.append(IngestError(src.url, error or "no content hash"))
+                logger.warning("%s: cannot ingest %s: %s", self._shown, redact_url(src.url), error)
+            elif sha in tally.seen:
+                tally.duplicates.append(src.url)
+            else:
+                tally.seen.add(sha)
+                new.append((src, sha, h, w, image))
+        if not new:
+            return record, largest
+
+        offsets = record.n_pixels + np.concatenate(
+            [[0], np.cumsum([h * w for _, _, h, w, _ in new])[:-1]]
+        ).astype(np.int64)
+        pieces = [
+            da.from_delayed(
+                dask.delayed(_pixels_of, pure=False)(image), shape=(h * w, 3), dtype=np.uint8
+            )
+            for _, _, h, w, image in new
+        ]
+        n_new = sum(h * w for _, _, h, w, _ in new)
+        rows = da.concatenate(pieces, axis=0).rechunk(
+            (_aligned_chunks(record.n_pixels, n_new, chunk), 3)
+        )
+        self._append_pixels(group, record, rows)
+        now = np.datetime64(dt.datetime.now(dt.UTC).replace(tzinfo=None), "ns")
+        meta = xr.Dataset(
+            {
+                "source": ("image", np.array([s.url for s, *_ in new], dtype=_STRING)),
+                "relpath": ("image", np.array([s.relpath for s, *_ in new], dtype=_STRING)),
+                "sha256": ("image", np.array([sha for _, sha, *_ in new], dtype=_STRING)),
+                "height": ("image", np.array([h for _, _, h, _, _ in new], dtype=np.int64)),
+                "width": ("image", np.array([w for _, _, _, w, _ in new], dtype=np.int64)),
+                "offset": ("image", offsets),
+                "ingested_at": ("image", np.full(len(new), now, dtype="datetime64[ns]")),
+            }
+        )
+        new_record = _Record(
+            n_images=record.n_images + len(new),
+            n_pixels=record.n_pixels + n_new,
+            fingerprint=_fingerprint([*tally.known, *(sha for _, sha, *_ in new)]),
+        )
+        self._commit_images(group, record, new_record, meta)
+        tally.known.extend(sha for _, sha, *_ in new)
+        for (src, sha, h, w, _), off in zip(new, offsets.tolist(), strict=True):
+            tally.added.append(ImageRecord(src.url, src.relpath, sha, h, w, int(off)))
+        tally.n_pixels += n_new
+        return new_record, largest
+
+    def _append_pixels(self, group: zarr.Group, record: _Record, rows: da.Array) -> None:
+        """Append new pixel rows after the committed ones (invisible until committed)."""
+        if "labels" in group:
+            # Labels must cover every pixel: once pixels are added they no longer do.
+            del group["labels"]
+        self._to_zarr(
+            xr.Dataset({"pixels": (("pixel", "channel"), rows)}),
+            record,
+            append_dim="pixel",
+        )
+
+    def _commit_images(
+        self, group: zarr.Group, record: _Record, new_record: _Record, meta: xr.Dataset
+    ) -> None:
+        """Append the per-image metadata, then publish the new commit record."""
+        self._to_zarr(meta, record, append_dim="image")
+        self._write_record(group, new_record)
+
+
+def _checked_int32(block: np.ndarray) -> np.ndarray:
+    """Cast labels to int32, refusing values that do not fit."""
+    info = np.iinfo(np.int32)
+    if block.size and (block.min() < info.min or block.max() > info.max):
+        raise InvalidInputError(
+            f"labels must fit int32; got values in [{block.min()}, {block.max()}]"
+        )
+    return block.astype(np.int32)

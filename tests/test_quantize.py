@@ -1,0 +1,138 @@
+"""Color quantization end to end in the library: ingest, fit a palette, apply it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.datasets import load_sample_images
+
+from kmflow import InvalidInputError, KMeans
+from kmflow.kernels.color import ciede2000, lab_to_srgb, psnr, srgb_to_lab
+from kmflow.quantize import apply_palette, fit_palette, output_url
+from kmflow.storage.images import discover_images
+from kmflow.storage.pixelstore import PixelStore
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Crops of scikit-learn's sample photos in nested folders (PNG and JPEG)."""
+    root = tmp_path_factory.mktemp("photos")
+    china, flower = load_sample_images().images
+    (root / "a").mkdir()
+    (root / "a" / "b").mkdir()
+    Image.fromarray(china[100:160, 200:290]).save(root / "a" / "china_crop.png")
+    Image.fromarray(flower[150:230, 300:350]).save(root / "a" / "b" / "flower_crop.png")
+    Image.fromarray(china[:40, :70]).save(root / "sky.png")
+    return root
+
+
+@pytest.fixture
+def store(tmp_path: Path, photo_dir: Path) -> PixelStore:
+    s = PixelStore(str(tmp_path / "store.zarr"), chunk_pixels=4096)
+    report = s.ingest(discover_images(str(photo_dir)), max_pixels=10**7)
+    assert len(report.added) == 3
+    return s
+
+
+def _read_png(path: str) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def test_fit_and_apply_write_quantized_images(store: PixelStore, tmp_path: Path, photo_dir: Path) -> None:
+    palette = fit_palette(store, 8, random_state=0)
+    assert palette.rgb.shape == (8, 3)
+    assert palette.rgb.dtype == np.uint8
+    assert palette.method == "histogram"
+    assert palette.n_pixels == store.n_pixels
+    assert palette.n_colors < palette.n_pixels
+    out = tmp_path / "out"
+    report = apply_palette(store, palette, str(out))
+    assert {r.relpath for r in report.images} == {
+        "a/china_crop.png",
+        "a/b/flower_crop.png",
+        "sky.png",
+    }
+    total_sse = 0.0
+    pooled_de = 0.0
+    for r in report.images:
+        original = _read_png(str(photo_dir / r.relpath))
+        rendered = _read_png(r.output)
+        assert r.output == str(out / r.relpath)  # same relative folder and stem, as .png
+        assert rendered.shape == original.shape
+        # Every rendered color is a palette color, and the nearest one to the original.
+        colors = {tuple(c) for c in rendered.reshape(-1, 3)}
+        assert colors <= {tuple(c) for c in palette.rgb}
+        nearest = palette.rgb[KMeans(8, init=palette.centers).fit(palette.centers).predict(original.reshape(-1, 3))]
+        np.testing.assert_array_equal(rendered.reshape(-1, 3), nearest)
+        sse = ((original.astype(float) - rendered) ** 2).sum()
+        assert r.psnr == pytest.approx(psnr(sse / original.size), rel=1e-9)
+        de = ciede2000(srgb_to_lab(original.reshape(-1, 3)), srgb_to_lab(rendered.reshape(-1, 3)))
+        assert r.delta_e == pytest.approx(de.mean(), rel=1e-9)
+        total_sse += sse
+        pooled_de += de.sum()
+    n = store.n_pixels
+    assert report.n_pixels == n
+    assert report.psnr == pytest.approx(psnr(total_sse / (3 * n)), rel=1e-9)
+    assert report.delta_e == pytest.approx(pooled_de / n, rel=1e-9)
+    assert 20 < report.psnr < 45
+    swatch = _read_png(report.palette_url)
+    assert swatch.shape == (64, 64 * 8, 3)
+    np.testing.assert_array_equal(swatch[0, ::64], palette.rgb)
+    # Labels are stored for every pixel and agree with the rendering.
+    labels = store.labels()
+    assert labels is not None
+    assert labels.shape == (n,)
+    first = store.images()[0]
+    rendered = _read_png(output_url(str(out), first.relpath)).reshape(-1, 3)
+    np.testing.assert_array_equal(
+        palette.rgb[labels[first.offset : first.offset + first.height * first.width].compute()],
+        rendered,
+    )
+
+
+def test_histogram_and_pixel_fits_agree(store: PixelStore) -> None:
+    init = np.array([[20, 30, 40], [200, 180, 160], [90, 120, 60], [250, 250, 250]], float)
+    hist = fit_palette(store, 4, init=init, tol=0)
+    full = fit_palette(store, 4, init=init, tol=0, method="pixels")
+    assert full.n_colors == store.n_pixels
+    assert hist.n_colors < full.n_colors
+    np.testing.assert_allclose(hist.centers, full.centers, rtol=1e-12)
+    assert hist.inertia == pytest.approx(full.inertia, rel=1e-12)
+    assert store.histogram() is not None  # cached for the next fit
+
+
+def test_lab_palette(store: PixelStore, tmp_path: Path) -> None:
+    palette = fit_palette(store, 6, color_space="lab", random_state=1)
+    assert palette.color_space == "lab"
+    assert 0 <= palette.centers[:, 0].min() <= palette.centers[:, 0].max() <= 100
+    np.testing.assert_array_equal(palette.rgb, lab_to_srgb(palette.centers))
+    # From the same initial centers, the histogram and full-pixel fits agree in Lab too.
+    hist = fit_palette(store, 6, color_space="lab", init=palette.centers, tol=0)
+    full = fit_palette(store, 6, color_space="lab", init=palette.centers, method="pixels", tol=0)
+    np.testing.assert_allclose(full.centers, hist.centers, rtol=1e-9)
+    report = apply_palette(store, palette, str(tmp_path / "lab"))
+    assert 15 < report.psnr < 45
+    assert report.delta_e > 0
+
+
+def test_more_colors_than_the_images_have(tmp_path: Path) -> None:
+    img = np.zeros((10, 10, 3), np.uint8)
+    img[:5] = [255, 0, 0]
+    Image.fromarray(img).save(tmp_path / "two.png")
+    s = PixelStore(str(tmp_path / "s.zarr"))
+    s.ingest(discover_images(str(tmp_path / "two.png")), max_pixels=10**6)
+    with pytest.raises(InvalidInputError, match="n_clusters=3 but only 2 distinct points"):
+        fit_palette(s, 3)
+
+
+def test_empty_store_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "bad.png").write_bytes(b"")
+    s = PixelStore(str(tmp_path / "s.zarr"))
+    report = s.ingest(discover_images(str(tmp_path / "bad.png")), max_pixels=10**6)
+    assert report.errors
+    with pytest.raises(InvalidInputError, match="holds no images"):
+        fit_palette(s, 3)
