@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
-from kmflow import InvalidInputError, KMeans
+from kmflow import InvalidInputError
 from kmflow.kernels.color import ciede2000, lab_to_srgb, psnr, srgb_to_lab
 from kmflow.quantize import apply_palette, fit_palette, output_url
 from kmflow.storage.images import discover_images
@@ -42,7 +42,9 @@ def _read_png(path: str) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def test_fit_and_apply_write_quantized_images(store: PixelStore, tmp_path: Path, photo_dir: Path) -> None:
+def test_fit_and_apply_write_quantized_images(
+    store: PixelStore, tmp_path: Path, photo_dir: Path
+) -> None:
     palette = fit_palette(store, 8, random_state=0)
     assert palette.rgb.shape == (8, 3)
     assert palette.rgb.dtype == np.uint8
@@ -66,7 +68,8 @@ def test_fit_and_apply_write_quantized_images(store: PixelStore, tmp_path: Path,
         # Every rendered color is a palette color, and the nearest one to the original.
         colors = {tuple(c) for c in rendered.reshape(-1, 3)}
         assert colors <= {tuple(c) for c in palette.rgb}
-        nearest = palette.rgb[KMeans(8, init=palette.centers).fit(palette.centers).predict(original.reshape(-1, 3))]
+        d2 = ((original.reshape(-1, 1, 3) - palette.centers[None]) ** 2).sum(-1)
+        nearest = palette.rgb[d2.argmin(1)]
         np.testing.assert_array_equal(rendered.reshape(-1, 3), nearest)
         sse = ((original.astype(float) - rendered) ** 2).sum()
         assert r.psnr == pytest.approx(psnr(sse / original.size), rel=1e-9)
