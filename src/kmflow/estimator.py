@@ -203,7 +203,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):  # type: ignore[mis
         init_centers = None
         if not isinstance(self.init, str):
             init_centers = check_centers(self.init, k, Xd.shape[1])
-        Xd, W, persisted = _maybe_persist(Xd, W)
+        Xd, W, persisted, keep_state = _maybe_persist(Xd, W)
         blocks = Blocks(Xd, W)
         stats = data_stats(blocks)
         if stats.n_positive < k:
@@ -222,6 +222,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):  # type: ignore[mis
                 key=key,
                 oversampling_factor=float(self.oversampling_factor),
                 n_rounds=int(self.init_rounds),
+                keep_state=keep_state,
             )
         elif self.init == "k-means++":
             centers = _kmeans_plusplus(blocks, k, key=key)
@@ -307,8 +308,12 @@ def _init_name(init: Any) -> str:
     return init if isinstance(init, str) else "given centers"
 
 
-def _maybe_persist(X: da.Array, W: da.Array | None) -> tuple[da.Array, da.Array | None, bool]:
-    """Persist the data on the workers when it fits in ``persist_fraction`` of their memory."""
+def _maybe_persist(X: da.Array, W: da.Array | None) -> tuple[da.Array, da.Array | None, bool, bool]:
+    """Persist the data on the workers when it fits in ``persist_fraction`` of their memory.
+
+    Returns the (possibly persisted) arrays, whether they were persisted, and whether the
+    k-means|| per-row state (8 bytes a row) fits beside them.
+    """
     nbytes = int(X.nbytes) + (int(W.nbytes) if W is not None else 0)
     budget = memory_budget() * get_settings().cluster.persist_fraction
     if nbytes > budget:
@@ -317,8 +322,9 @@ def _maybe_persist(X: da.Array, W: da.Array | None) -> tuple[da.Array, da.Array 
             nbytes / 2**20,
             budget / 2**20,
         )
-        return X, W, False
+        return X, W, False, False
+    keep_state = nbytes + 8 * int(X.shape[0]) <= budget
     if W is None:
-        return X.persist(), None, True
+        return X.persist(), None, True, keep_state
     X, W = dask.persist(X, W)
-    return X, W, True
+    return X, W, True, keep_state

@@ -49,6 +49,17 @@ def test_seeding_finds_every_separated_blob(separated, init) -> None:
         assert adjusted_rand_score(y, _nearest(X, C)) == pytest.approx(1.0)
 
 
+def test_kmeans_parallel_same_with_or_without_kept_state(blobs) -> None:
+    from kmflow.kernels._blocks import Blocks
+    from kmflow.kernels.init import _kmeans_parallel
+
+    blocks = Blocks(da.from_array(blobs[0], chunks=(500, 4)), None)
+    kw = {"key": 123, "oversampling_factor": 2.0, "n_rounds": 5}
+    kept = _kmeans_parallel(blocks, 8, keep_state=True, **kw)
+    streamed = _kmeans_parallel(blocks, 8, keep_state=False, **kw)
+    np.testing.assert_array_equal(kept, streamed)
+
+
 def test_random_centers_are_distinct_data_rows(blobs) -> None:
     X = blobs[0]
     C = random_centers(X, 8, random_state=0)

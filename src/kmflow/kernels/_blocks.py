@@ -17,7 +17,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-__all__ = ["Blocks", "map_reduce"]
+__all__ = ["Blocks", "map_persist_reduce", "map_reduce"]
 
 T = TypeVar("T")
 
@@ -58,11 +58,13 @@ def map_reduce(
     func: Callable[..., T],
     combine: Callable[[T, T], T],
     *args: Any,
+    states: list[Any] | None = None,
     split_every: int = 8,
 ) -> T:
     """Apply ``func(x_block, w_block, offset, *args)`` to every block and reduce with ``combine``.
 
-    Returns the reduced value, computed.
+    Returns the reduced value, computed. With ``states`` (from :func:`map_persist_reduce`),
+    each block's state is passed too: ``func(x_block, w_block, offset, state, *args)``.
 
     Notes
     -----
@@ -71,18 +73,62 @@ def map_reduce(
     ``combine`` must be associative; the tree shape depends only on the number of blocks.
     """
     f = dask.delayed(func, pure=True)
-    c = dask.delayed(_combine_group, pure=True)
-    level = [
-        f(x, w, off, *args) for x, w, off in zip(blocks.xs, blocks.ws, blocks.offsets, strict=True)
+    if states is None:
+        level = [
+            f(x, w, off, *args)
+            for x, w, off in zip(blocks.xs, blocks.ws, blocks.offsets, strict=True)
+        ]
+    else:
+        level = [
+            f(x, w, off, s, *args)
+            for x, w, off, s in zip(blocks.xs, blocks.ws, blocks.offsets, states, strict=True)
+        ]
+    (result,) = dask.compute(_tree(level, combine, split_every))
+    return result  # type: ignore[no-any-return]
+
+
+def map_persist_reduce(
+    blocks: Blocks,
+    func: Callable[..., tuple[Any, T]],
+    combine: Callable[[T, T], T],
+    states: list[Any],
+    *args: Any,
+    split_every: int = 8,
+) -> tuple[list[Any], T]:
+    """Like :func:`map_reduce`, with a per-block state kept in (worker) memory between calls.
+
+    ``func(x_block, w_block, offset, state, *args)`` returns ``(new_state, partial)``. The new
+    states are persisted (with a distributed client they stay on the workers, next to their
+    blocks) and returned as a list of delayed values for the next call; the partials are
+    reduced with ``combine`` and the reduction is returned, computed.
+
+    Notes
+    -----
+    One ``persist`` and one ``compute`` (of the small reduction only).
+    """
+    if len(states) != len(blocks):
+        raise ValueError("one state per block is needed")
+    f = dask.delayed(func, pure=True, nout=2)
+    outs = [
+        f(x, w, off, s, *args)
+        for x, w, off, s in zip(blocks.xs, blocks.ws, blocks.offsets, states, strict=True)
     ]
+    outs = list(dask.persist(*outs))
+    new_states = [o[0] for o in outs]
+    (result,) = dask.compute(_tree([o[1] for o in outs], combine, split_every))
+    return new_states, result
+
+
+def _tree(level: list[Any], combine: Callable[[T, T], T], split_every: int) -> Any:
+    """A delayed tree reduction of ``level`` with ``combine``, ``split_every`` at a time."""
+    c = dask.delayed(_combine_group, pure=True)
     while len(level) > 1:
         nxt = []
         for i in range(0, len(level), split_every):
             group = level[i : i + split_every]
             nxt.append(c(combine, *group) if len(group) > 1 else group[0])
         level = nxt
-    (result,) = dask.compute(level[0])
-    return result  # type: ignore[no-any-return]
+    return level[0]
 
 
 def _combine_group(combine: Callable[[T, T], T], *items: T) -> T:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-__all__ = ["accumulate", "assign", "min_sqdist"]
+__all__ = ["accumulate", "assign", "min_sqdist", "update_nearest"]
 
 
 @nb.njit(nogil=True, cache=True)
@@ -99,3 +99,33 @@ def min_sqdist(X, centers_t, d2):  # type: ignore[no-untyped-def]
             if s < best:
                 best = s
         d2[i] = best
+
+
+@nb.njit(nogil=True, cache=True)
+def update_nearest(X, centers_t, base, d2, labels):  # type: ignore[no-untyped-def]
+    """Fold new centers into a running nearest-center state.
+
+    For each row, if one of the centers ``centers_t[:, j]`` is closer than ``d2[i]``, set
+    ``d2[i]`` to that squared distance and ``labels[i] = base + j``. ``d2`` may be float32
+    (k-means|| sampling state); distances are computed in float64.
+    """
+    n, d = X.shape
+    k = centers_t.shape[1]
+    dist = np.empty(k)
+    for i in range(n):
+        for j in range(k):
+            dist[j] = 0.0
+        for f in range(d):
+            xf = np.float64(X[i, f])
+            for j in range(k):
+                t = xf - centers_t[f, j]
+                dist[j] += t * t
+        best = np.float64(d2[i])
+        bj = -1
+        for j in range(k):
+            if dist[j] < best:
+                best = dist[j]
+                bj = j
+        if bj >= 0:
+            d2[i] = best
+            labels[i] = base + bj

@@ -21,7 +21,7 @@ import numpy as np
 
 from kmflow.errors import InvalidInputError, TooFewDistinctPointsError
 from kmflow.kernels import _numba
-from kmflow.kernels._blocks import Blocks, map_reduce
+from kmflow.kernels._blocks import Blocks, map_persist_reduce, map_reduce
 from kmflow.kernels._random import derive_key, uniform
 from kmflow.kernels.validation import check_array, check_sample_weight, data_stats
 
@@ -116,31 +116,55 @@ def _top_over(o: _Over, m: int) -> _Over:
     return o[0], o[1][order], o[2][order], o[3][order]
 
 
-def _oversample_block(
+# Per-block k-means|| state: squared distance to the nearest candidate (float32) and its index.
+_State = tuple[np.ndarray, np.ndarray]
+
+
+def _nearest_state(x: np.ndarray, state: _State | None, cand_t: np.ndarray, start: int) -> _State:
+    """Fold candidates ``start:`` into ``state`` (or all of them into a fresh state)."""
+    if state is None:
+        d2 = np.full(x.shape[0], np.inf, dtype=np.float32)
+        labels = np.zeros(x.shape[0], dtype=np.int32)
+        start = 0
+    else:
+        d2, labels = state[0].copy(), state[1].copy()
+    if cand_t.shape[1] > start:
+        _numba.update_nearest(x, np.ascontiguousarray(cand_t[:, start:]), start, d2, labels)
+    return d2, labels
+
+
+def _round_block(
     x: np.ndarray,
     w: np.ndarray | None,
     offset: int,
+    state: _State | None,
+    cand_t: np.ndarray,
+    start: int,
     key: int,
     stream: int,
-    cand_t: np.ndarray,
     ell: float,
     m: int,
-) -> _Over:
-    """Cost ``psi`` of this block and its ``m`` best candidates for the round.
+) -> tuple[_State, _Over]:
+    """One k-means|| round on a block: update nearest candidates, measure ``psi``, sample.
 
     A row is kept when ``u < ell * w * d2 / psi``, i.e. when its threshold
     ``t = ell * w * d2 / u`` exceeds the (global, not yet known) ``psi``. Returning each
-    block's largest thresholds lets one pass both measure ``psi`` and sample.
+    block's ``m`` largest thresholds lets one pass both measure ``psi`` and sample.
     """
-    n = x.shape[0]
-    d2 = _block_d2(x, cand_t)
+    state = _nearest_state(x, state, cand_t, start)
+    d2 = state[0].astype(np.float64)
     wd2 = d2 if w is None else d2 * w
     psi = float(wd2.sum())
-    t = ell * wd2 / uniform(key, stream, offset, n)
+    t = ell * wd2 / uniform(key, stream, offset, x.shape[0])
     pos = np.flatnonzero(t > 0)
     if pos.size > m:
         pos = pos[np.argpartition(-t[pos], m - 1)[:m]]
-    return _top_over((psi, t[pos], offset + pos.astype(np.int64), x[pos].astype(np.float64)), m)
+    over = (psi, t[pos], offset + pos.astype(np.int64), x[pos].astype(np.float64))
+    return state, _top_over(over, m)
+
+
+def _round_block_stateless(x: np.ndarray, w: np.ndarray | None, offset: int, *args: Any) -> _Over:
+    return _round_block(x, w, offset, None, *args)[1]
 
 
 def _over_combine(a: _Over, b: _Over) -> _Over:
@@ -154,13 +178,16 @@ def _over_combine(a: _Over, b: _Over) -> _Over:
     return _top_over(merged, m)
 
 
-def _nearest_weight_block(
-    x: np.ndarray, w: np.ndarray | None, offset: int, cand_t: np.ndarray
+def _weight_block(
+    x: np.ndarray,
+    w: np.ndarray | None,
+    offset: int,
+    state: _State | None,
+    cand_t: np.ndarray,
+    start: int,
 ) -> np.ndarray:
-    n = x.shape[0]
-    labels = np.empty(n, dtype=np.int32)
-    d2 = np.empty(n)
-    _numba.assign(x, cand_t, labels, d2)
+    """Total sample weight of the rows nearest to each candidate."""
+    _, labels = _nearest_state(x, state, cand_t, start)
     return np.bincount(labels, weights=w, minlength=cand_t.shape[1]).astype(np.float64)
 
 
@@ -232,40 +259,48 @@ def _kmeans_parallel(
     key: int,
     oversampling_factor: float,
     n_rounds: int,
+    keep_state: bool = True,
 ) -> np.ndarray:
     """k-means|| on validated blocks (the private twin of :func:`kmeans_parallel`).
 
+    Parameters
+    ----------
+    keep_state : bool, default True
+        Keep each row's distance to its nearest candidate (8 bytes a row) in memory between
+        rounds, so a round only measures distances to the previous round's new candidates.
+        Without it (data streamed from its source), every round measures all candidates.
+
     Notes
     -----
-    ``n_rounds + 2`` computes: the first center, one pass per round (measuring the cost
-    ``psi`` and sampling in the same pass), and one pass weighting the candidates. A round
-    whose thresholds overflow the per-block buffer is redone with a larger buffer (same
-    random numbers, so the same result); in practice this does not happen.
+    ``n_rounds + 2`` passes: the first center, one per round (measuring the cost ``psi`` and
+    sampling in the same pass), and one weighting the candidates. A round whose thresholds
+    overflow the per-block buffer is redone with a larger buffer (same random numbers, so
+    the same result); in practice this does not happen.
     """
     ell = oversampling_factor * n_clusters
-    first, _ = _race(blocks, key, _STREAM_FIRST, None, 1)
-    cand = first
+    cand, _ = _race(blocks, key, _STREAM_FIRST, None, 1)
+    states: list[Any] = [None] * len(blocks)
+    start = 0  # candidates from index `start` on are not yet folded into `states`
     buffer = int(4 * ell + 64)
-    psi = np.inf
     r = 0
     while True:
         r += 1
         cand_t = np.ascontiguousarray(cand.T)
         while True:
-            psi, t, _idx, rows = map_reduce(
-                blocks,
-                _oversample_block,
-                _over_combine,
-                key,
-                _STREAM_ROUND + r,
-                cand_t,
-                ell,
-                buffer,
-            )
-            full = len(t) == buffer and t.size and t.min() > psi
-            if not full:
+            args = (cand_t, start, key, _STREAM_ROUND + r, ell, buffer)
+            if keep_state:
+                new_states, (psi, t, _idx, rows) = map_persist_reduce(
+                    blocks, _round_block, _over_combine, states, *args
+                )
+            else:
+                psi, t, _idx, rows = map_reduce(
+                    blocks, _round_block_stateless, _over_combine, *args
+                )
+            if not (len(t) == buffer and t.min() > psi):
                 break
             buffer *= 4
+        if keep_state:
+            states, start = new_states, len(cand)
         if psi <= 0:
             logger.info("k-means|| round %d: every point coincides with a candidate", r)
             break
@@ -287,7 +322,11 @@ def _kmeans_parallel(
             )
     if len(cand) < n_clusters:
         raise TooFewDistinctPointsError(n_clusters, len(cand))
-    weights = map_reduce(blocks, _nearest_weight_block, _add, np.ascontiguousarray(cand.T))
+    cand_t = np.ascontiguousarray(cand.T)
+    if keep_state:
+        weights = map_reduce(blocks, _weight_block, _add, cand_t, start, states=states)
+    else:
+        weights = map_reduce(blocks, _weight_block, _add, None, cand_t, 0)
     keep = weights > 0
     cand, weights = cand[keep], weights[keep]
     return _reduce_candidates(cand, weights, n_clusters, np.random.default_rng(key))
