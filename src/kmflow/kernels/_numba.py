@@ -129,3 +129,42 @@ def update_nearest(X, centers_t, base, d2, labels):  # type: ignore[no-untyped-d
         if bj >= 0:
             d2[i] = best
             labels[i] = base + bj
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_TO_UNIT = 1.0 / 9007199254740992.0  # 2**-53
+
+
+@nb.njit(nogil=True, cache=True, inline="always")
+def _mix64(z):  # type: ignore[no-untyped-def]
+    z = z ^ (z >> np.uint64(30))
+    z = z * _M1
+    z = z ^ (z >> np.uint64(27))
+    z = z * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+@nb.njit(nogil=True, cache=True)
+def uniform_fill(base, start, out):  # type: ignore[no-untyped-def]
+    """``out[i]`` = uniform in (0, 1) for global row ``start + i`` of the stream ``base``."""
+    for i in range(out.shape[0]):
+        z = _mix64(np.uint64(start + i) * _GOLDEN + base)
+        out[i] = (np.float64(z >> np.uint64(11)) + 0.5) * _TO_UNIT
+
+
+@nb.njit(nogil=True, cache=True)
+def round_thresholds(X, w, has_w, centers_t, base_label, d2, labels, base, start, ell, t):  # type: ignore[no-untyped-def]
+    """One k-means|| round on a block, fused: fold new centers into ``(d2, labels)``, then
+    ``t[i] = ell * w[i] * d2[i] / u[i]`` with ``u`` from stream ``base``; returns ``psi``,
+    the block's weighted cost ``sum(w * d2)``."""
+    update_nearest(X, centers_t, base_label, d2, labels)
+    psi = 0.0
+    for i in range(X.shape[0]):
+        wd2 = np.float64(d2[i]) * (np.float64(w[i]) if has_w else 1.0)
+        psi += wd2
+        z = _mix64(np.uint64(start + i) * _GOLDEN + base)
+        u = (np.float64(z >> np.uint64(11)) + 0.5) * _TO_UNIT
+        t[i] = ell * wd2 / u
+    return psi

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["derive_key", "uniform"]
+from kmflow.kernels import _numba
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+__all__ = ["derive_key", "stream_base", "uniform"]
+
 _STREAM = np.uint64(0xD1B54A32D192ED03)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -49,7 +50,12 @@ def uniform(key: int, stream: int, start: int, n: int) -> np.ndarray:
     -------
     ndarray of float64, shape (n,)
     """
+    out = np.empty(n)
+    _numba.uniform_fill(stream_base(key, stream), start, out)
+    return out
+
+
+def stream_base(key: int, stream: int) -> np.uint64:
+    """The mixed 64-bit base of one stream, as the compiled kernels take it."""
     base = _mix(np.array([key], dtype=np.uint64) + np.array([stream], dtype=np.uint64) * _STREAM)
-    idx = np.arange(start, start + n, dtype=np.uint64)
-    z = _mix(idx * _GOLDEN + base)
-    return ((z >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / 9007199254740992.0)
+    return np.uint64(base[0])

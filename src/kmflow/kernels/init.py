@@ -22,7 +22,7 @@ import numpy as np
 from kmflow.errors import InvalidInputError, TooFewDistinctPointsError
 from kmflow.kernels import _numba
 from kmflow.kernels._blocks import Blocks, map_persist_reduce, map_reduce
-from kmflow.kernels._random import derive_key, uniform
+from kmflow.kernels._random import derive_key, stream_base, uniform
 from kmflow.kernels.validation import check_array, check_sample_weight, data_stats
 
 __all__ = ["kmeans_parallel", "kmeans_plusplus", "random_centers"]
@@ -151,15 +151,33 @@ def _round_block(
     ``t = ell * w * d2 / u`` exceeds the (global, not yet known) ``psi``. Returning each
     block's ``m`` largest thresholds lets one pass both measure ``psi`` and sample.
     """
-    state = _nearest_state(x, state, cand_t, start)
-    d2 = state[0].astype(np.float64)
-    wd2 = d2 if w is None else d2 * w
-    psi = float(wd2.sum())
-    t = ell * wd2 / uniform(key, stream, offset, x.shape[0])
+    n = x.shape[0]
+    if state is None:
+        d2 = np.full(n, np.inf, dtype=np.float32)
+        labels = np.zeros(n, dtype=np.int32)
+        start = 0
+    else:
+        d2, labels = state[0].copy(), state[1].copy()
+    t = np.empty(n)
+    has_w = w is not None
+    psi = _numba.round_thresholds(
+        x,
+        w if has_w else _NO_WEIGHTS,
+        has_w,
+        np.ascontiguousarray(cand_t[:, start:]),
+        start,
+        d2,
+        labels,
+        stream_base(key, stream),
+        offset,
+        ell,
+        t,
+    )
+    state = (d2, labels)
     pos = np.flatnonzero(t > 0)
     if pos.size > m:
         pos = pos[np.argpartition(-t[pos], m - 1)[:m]]
-    over = (psi, t[pos], offset + pos.astype(np.int64), x[pos].astype(np.float64))
+    over = (float(psi), t[pos], offset + pos.astype(np.int64), x[pos].astype(np.float64))
     return state, _top_over(over, m)
 
 
