@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -247,6 +248,15 @@ def test_same_fit_on_a_multiprocess_cluster(dask_client, pixels) -> None:
     np.testing.assert_allclose(km.cluster_centers_, local.cluster_centers_, rtol=1e-9)
     assert km.inertia_ == pytest.approx(local.inertia_, rel=1e-9)
     assert km.n_iter_ == local.n_iter_
+    # In-memory input is scattered to the workers (no data embedded in task graphs), weights too.
+    counts = np.arange(len(pixels)) % 3 + 1
+    on_cluster = KMeans(16, random_state=5).fit(pixels, sample_weight=counts)
+    in_process_w = KMeans(16, random_state=5)
+    with dask.config.set(scheduler="threads"):
+        in_process_w.fit(pixels, sample_weight=counts)
+    np.testing.assert_allclose(
+        on_cluster.cluster_centers_, in_process_w.cluster_centers_, rtol=1e-9
+    )
     # The work ran on the worker processes: they hold compiled kernels and ran tasks.
     ran = dask_client.run(
         lambda dask_worker: len(dask_worker.data) >= 0 and dask_worker.state.executed_count

@@ -19,7 +19,7 @@ import dask.array as da
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 
-from kmflow.cluster import memory_budget
+from kmflow.cluster import memory_budget, scatter_rows
 from kmflow.config import get_settings
 from kmflow.errors import InvalidInputError, NotFittedError
 from kmflow.kernels._blocks import Blocks
@@ -203,7 +203,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):  # type: ignore[mis
         init_centers = None
         if not isinstance(self.init, str):
             init_centers = check_centers(self.init, k, Xd.shape[1])
-        Xd, W, persisted, keep_state = _maybe_persist(Xd, W)
+        Xd, W, persisted, keep_state = _maybe_persist(Xd, W, X, sample_weight)
         blocks = Blocks(Xd, W)
         stats = data_stats(blocks)
         if stats.n_positive < k:
@@ -308,11 +308,15 @@ def _init_name(init: Any) -> str:
     return init if isinstance(init, str) else "given centers"
 
 
-def _maybe_persist(X: da.Array, W: da.Array | None) -> tuple[da.Array, da.Array | None, bool, bool]:
+def _maybe_persist(
+    X: da.Array, W: da.Array | None, X_in: Any, w_in: Any
+) -> tuple[da.Array, da.Array | None, bool, bool]:
     """Persist the data on the workers when it fits in ``persist_fraction`` of their memory.
 
-    Returns the (possibly persisted) arrays, whether they were persisted, and whether the
-    k-means|| per-row state (8 bytes a row) fits beside them.
+    In-memory input (``X_in`` / ``w_in`` not dask arrays) is scattered to the workers block by
+    block rather than embedded in task graphs. Returns the (possibly persisted) arrays,
+    whether they were persisted, and whether the k-means|| per-row state (8 bytes a row) fits
+    beside them.
     """
     nbytes = int(X.nbytes) + (int(W.nbytes) if W is not None else 0)
     budget = memory_budget() * get_settings().cluster.persist_fraction
@@ -324,7 +328,16 @@ def _maybe_persist(X: da.Array, W: da.Array | None) -> tuple[da.Array, da.Array 
         )
         return X, W, False, False
     keep_state = nbytes + 8 * int(X.shape[0]) <= budget
-    if W is None:
-        return X.persist(), None, True, keep_state
+    rows = X.chunks[0][0] if X.chunks[0] else 1
+    if not isinstance(X_in, da.Array):
+        scattered = scatter_rows(np.asarray(X_in).astype(X.dtype, copy=False), rows)
+        if scattered is not None:
+            X = scattered
+    if W is not None and not isinstance(w_in, da.Array):
+        scattered = scatter_rows(np.asarray(w_in, dtype=np.float64), rows)
+        if scattered is not None:
+            W = scattered
     X, W = dask.persist(X, W)
+    if W is not None and W.chunks[0] != X.chunks[0]:
+        W = W.rechunk((X.chunks[0],))
     return X, W, True, keep_state

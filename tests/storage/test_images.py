@@ -586,6 +586,18 @@ def test_discover_glob(photo_tree: Path) -> None:
     assert found[1].url == f"{photo_tree.as_posix()}/sub/deeper/d.TIFF"
 
 
+def test_discover_names_with_glob_characters_are_literal(tmp_path: Path) -> None:
+    folder = tmp_path / "album [2024]"
+    _write(folder / "photo [1].png", encode_png(_rgb(2, 2)))
+    _write(folder / "photo 1.png", encode_png(_rgb(2, 2)))
+    assert [s.relpath for s in discover_images(folder / "photo [1].png")] == ["photo [1].png"]
+    assert [s.relpath for s in discover_images(folder)] == ["photo 1.png", "photo [1].png"]
+    # Not existing as written, the same characters make a glob: [1] matches "1".
+    assert [s.relpath for s in discover_images(f"{tmp_path}/*/photo [1]*")] == [
+        "album [2024]/photo 1.png"
+    ]
+
+
 def test_discover_glob_with_pattern(photo_tree: Path) -> None:
     found = discover_images(f"{photo_tree}/sub/**", pattern="*.bmp")
     assert [s.relpath for s in found] == ["f.bmp"]

@@ -26,11 +26,11 @@ from distributed import Client
 
 from kmflow.cluster.local import start_local_cluster
 from kmflow.cluster.remote import connect_to_scheduler
-from kmflow.cluster.resources import has_distributed_client, memory_budget
+from kmflow.cluster.resources import has_distributed_client, memory_budget, scatter_rows
 from kmflow.config import ClusterSettings, Settings, get_settings
 from kmflow.errors import ClusterError
 
-__all__ = ["connect", "has_distributed_client", "memory_budget"]
+__all__ = ["connect", "has_distributed_client", "memory_budget", "scatter_rows"]
 
 logger = logging.getLogger(__name__)
 

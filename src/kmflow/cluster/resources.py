@@ -7,10 +7,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import dask
+import dask.array as da
+import numpy as np
 import psutil
 from distributed import Client, get_client, get_worker
 
-__all__ = ["current_client", "has_distributed_client", "memory_budget"]
+__all__ = ["current_client", "has_distributed_client", "memory_budget", "scatter_rows"]
 
 logger = logging.getLogger(__name__)
 
@@ -143,3 +145,34 @@ def _inside_worker() -> bool:
     except ValueError:
         return False
     return True
+
+
+def scatter_rows(x: np.ndarray, chunk_rows: int) -> da.Array | None:
+    """Send an in-memory array to the workers in row blocks; ``None`` without a cluster.
+
+    Embedding a large numpy array in a task graph makes the scheduler carry it (Dask warns
+    "Sending large graph"); scattering sends each block once, straight to a worker.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n, ...)
+    chunk_rows : int
+        Rows per block.
+
+    Returns
+    -------
+    dask.array.Array or None
+        Backed by futures on the workers, with row chunks of ``chunk_rows``.
+    """
+    client = current_client()
+    if client is None or _inside_worker():
+        return None
+    starts = range(0, max(1, x.shape[0]), max(1, chunk_rows))
+    pieces = [np.ascontiguousarray(x[s : s + chunk_rows]) for s in starts]
+    futures = client.scatter(pieces)
+    return da.concatenate(
+        [
+            da.from_delayed(f, shape=p.shape, dtype=p.dtype, meta=p[:0])
+            for f, p in zip(futures, pieces, strict=True)
+        ]
+    )

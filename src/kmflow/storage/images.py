@@ -117,9 +117,9 @@ def discover_images(
           reaches decoding and is reported as bad input;
         - a folder or prefix (``photos/``, ``s3://bucket/images/``, ``memory://x/``):
           searched recursively;
-        - a glob (any item containing ``*``, ``?`` or ``[``): ``photos/**/*.jpg``,
-          ``s3://bucket/2024-*/*.png``; ``**`` matches zero or more folders. Every file it
-          matches is kept.
+        - a glob (an item containing ``*``, ``?`` or ``[`` that does not exist as
+          written): ``photos/**/*.jpg``, ``s3://bucket/2024-*/*.png``; ``**`` matches zero
+          or more folders. Every file it matches is kept.
     pattern : str, optional
         Filter for the files found by listing (folders and globs; files named directly are
         always kept). Without ``/`` it is matched against the file name at any depth
@@ -200,10 +200,11 @@ def _discover_one(
 ) -> list[ImageSource]:
     """The images one source item names (a file, a folder or a glob)."""
     fs, path = get_fs(text, storage_options)
-    if _GLOB_MAGIC.search(path):
-        return _discover_glob(fs, path, text, matcher)
     with storage_errors("list", text):
         fs.invalidate_cache(path)
+        # A name with glob characters that exists as written ("photo [1].jpg") is literal.
+        if _GLOB_MAGIC.search(path) and not fs.exists(path):
+            return _discover_glob(fs, path, text, matcher)
         if fs.isdir(path):
             listing = fs.find(path, withdirs=False, detail=True)
             return [
