@@ -18,8 +18,10 @@ from kmflow.kernels._blocks import Blocks, map_reduce
 
 __all__ = ["DataStats", "check_array", "check_centers", "check_sample_weight", "data_stats"]
 
-#: Row-chunk target when wrapping an in-memory array (bytes per chunk).
+#: Row-chunk target when wrapping an in-memory array: at most 64 MiB and 2**19 rows a block,
+#: so even a few million rows are split across the workers.
 DEFAULT_CHUNK_BYTES = 64 * 2**20
+DEFAULT_CHUNK_ROWS = 2**19
 
 
 def check_array(X: Any, *, name: str = "X", n_features: int | None = None) -> da.Array:
@@ -38,7 +40,7 @@ def check_array(X: Any, *, name: str = "X", n_features: int | None = None) -> da
     -------
     dask.array.Array of shape (n_samples, n_features)
         One chunk along the feature axis; row chunks as given (numpy input is split into
-        blocks of about 64 MiB).
+        blocks of at most 2**19 rows and 64 MiB).
 
     Raises
     ------
@@ -68,7 +70,7 @@ def check_array(X: Any, *, name: str = "X", n_features: int | None = None) -> da
         X = X.astype(np.float32)
     if isinstance(X, np.ndarray):
         row_bytes = max(1, X.shape[1] * X.dtype.itemsize)
-        rows = max(1, DEFAULT_CHUNK_BYTES // row_bytes)
+        rows = max(1, min(DEFAULT_CHUNK_ROWS, DEFAULT_CHUNK_BYTES // row_bytes))
         X = da.from_array(X, chunks=(rows, -1))
     elif any(np.isnan(c) for c in X.chunks[0]):
         X = X.compute_chunk_sizes()

@@ -1,0 +1,764 @@
+"""Lloyd-iteration benchmark: kmflow against scikit-learn and dask-ml, in one run.
+
+Workload: N RGB pixels (uint8, shape (N, 3)) drawn with replacement, seeded, from the two photos
+bundled with scikit-learn. Every contender runs in its own fresh subprocess (this script re-invoked
+with ``--worker NAME``) so its peak memory is its own; the data travel as ``.npy`` files in a
+temporary directory. Inertia is recomputed here, in float64 over all pixels, from each
+contender's final ``cluster_centers_``: a peer's own ``inertia_`` is never used.
+
+    python benchmarks/bench_lloyd.py --small                   # 1M pixels, the demo
+    python benchmarks/bench_lloyd.py --output benchmarks/RESULTS.md   # 10M pixels
+
+See benchmarks/README.md for what each number means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LOG = logging.getLogger("bench_lloyd")
+
+DEFAULT_N = 10_000_000
+SMALL_N = 1_000_000
+INIT_SAMPLE = 100_000
+N_WORKERS = 2  # LocalCluster shape for kmflow and dask-ml: 2 single-threaded worker processes
+SAMPLE_INTERVAL_S = 0.05  # RSS sampling period
+BANDWIDTH_BYTES = 1 << 30  # 1 GiB per process for the read-bandwidth probe
+
+CONTENDERS = ("sklearn", "kmflow", "kmflow-kmeans||", "dask-ml")
+LABELS = {
+    "sklearn": "scikit-learn KMeans (lloyd, 2 threads)",
+    "kmflow": "kmflow KMeans (2 workers)",
+    "kmflow-kmeans||": "kmflow KMeans (2 workers)",
+    "dask-ml": "dask-ml KMeans (2 workers)",
+}
+INIT_LABELS = {
+    "sklearn": "given k-means++",
+    "kmflow": "given k-means++",
+    "kmflow-kmeans||": "k-means\\|\\|",  # "|" escaped: these go into markdown tables
+    "dask-ml": "k-means\\|\\|",
+}
+DTYPES = {"sklearn": "float32", "kmflow": "uint8", "kmflow-kmeans||": "uint8", "dask-ml": "float32"}
+BYTES_PER_PIXEL = {"sklearn": 12, "kmflow": 3, "kmflow-kmeans||": 3, "dask-ml": 12}
+
+
+# --------------------------------------------------------------------------------------------
+# Memory sampling (inside each contender's subprocess)
+# --------------------------------------------------------------------------------------------
+
+
+class PeakRSS:
+    """Peak of the summed RSS of this process and all its descendants (Dask nannies, workers).
+
+    A daemon thread samples every ``interval`` seconds. Pages shared between processes (shared
+    libraries, copy-on-write) are counted once per process, so this is an upper bound.
+    """
+
+    def __init__(self, interval: float = SAMPLE_INTERVAL_S) -> None:
+        import psutil
+
+        self._proc = psutil.Process()
+        self._psutil = psutil
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="peak-rss", daemon=True)
+        self.peak = 0
+        self.baseline = 0
+
+    def sample(self) -> int:
+        total = 0
+        try:
+            procs = [self._proc, *self._proc.children(recursive=True)]
+        except self._psutil.Error:
+            procs = [self._proc]
+        for p in procs:
+            with contextlib.suppress(self._psutil.Error):  # a process that just exited
+                total += p.memory_info().rss
+        self.peak = max(self.peak, total)
+        return total
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.sample()
+
+    def mark_baseline(self) -> None:
+        """Remember the tree's RSS just before the timed fit."""
+        self.baseline = self.sample()
+
+    def __enter__(self) -> PeakRSS:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+
+# --------------------------------------------------------------------------------------------
+# Contenders (each runs in a fresh subprocess: `bench_lloyd.py --worker NAME ...`)
+# --------------------------------------------------------------------------------------------
+
+
+def _cluster() -> Any:
+    from distributed import LocalCluster
+
+    return LocalCluster(
+        n_workers=N_WORKERS, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+
+
+def _run_sklearn(
+    args: argparse.Namespace, pixels: np.ndarray, centers: np.ndarray, mem: PeakRSS
+) -> dict[str, Any]:
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    t0 = time.perf_counter()
+    x = pixels.astype(np.float32)
+    cast_s = time.perf_counter() - t0
+    est = KMeans(
+        n_clusters=args.k, init=centers, n_init=1, max_iter=args.iters, tol=0, algorithm="lloyd"
+    )
+    mem.mark_baseline()
+    with threadpool_limits(2):
+        t0 = time.perf_counter()
+        est.fit(x)
+        fit_s = time.perf_counter() - t0
+    n_iter = int(est.n_iter_)
+    return {
+        "centers": est.cluster_centers_,
+        "fit_s": fit_s,
+        "n_iter": n_iter,
+        "s_per_iter": fit_s / max(n_iter, 1),
+        "notes": {"cast_uint8_to_float32_s": cast_s},
+    }
+
+
+def _run_kmflow(
+    args: argparse.Namespace, pixels: np.ndarray, centers: np.ndarray | None, mem: PeakRSS
+) -> dict[str, Any]:
+    from distributed import Client
+
+    from kmflow import KMeans
+
+    infos: list[dict[str, float]] = []
+
+    def cb(info: Any) -> None:
+        infos.append(
+            {
+                "iteration": int(info.iteration),
+                "inertia": float(info.inertia),
+                "center_shift": float(info.center_shift),
+                "seconds": float(info.seconds),
+            }
+        )
+
+    t0 = time.perf_counter()
+    with _cluster() as cluster, Client(cluster):
+        setup_s = time.perf_counter() - t0
+        x = pixels  # in-memory input: kmflow scatters it to the workers in blocks itself
+        if centers is not None:
+            est = KMeans(n_clusters=args.k, init=centers, max_iter=args.iters, tol=0, callback=cb)
+        else:
+            est = KMeans(
+                n_clusters=args.k,
+                init="k-means||",
+                random_state=args.seed,
+                max_iter=args.iters,
+                tol=0,
+                callback=cb,
+            )
+        mem.mark_baseline()
+        t0 = time.perf_counter()
+        est.fit(x)
+        fit_s = time.perf_counter() - t0
+    secs = [i["seconds"] for i in infos]
+    n_iter = int(getattr(est, "n_iter_", len(infos)))
+    return {
+        "centers": np.asarray(est.cluster_centers_),
+        "fit_s": fit_s,
+        "n_iter": n_iter,
+        "s_per_iter": float(np.median(secs)) if secs else float("nan"),
+        "notes": {
+            "cluster_start_s": setup_s,
+            "callbacks": len(infos),
+            "iter_seconds": secs,
+            "mean_iter_s": float(np.mean(secs)) if secs else float("nan"),
+            "outside_iterations_s": fit_s - float(sum(secs)),
+            "own_init_seconds_": float(getattr(est, "init_seconds_", float("nan"))),
+            "persisted_": getattr(est, "persisted_", None),
+            "converged_": getattr(est, "converged_", None),
+            "last_callback_inertia": infos[-1]["inertia"] if infos else None,
+            "callback_iterations": [i["iteration"] for i in infos],
+        },
+    }
+
+
+class _DaskMLTimes(logging.Handler):
+    """Collects dask-ml's own "Starting/Finished Lloyd loop" log records (their timestamps)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.starts: list[float] = []
+        self.ends: list[float] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if "Lloyd loop" in msg:
+            (self.starts if msg.startswith("Starting") else self.ends).append(record.created)
+
+
+def _run_daskml(args: argparse.Namespace, pixels: np.ndarray, mem: PeakRSS) -> dict[str, Any]:
+    import dask.array as da
+    from dask_ml.cluster import KMeans
+    from distributed import Client, wait
+
+    times = _DaskMLTimes()
+    kl = logging.getLogger("dask_ml.cluster.k_means")
+    kl.setLevel(logging.INFO)
+    kl.propagate = False
+    kl.addHandler(times)
+
+    t0 = time.perf_counter()
+    with _cluster() as cluster, Client(cluster):
+        setup_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        # dask-ml needs floats; float32 like scikit-learn. Persisted on the workers before the
+        # timed fit (as dask-ml's docs advise), so the fit does not re-ship the data each pass.
+        x = da.from_array(pixels, chunks=(args.chunk_pixels, 3)).astype(np.float32).persist()
+        wait(x)
+        persist_s = time.perf_counter() - t0
+        est = KMeans(
+            n_clusters=args.k,
+            init="k-means||",
+            max_iter=args.iters,
+            random_state=args.seed,
+            oversampling_factor=2,
+            tol=0,
+        )
+        mem.mark_baseline()
+        t_wall0 = time.time()
+        t0 = time.perf_counter()
+        est.fit(x)
+        fit_s = time.perf_counter() - t0
+        t_wall1 = time.time()
+    loops = [e - s for s, e in zip(times.starts, times.ends, strict=False)]
+    lloyd_s = float(sum(loops))
+    n_iter = int(est.n_iter_)
+    return {
+        "centers": np.asarray(est.cluster_centers_),
+        "fit_s": fit_s,
+        "n_iter": n_iter,
+        "s_per_iter": lloyd_s / max(n_iter, 1),
+        "notes": {
+            "cluster_start_s": setup_s,
+            "persist_float32_s": persist_s,
+            "lloyd_total_s": lloyd_s,
+            "median_loop_s": float(np.median(loops)) if loops else float("nan"),
+            "init_and_checks_s": (times.starts[0] - t_wall0) if times.starts else float("nan"),
+            "after_last_loop_s": (t_wall1 - times.ends[-1]) if times.ends else float("nan"),
+            "own_inertia_": float(est.inertia_),
+        },
+    }
+
+
+def worker_main(args: argparse.Namespace) -> int:
+    """One contender, in this fresh process; writes <workdir>/<name>.json (+ centers .npy)."""
+    work = Path(args.workdir)
+    out: dict[str, Any] = {"name": args.worker}
+    with PeakRSS() as mem:
+        try:
+            pixels = np.load(work / "pixels.npy")
+            centers = np.load(work / "init_centers.npy")
+            if args.worker == "sklearn":
+                res = _run_sklearn(args, pixels, centers, mem)
+            elif args.worker == "kmflow":
+                res = _run_kmflow(args, pixels, centers, mem)
+            elif args.worker == "kmflow-kmeans||":
+                res = _run_kmflow(args, pixels, None, mem)
+            elif args.worker == "dask-ml":
+                res = _run_daskml(args, pixels, mem)
+            else:
+                raise ValueError(f"unknown worker {args.worker!r}")
+            np.save(work / f"{args.worker}.centers.npy", np.asarray(res.pop("centers")))
+            out.update(res)
+        except Exception:
+            out["error"] = traceback.format_exc()
+    out["peak_rss"] = mem.peak
+    out["baseline_rss"] = mem.baseline
+    (work / f"{args.worker}.json").write_text(json.dumps(out, default=float))
+    return 0 if "error" not in out else 1
+
+
+# --------------------------------------------------------------------------------------------
+# Parent: data, bandwidth, orchestration, inertia, report
+# --------------------------------------------------------------------------------------------
+
+
+def make_pixels(n: int, seed: int) -> np.ndarray:
+    from sklearn.datasets import load_sample_images
+
+    pool = np.concatenate([im.reshape(-1, 3) for im in load_sample_images().images])
+    rng = np.random.default_rng(seed)
+    return pool[rng.integers(0, len(pool), size=n)]
+
+
+def make_init_centers(pixels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    from sklearn.cluster import kmeans_plusplus
+
+    rng = np.random.default_rng(seed)
+    m = min(INIT_SAMPLE, len(pixels))
+    sub = pixels[rng.choice(len(pixels), size=m, replace=False)].astype(np.float64)
+    centers, _ = kmeans_plusplus(sub, k, random_state=seed)
+    return np.asarray(centers, dtype=np.float64)
+
+
+def true_inertia(pixels: np.ndarray, centers: np.ndarray, chunk: int = 200_000) -> float:
+    """Sum of squared distances to the nearest center, float64, over every pixel."""
+    c = np.asarray(centers, dtype=np.float64)
+    total = 0.0
+    for s in range(0, len(pixels), chunk):
+        x = pixels[s : s + chunk].astype(np.float64)
+        d2 = ((x[:, None, :] - c[None, :, :]) ** 2).sum(axis=2).min(axis=1)
+        total += float(d2.sum())
+    return total
+
+
+def _bw_probe(nbytes: int, reps: int) -> float:
+    a = np.ones(nbytes // 8, dtype=np.float64)
+    best = math.inf
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        np.add.reduce(a)
+        best = min(best, time.perf_counter() - t0)
+    return nbytes / best
+
+
+def _bw_child(nbytes: int, reps: int, barrier: Any, q: Any) -> None:
+    a = np.ones(nbytes // 8, dtype=np.float64)
+    spans = []
+    for _ in range(reps):
+        barrier.wait()
+        t0 = time.monotonic()
+        np.add.reduce(a)
+        spans.append((t0, time.monotonic()))
+    q.put(spans)
+
+
+def measure_bandwidth(reps: int = 5) -> tuple[float, float]:
+    """Best single-pass read bandwidth (bytes/s): one process, and two processes at once."""
+    import multiprocessing as mp
+
+    single = _bw_probe(BANDWIDTH_BYTES, reps)
+    ctx = mp.get_context("spawn")
+    barrier, q = ctx.Barrier(2), ctx.Queue()
+    procs = [
+        ctx.Process(target=_bw_child, args=(BANDWIDTH_BYTES, reps, barrier, q)) for _ in range(2)
+    ]
+    for p in procs:
+        p.start()
+    spans = [q.get(timeout=300) for _ in procs]
+    for p in procs:
+        p.join()
+    dual = max(
+        2 * BANDWIDTH_BYTES / (max(a[1], b[1]) - min(a[0], b[0]))
+        for a, b in zip(*spans, strict=True)
+    )
+    return single, dual
+
+
+def run_contender(
+    name: str, args: argparse.Namespace, work: Path, timeout: float
+) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        name,
+        "--workdir",
+        str(work),
+        "--k",
+        str(args.k),
+        "--iters",
+        str(args.iters),
+        "--seed",
+        str(args.seed),
+        "--chunk-pixels",
+        str(args.chunk_pixels),
+    ]
+    log_path = work / f"{name}.log"
+    t0 = time.perf_counter()
+    with open(log_path, "wb") as log:
+        # Own session: on a timeout the whole group (this child + its Dask processes) is ended.
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    proc.wait(timeout=10)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            return {"name": name, "timed_out": timeout, "wall_s": time.perf_counter() - t0}
+    wall_s = time.perf_counter() - t0
+    res_path = work / f"{name}.json"
+    if not res_path.exists():
+        tail = log_path.read_text(errors="replace")[-4000:]
+        return {
+            "name": name,
+            "error": f"exit code {proc.returncode}, no result\n{tail}",
+            "wall_s": wall_s,
+        }
+    res: dict[str, Any] = json.loads(res_path.read_text())
+    res["wall_s"] = wall_s
+    return res
+
+
+def machine_info() -> dict[str, Any]:
+    import psutil
+
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cores": os.cpu_count(),
+        "ram_gib": psutil.virtual_memory().total / 2**30,
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in (
+        "kmflow",
+        "numpy",
+        "dask",
+        "distributed",
+        "scikit-learn",
+        "dask-ml",
+        "numba",
+        "threadpoolctl",
+    ):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return format(x, spec)
+
+
+def build_report(
+    args: argparse.Namespace,
+    results: list[dict[str, Any]],
+    n: int,
+    bw: tuple[float, float],
+    prep: dict[str, float],
+    command: str,
+) -> str:
+    by = {r["name"]: r for r in results}
+    mib = 2**20
+    lines = [
+        "| contender | data | init | s/iter | fit s | n_iter | true inertia/pixel "
+        "| peak RSS MiB (Δ fit) |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        name = r["name"]
+        head = f"| {LABELS[name]} | {DTYPES[name]} | {INIT_LABELS[name]} "
+        if "timed_out" in r:
+            lines.append(head + f"| timed out > {r['timed_out']:.0f} s | - | - | - | - |")
+            continue
+        if "error" in r:
+            lines.append(head + "| error | - | - | - | - |")
+            continue
+        peak = r["peak_rss"] / mib
+        delta = (r["peak_rss"] - r["baseline_rss"]) / mib
+        lines.append(
+            head + f"| {_fmt(r['s_per_iter'], '.3f')} | {_fmt(r['fit_s'], '.2f')} "
+            f"| {r['n_iter']} | {_fmt(r.get('inertia_per_pixel'), '.3f')} "
+            f"| {peak:,.0f} ({delta:+,.0f}) |"
+        )
+
+    def ok(name: str) -> bool:
+        return name in by and "error" not in by[name] and "timed_out" not in by[name]
+
+    single, dual = bw
+    bound1 = n * 3 / single
+    bound2 = n * 3 / dual
+    ratios = []
+    if ok("kmflow") and ok("sklearn"):
+        v = by["kmflow"]["s_per_iter"] / by["sklearn"]["s_per_iter"]
+        ratios.append(("kmflow s/iter ÷ scikit-learn s/iter", f"{v:.3f}", "≤ 1.0", v <= 1.0))
+        v = by["kmflow"]["inertia_per_pixel"] / by["sklearn"]["inertia_per_pixel"] - 1
+        ratios.append(
+            (
+                "kmflow inertia ÷ scikit-learn inertia - 1 (same init)",
+                f"{v:+.4%}",
+                "≤ +1%",
+                v <= 0.01,
+            )
+        )
+    else:
+        ratios.append(("kmflow vs scikit-learn", "n/a", "≤ 1.0 / ≤ +1%", None))
+    if ok("kmflow-kmeans||") and "dask-ml" in by:
+        if ok("dask-ml"):
+            v = by["dask-ml"]["fit_s"] / by["kmflow-kmeans||"]["fit_s"]
+            ratios.append(
+                ("dask-ml fit s ÷ kmflow fit s (both k-means\\|\\|)", f"{v:.1f}", "≥ 10", v >= 10)
+            )
+        elif "timed_out" in by["dask-ml"]:
+            v = by["dask-ml"]["timed_out"] / by["kmflow-kmeans||"]["fit_s"]
+            ratios.append(
+                ("dask-ml fit s ÷ kmflow fit s (both k-means\\|\\|)", f"> {v:.1f}", "≥ 10", v >= 10)
+            )
+        else:
+            ratios.append(("dask-ml fit s ÷ kmflow fit s", "n/a (dask-ml error)", "≥ 10", None))
+    elif "dask-ml" in by:
+        ratios.append(("dask-ml fit s ÷ kmflow fit s", "n/a", "≥ 10", None))
+    if ok("kmflow-kmeans||") and ok("dask-ml"):
+        v = by["kmflow-kmeans||"]["inertia_per_pixel"] / by["dask-ml"]["inertia_per_pixel"] - 1
+        ratios.append(
+            ("kmflow (k-means\\|\\|) inertia ÷ dask-ml inertia - 1", f"{v:+.2%}", "(info)", None)
+        )
+    if ok("kmflow"):
+        s = by["kmflow"]["s_per_iter"]
+        ratios.append(
+            ("kmflow s/iter ÷ machine bound (2 processes)", f"{s / bound2:.1f}", "(info)", None)
+        )
+        ratios.append(
+            ("kmflow s/iter ÷ machine bound (1 process)", f"{s / bound1:.1f}", "(info)", None)
+        )
+    lines += ["", "| ratio | value | target | result |", "|---|---:|---|---|"]
+    for label, val, target, passed in ratios:
+        res = "-" if passed is None else ("pass" if passed else "FAIL")
+        lines.append(f"| {label} | {val} | {target} | {res} |")
+
+    notes = [
+        "",
+        f"Workload: {n:,} pixels (uint8 RGB) sampled with replacement from scikit-learn's two "
+        f"sample photos, seed {args.seed}; k = {args.k}, max_iter = {args.iters}, tol = 0. "
+        f"dask-ml's Dask chunks: {args.chunk_pixels:,} pixels; kmflow is given the numpy array "
+        "and splits it itself (2**19-pixel blocks). Initial centers: k-means++ "
+        f"(`sklearn.cluster.kmeans_plusplus`) on a {min(INIT_SAMPLE, n):,}-pixel float64 "
+        f"subsample ({prep['init_s']:.2f} s), the same array given to scikit-learn and kmflow.",
+        f"Machine bound: one pass reads {n * 3 / 2**20:,.1f} MiB (uint8); best `np.add.reduce` "
+        f"read bandwidth over 1 GiB float64: {single / 1e9:.1f} GB/s (1 process), "
+        f"{dual / 1e9:.1f} GB/s (2 processes together) → {bound1 * 1e3:.2f} ms / "
+        f"{bound2 * 1e3:.2f} ms per pass.",
+        f"Load average (1 min) before the measurements: {prep['load_start']:.2f} on "
+        f"{os.cpu_count()} cores"
+        + (
+            " - WARNING: other processes were using the CPU, timings are noisy."
+            if prep["load_start"] > 1.0
+            else "."
+        ),
+        "- s/iter: kmflow = median of the callback's per-iteration `seconds`; scikit-learn = "
+        "fit seconds ÷ n_iter (includes input checks and the final labelling pass); dask-ml = "
+        'sum of its own "Lloyd loop" log timings ÷ n_iter.',
+        "- fit s: wall time of `fit()` only. Not included: scikit-learn's uint8→float32 cast, "
+        "the LocalCluster start, dask-ml's float32 cast + persist (dask-ml gets its data already "
+        "on the workers; kmflow gets the uint8 numpy array and scatters it itself, in fit()).",
+        "- true inertia/pixel: recomputed by this script in float64 over all pixels from each "
+        "contender's final `cluster_centers_` (peers' own `inertia_` are not used).",
+        "- peak RSS: summed RSS of the contender's subprocess and all its descendants (Dask "
+        "nannies and workers), sampled every 50 ms by a thread in that subprocess; shared pages "
+        "count once per process. Δ fit = peak - RSS just before `fit()`.",
+        "- Each contender ran in its own fresh subprocess; scikit-learn limited to 2 BLAS/OpenMP "
+        "threads with `threadpoolctl`; kmflow and dask-ml on `LocalCluster(n_workers=2, "
+        "threads_per_worker=1, processes=True)`.",
+    ]
+    extra = []
+    for r in results:
+        if "notes" in r:
+            d = {
+                key: v
+                for key, v in r["notes"].items()
+                if key not in ("iter_seconds", "callback_iterations")
+            }
+            if "iter_seconds" in r["notes"]:
+                d["iter_seconds"] = [round(s, 4) for s in r["notes"]["iter_seconds"]]
+            extra.append(
+                f"- {r['name']}: "
+                + ", ".join(
+                    f"{key}={_fmt(v, '.3f') if isinstance(v, float) else v}" for key, v in d.items()
+                )
+            )
+    if extra:
+        notes += ["", "Details:", *extra]
+    errors = [r for r in results if "error" in r]
+    for r in errors:
+        notes += ["", f"{r['name']} failed:", "```", r["error"].rstrip(), "```"]
+    return "\n".join(lines + notes) + "\n"
+
+
+def write_markdown(path: Path, key: str, header: str, body: str) -> None:
+    """Insert or replace the section `## <key>` of a results file."""
+    section = f"## {key}\n\n{header}\n{body}"
+    text = (
+        path.read_text()
+        if path.exists()
+        else (
+            "# kmflow benchmark results\n\nWritten by `benchmarks/bench_lloyd.py --output`; one "
+            "section per workload, replaced when the same workload is run again.\n"
+        )
+    )
+    marker = f"## {key}\n"
+    if marker in text:
+        start = text.index(marker)
+        nxt = text.find("\n## ", start + len(marker))
+        text = text[:start] + section + ("" if nxt < 0 else text[nxt + 1 :])
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text.rstrip("\n") + "\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--small", action="store_true", help=f"N = {SMALL_N:,} (the demo)")
+    p.add_argument("--n-pixels", type=int, default=None, help=f"N (default {DEFAULT_N:,})")
+    p.add_argument("--k", type=int, default=16)
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--chunk-pixels",
+        type=int,
+        default=None,
+        help="Dask chunk length (default min(1,000,000, ceil(N/4)))",
+    )
+    p.add_argument("--output", type=Path, default=None, help="write/update a markdown file")
+    p.add_argument("--skip-dask-ml", action="store_true")
+    p.add_argument("--dask-ml-timeout", type=float, default=900.0)
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=900.0,
+        help="time limit for each other contender's subprocess",
+    )
+    p.add_argument("--only", nargs="+", choices=CONTENDERS, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=CONTENDERS, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        return worker_main(args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%X")
+    n = args.n_pixels or (SMALL_N if args.small else DEFAULT_N)
+    if args.chunk_pixels is None:
+        args.chunk_pixels = min(1_000_000, max(1, math.ceil(n / 4)))
+    command = "python " + " ".join(
+        [str(Path(sys.argv[0])), *sys.argv[1:]] if argv is None else ["bench_lloyd.py", *argv]
+    )
+    mach = machine_info()
+    LOG.info("machine: %d cores, %.1f GiB, %s", mach["cores"], mach["ram_gib"], mach["cpu"])
+
+    names = list(args.only or CONTENDERS)
+    if args.skip_dask_ml and "dask-ml" in names:
+        names.remove("dask-ml")
+
+    with tempfile.TemporaryDirectory(prefix="bench_lloyd_") as tmp:
+        work = Path(tmp)
+        t0 = time.perf_counter()
+        pixels = make_pixels(n, args.seed)
+        np.save(work / "pixels.npy", pixels)
+        data_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        centers = make_init_centers(pixels, args.k, args.seed)
+        init_s = time.perf_counter() - t0
+        np.save(work / "init_centers.npy", centers)
+        LOG.info("data: %s pixels in %.1f s; k-means++ init in %.2f s", f"{n:,}", data_s, init_s)
+
+        LOG.info("measuring read bandwidth (1 GiB float64, best of 5) ...")
+        load_start = os.getloadavg()[0]
+        bw = measure_bandwidth()
+        LOG.info(
+            "bandwidth: %.1f GB/s (1 process), %.1f GB/s (2 processes)", bw[0] / 1e9, bw[1] / 1e9
+        )
+
+        results = []
+        for name in names:
+            timeout = args.dask_ml_timeout if name == "dask-ml" else args.timeout
+            LOG.info("running %s ...", name)
+            r = run_contender(name, args, work, timeout)
+            if "error" not in r and "timed_out" not in r:
+                c = np.load(work / f"{name}.centers.npy")
+                r["inertia_per_pixel"] = true_inertia(pixels, c) / n
+                LOG.info(
+                    "  %s: fit %.2f s, %.4f s/iter, n_iter %d, inertia/pixel %.3f",
+                    name,
+                    r["fit_s"],
+                    r["s_per_iter"],
+                    r["n_iter"],
+                    r["inertia_per_pixel"],
+                )
+            elif "timed_out" in r:
+                LOG.info("  %s: timed out > %.0f s", name, r["timed_out"])
+            else:
+                LOG.info("  %s: FAILED\n%s", name, r["error"])
+            results.append(r)
+
+    prep = {"init_s": init_s, "load_start": load_start}
+    report = build_report(args, results, n, bw, prep, command)
+    print()
+    print(report)
+    if args.output:
+        vers = package_versions()
+        header = "\n".join(
+            [
+                f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+                f"- machine: {mach['cores']} cores, {mach['ram_gib']:.1f} GiB RAM, {mach['cpu']}; "
+                f"Python {mach['python']}, {mach['platform']}",
+                "- packages: " + ", ".join(f"{k} {v}" for k, v in vers.items()),
+                f"- command: `{command}`",
+                "",
+            ]
+        )
+        key = f"N = {n:,} pixels, k = {args.k}, {args.iters} iterations, seed {args.seed}"
+        write_markdown(args.output, key, header, report)
+        LOG.info("wrote %s", args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
