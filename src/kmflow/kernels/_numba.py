@@ -16,6 +16,59 @@ import numpy as np
 __all__ = ["accumulate", "assign", "min_sqdist", "update_nearest"]
 
 
+#: Rows per tile: a tile is copied to a small float64 structure-of-arrays buffer, then the
+#: distances to one center are computed for the whole tile at once (SIMD across rows) and the
+#: nearest center is kept with branch-free selects. Ties go to the lowest center index.
+TILE = 512
+
+
+@nb.njit(nogil=True, cache=True)
+def _load_tile(X, s, m, xs, best, lab, init_best, init_lab):  # type: ignore[no-untyped-def]
+    d = X.shape[1]
+    for i in range(m):
+        for f in range(d):
+            xs[f, i] = X[s + i, f]
+        best[i] = init_best
+        lab[i] = init_lab
+
+
+@nb.njit(nogil=True, cache=True)
+def _tile_nearest(xs, m, centers_t, base, best, lab, dd):  # type: ignore[no-untyped-def]
+    """For rows ``0..m`` of the tile, fold centers into (best squared distance, label)."""
+    d = xs.shape[0]
+    k = centers_t.shape[1]
+    if d == 3:  # RGB pixels: the main job, fully unrolled
+        for j in range(k):
+            c0 = centers_t[0, j]
+            c1 = centers_t[1, j]
+            c2 = centers_t[2, j]
+            lj = base + j
+            for i in range(m):
+                t0 = xs[0, i] - c0
+                t1 = xs[1, i] - c1
+                t2 = xs[2, i] - c2
+                v = t0 * t0 + t1 * t1 + t2 * t2
+                better = v < best[i]
+                best[i] = v if better else best[i]
+                lab[i] = lj if better else lab[i]
+        return
+    for j in range(k):
+        c = centers_t[0, j]
+        for i in range(m):
+            t = xs[0, i] - c
+            dd[i] = t * t
+        for f in range(1, d):
+            c = centers_t[f, j]
+            for i in range(m):
+                t = xs[f, i] - c
+                dd[i] += t * t
+        lj = base + j
+        for i in range(m):
+            better = dd[i] < best[i]
+            best[i] = dd[i] if better else best[i]
+            lab[i] = lj if better else lab[i]
+
+
 @nb.njit(nogil=True, cache=True)
 def accumulate(X, w, has_w, centers_t, sums, counts):  # type: ignore[no-untyped-def]
     """Assign rows to their nearest center and add them to per-center sums.
@@ -35,28 +88,22 @@ def accumulate(X, w, has_w, centers_t, sums, counts):  # type: ignore[no-untyped
         Weighted sum of squared distances to the nearest center.
     """
     n, d = X.shape
-    k = centers_t.shape[1]
-    dist = np.empty(k)
+    xs = np.empty((d, TILE))
+    best = np.empty(TILE)
+    lab = np.empty(TILE, np.int64)
+    dd = np.empty(TILE)
     inertia = 0.0
-    for i in range(n):
-        for j in range(k):
-            dist[j] = 0.0
-        for f in range(d):
-            xf = np.float64(X[i, f])
-            for j in range(k):
-                t = xf - centers_t[f, j]
-                dist[j] += t * t
-        best = dist[0]
-        bj = 0
-        for j in range(1, k):
-            if dist[j] < best:
-                best = dist[j]
-                bj = j
-        wi = np.float64(w[i]) if has_w else 1.0
-        counts[bj] += wi
-        for f in range(d):
-            sums[bj, f] += wi * np.float64(X[i, f])
-        inertia += wi * best
+    for s in range(0, n, TILE):
+        m = min(TILE, n - s)
+        _load_tile(X, s, m, xs, best, lab, np.inf, 0)
+        _tile_nearest(xs, m, centers_t, 0, best, lab, dd)
+        for i in range(m):
+            bj = lab[i]
+            wi = np.float64(w[s + i]) if has_w else 1.0
+            counts[bj] += wi
+            for f in range(d):
+                sums[bj, f] += wi * xs[f, i]
+            inertia += wi * best[i]
     return inertia
 
 
@@ -64,24 +111,17 @@ def accumulate(X, w, has_w, centers_t, sums, counts):  # type: ignore[no-untyped
 def assign(X, centers_t, labels, d2):  # type: ignore[no-untyped-def]
     """Nearest center of every row: ``labels[i]`` and its squared distance ``d2[i]``."""
     n, d = X.shape
-    k = centers_t.shape[1]
-    dist = np.empty(k)
-    for i in range(n):
-        for j in range(k):
-            dist[j] = 0.0
-        for f in range(d):
-            xf = np.float64(X[i, f])
-            for j in range(k):
-                t = xf - centers_t[f, j]
-                dist[j] += t * t
-        best = dist[0]
-        bj = 0
-        for j in range(1, k):
-            if dist[j] < best:
-                best = dist[j]
-                bj = j
-        labels[i] = bj
-        d2[i] = best
+    xs = np.empty((d, TILE))
+    best = np.empty(TILE)
+    lab = np.empty(TILE, np.int64)
+    dd = np.empty(TILE)
+    for s in range(0, n, TILE):
+        m = min(TILE, n - s)
+        _load_tile(X, s, m, xs, best, lab, np.inf, 0)
+        _tile_nearest(xs, m, centers_t, 0, best, lab, dd)
+        for i in range(m):
+            labels[s + i] = lab[i]
+            d2[s + i] = best[i]
 
 
 @nb.njit(nogil=True, cache=True)
@@ -110,25 +150,21 @@ def update_nearest(X, centers_t, base, d2, labels):  # type: ignore[no-untyped-d
     (k-means|| sampling state); distances are computed in float64.
     """
     n, d = X.shape
-    k = centers_t.shape[1]
-    dist = np.empty(k)
-    for i in range(n):
-        for j in range(k):
-            dist[j] = 0.0
-        for f in range(d):
-            xf = np.float64(X[i, f])
-            for j in range(k):
-                t = xf - centers_t[f, j]
-                dist[j] += t * t
-        best = np.float64(d2[i])
-        bj = -1
-        for j in range(k):
-            if dist[j] < best:
-                best = dist[j]
-                bj = j
-        if bj >= 0:
-            d2[i] = best
-            labels[i] = base + bj
+    xs = np.empty((d, TILE))
+    best = np.empty(TILE)
+    lab = np.empty(TILE, np.int64)
+    dd = np.empty(TILE)
+    for s in range(0, n, TILE):
+        m = min(TILE, n - s)
+        for i in range(m):
+            for f in range(d):
+                xs[f, i] = X[s + i, f]
+            best[i] = d2[s + i]
+            lab[i] = labels[s + i]
+        _tile_nearest(xs, m, centers_t, base, best, lab, dd)
+        for i in range(m):
+            d2[s + i] = best[i]
+            labels[s + i] = lab[i]
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
