@@ -5,12 +5,19 @@ session (starting one costs about a second). ``dask_client`` opens a fresh defau
 it for one test and closes it afterwards, so the cluster is shared but a default client never
 outlives the test that asked for it: tests that did not ask keep computing with Dask's local
 schedulers. Tests using either fixture are marked ``integration`` automatically.
+
+``s3_endpoint`` / ``s3_bucket`` run a real S3-compatible server (moto's standalone server) on
+127.0.0.1 for ``s3://`` tests; ``blobs``, ``separated`` and ``pixels`` are seeded test data.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -87,3 +94,93 @@ def pixels() -> np.ndarray:
     img = load_sample_image("china.jpg").reshape(-1, 3)
     rng = np.random.default_rng(0)
     return img[rng.choice(len(img), 60_000, replace=False)]
+
+
+# --------------------------------------------------------------------------- S3 on loopback
+# A real S3-compatible server (moto's standalone server) on 127.0.0.1 for s3:// tests:
+# ``s3_endpoint`` (session) yields its URL; ``s3_bucket`` makes a fresh bucket for one test and
+# returns ``(bucket_url, storage_options)`` (no region in client_kwargs: it comes from
+# AWS_DEFAULT_REGION).
+
+S3_TEST_KEY = "kmflow-test-key"
+S3_TEST_SECRET = "kmflow-test-secret"  # a dummy: moto accepts any credentials
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """URL (``http://127.0.0.1:<port>``) of a moto S3 server running for the session.
+
+    Sets ``AWS_DEFAULT_REGION=us-east-1`` and dummy ``AWS_ACCESS_KEY_ID`` /
+    ``AWS_SECRET_ACCESS_KEY`` for the session (restored afterwards), so nothing reaches for
+    real credentials.
+    """
+    from moto.server import ThreadedMotoServer
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        mp.setenv("AWS_ACCESS_KEY_ID", S3_TEST_KEY)
+        mp.setenv("AWS_SECRET_ACCESS_KEY", S3_TEST_SECRET)
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+            mp.delenv(name, raising=False)
+        # werkzeug logs one line per request: noise in failure reports.
+        werkzeug_log = logging.getLogger("werkzeug")
+        old_level = werkzeug_log.level
+        werkzeug_log.setLevel(logging.WARNING)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        try:
+            host, port = server.get_host_and_port()
+            yield f"http://{host}:{port}"
+        finally:
+            # fsspec's cached S3FileSystem instances are deliberately kept until the
+            # interpreter exits. Dropping them here (clear_instance_cache) lets a later
+            # garbage collection run s3fs's close_session finalizer, which gives the client
+            # 0.1 s to close; on a busy machine it times out, the aiohttp session is left
+            # unclosed and its ResourceWarning fails the run under filterwarnings=error.
+            server.stop()
+            werkzeug_log.setLevel(old_level)
+
+
+def s3_storage_options(endpoint: str) -> dict[str, Any]:
+    """s3fs storage options for the loopback server at `endpoint`."""
+    return {
+        "key": S3_TEST_KEY,
+        "secret": S3_TEST_SECRET,
+        "client_kwargs": {"endpoint_url": endpoint},
+    }
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A new empty bucket: ``("s3://kmflow-test-<hex>", storage_options)``; removed after."""
+    import s3fs
+
+    options = s3_storage_options(s3_endpoint)
+    fs = s3fs.S3FileSystem(**options)
+    bucket = f"kmflow-test-{uuid.uuid4().hex[:12]}"
+    fs.mkdir(bucket)
+    yield f"s3://{bucket}", options
+    with contextlib.suppress(OSError):
+        fs.rm(bucket, recursive=True)
+    fs.invalidate_cache()
+    _close_async_s3_sessions()
+
+
+def _close_async_s3_sessions() -> None:
+    """Close the aiohttp sessions of the asynchronous S3 filesystems zarr opened.
+
+    zarr reaches ``s3://`` through an *asynchronous* ``S3FileSystem``; s3fs registers no
+    finalizer for those, so their sessions would be garbage-collected unclosed
+    ("ResourceWarning: Unclosed client session"). Close them on zarr's own event loop, where
+    they were opened, and drop them from s3fs's instance cache.
+    """
+    import s3fs
+    from zarr.core.sync import sync
+
+    for fs in list(s3fs.S3FileSystem._cache.values()):
+        creator = getattr(fs, "_s3creator", None)
+        if fs.asynchronous and creator is not None:
+            sync(creator.__aexit__(None, None, None))
+            fs._s3 = fs._s3creator = None
+            with contextlib.suppress(KeyError, AttributeError):
+                del s3fs.S3FileSystem._cache[fs._fs_token]

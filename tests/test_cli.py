@@ -175,3 +175,51 @@ def test_missing_source_is_a_clear_error(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert "nope" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_quantize_from_s3_to_s3(tmp_path: Path, mixed_folder: Path, s3_bucket) -> None:
+    """Images, store and outputs all on the loopback S3 server, credentials from the env."""
+    import s3fs
+
+    bucket, options = s3_bucket
+    fs = s3fs.S3FileSystem(**options)
+    fs.put_file(str(mixed_folder / "flower.png"), f"{bucket}/images/flower.png")
+    fs.put_file(
+        str(mixed_folder / "trip" / "day1" / "temple.jpg"), f"{bucket}/images/trip/temple.jpg"
+    )
+    env = {
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "KMFLOW_STORAGE__S3_ENDPOINT_URL": options["client_kwargs"]["endpoint_url"],
+        "KMFLOW_STORAGE__S3_KEY": options["key"],
+        "KMFLOW_STORAGE__S3_SECRET": options["secret"],
+    }
+    report = tmp_path / "report.json"
+    r = run_cli(
+        "quantize",
+        f"{bucket}/images/",
+        "--k",
+        "4",
+        "--seed",
+        "1",
+        "--workers",
+        "1",
+        "--store",
+        f"{bucket}/store.zarr",
+        "--out",
+        f"{bucket}/out",
+        "--report",
+        str(report),
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert options["secret"] not in r.stdout + r.stderr  # credentials never printed
+    data = json.loads(report.read_text())
+    assert data["summary"]["images"] == 2
+    fs.invalidate_cache()
+    assert fs.exists(f"{bucket}/out/flower.png")
+    assert fs.exists(f"{bucket}/out/trip/temple.png")
+    assert fs.exists(f"{bucket}/out/palette.png")
+    with fs.open(f"{bucket}/out/flower.png", "rb") as f:
+        img = np.asarray(Image.open(f).convert("RGB"))
+    assert img.shape == (100, 100, 3)
+    assert {tuple(c) for c in img.reshape(-1, 3)} <= {tuple(c) for c in data["palette_rgb"]}

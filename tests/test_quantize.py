@@ -139,3 +139,39 @@ def test_empty_store_is_a_clear_error(tmp_path: Path) -> None:
     assert report.errors
     with pytest.raises(InvalidInputError, match="holds no images"):
         fit_palette(s, 3)
+
+
+@pytest.mark.integration
+def test_s3_images_store_and_outputs(s3_bucket, photo_dir: Path, tmp_path: Path) -> None:
+    """Images from s3://.../images/, the store at s3://.../store.zarr, PNGs to s3://.../out/."""
+    import s3fs
+
+    bucket, options = s3_bucket
+    fs = s3fs.S3FileSystem(**options)
+    for path in photo_dir.rglob("*.png"):
+        fs.put_file(str(path), f"{bucket}/images/{path.relative_to(photo_dir).as_posix()}")
+    store = PixelStore(f"{bucket}/store.zarr", storage_options=options, chunk_pixels=4096)
+    sources = discover_images(f"{bucket}/images/", storage_options=options)
+    report = store.ingest(sources, max_pixels=10**7, storage_options=options)
+    assert len(report.added) == 3
+    init = np.array([[20, 30, 40], [200, 180, 160], [90, 120, 60], [250, 250, 250]], float)
+    palette = fit_palette(store, 4, init=init)
+    applied = apply_palette(store, palette, f"{bucket}/out", storage_options=options)
+    assert applied.palette_url == f"{bucket}/out/palette.png"
+
+    # The same run on local files gives the same palette and the same PNGs.
+    local = PixelStore(str(tmp_path / "store.zarr"), chunk_pixels=4096)
+    local.ingest(discover_images(str(photo_dir)), max_pixels=10**7)
+    local_palette = fit_palette(local, 4, init=init)
+    np.testing.assert_array_equal(local_palette.rgb, palette.rgb)
+    apply_palette(local, local_palette, str(tmp_path / "out"))
+    for rel in ("a/china_crop.png", "a/b/flower_crop.png", "sky.png"):
+        with fs.open(f"{bucket}/out/{rel}", "rb") as f:
+            remote = np.asarray(Image.open(f).convert("RGB"))
+        np.testing.assert_array_equal(remote, _read_png(str(tmp_path / "out" / rel)))
+    # The store reopens from S3 with every pixel and the labels written by apply.
+    reopened = PixelStore(f"{bucket}/store.zarr", storage_options=options)
+    assert reopened.n_pixels == local.n_pixels
+    labels = reopened.labels()
+    assert labels is not None
+    np.testing.assert_array_equal(labels.compute(), local.labels().compute())

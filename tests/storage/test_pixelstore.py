@@ -1,7 +1,7 @@
 """Tests for the Zarr v3 pixel store: layout, ingest, crash recovery, derived data, backends.
 
 The contract tests (:class:`TestStoreContract`) run against a local directory, ``memory://``
-and ``s3://`` on the loopback S3 server of ``tests/storage/conftest.py``.
+and ``s3://`` on the loopback S3 server of ``tests/conftest.py``.
 """
 
 from __future__ import annotations
@@ -119,29 +119,6 @@ def memory_url() -> Iterator[str]:
         fs.rm(f"/{root}", recursive=True)
 
 
-@pytest.fixture
-def s3_store_bucket(
-    s3_bucket: tuple[str, dict[str, Any]],
-) -> Iterator[tuple[str, dict[str, Any]]]:
-    """``s3_bucket``, then close the S3 sessions zarr opened.
-
-    zarr reaches ``s3://`` through an *asynchronous* ``S3FileSystem``; s3fs registers no
-    finalizer for those (only for synchronous ones), so their aiohttp session would be
-    garbage-collected unclosed ("ResourceWarning: Unclosed client session"), an error under
-    ``filterwarnings = error``. Close them on zarr's own event loop, where they were opened.
-    """
-    yield s3_bucket
-    import s3fs
-    from zarr.core.sync import sync
-
-    for fs in list(s3fs.S3FileSystem._cache.values()):
-        creator = getattr(fs, "_s3creator", None)
-        if fs.asynchronous and creator is not None:
-            sync(creator.__aexit__(None, None, None))
-            fs._s3 = fs._s3creator = None
-    s3fs.S3FileSystem.clear_instance_cache()
-
-
 @pytest.fixture(params=["local", "memory", pytest.param("s3", marks=pytest.mark.integration)])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[str, Any] | None]:
     """(store URL, storage options) on each backend."""
@@ -149,7 +126,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[s
         return str(tmp_path / "store.zarr"), None
     if request.param == "memory":
         return request.getfixturevalue("memory_url"), None
-    bucket_url, options = request.getfixturevalue("s3_store_bucket")
+    bucket_url, options = request.getfixturevalue("s3_bucket")
     return f"{bucket_url.rstrip('/')}/{uuid.uuid4().hex}/store.zarr", options
 
 
@@ -535,9 +512,9 @@ def test_report_to_dict_is_json(tmp_path: Path, three: list[ImageSource]) -> Non
 
 
 @pytest.mark.integration
-def test_s3_images_to_s3_store(s3_store_bucket: tuple[str, dict[str, Any]]) -> None:
+def test_s3_images_to_s3_store(s3_bucket: tuple[str, dict[str, Any]]) -> None:
     """Images on S3 ingested into a store on S3; a fresh PixelStore reads them back."""
-    bucket_url, options = s3_store_bucket
+    bucket_url, options = s3_bucket
     fs = fsspec.filesystem("s3", **options)
     root = bucket_url.rstrip("/")
     expected: dict[str, np.ndarray] = {}
