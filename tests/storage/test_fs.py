@@ -229,17 +229,23 @@ def test_read_bytes_directory(tmp_path: Any) -> None:
     assert not isinstance(info.value, SourceNotFoundError)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_read_bytes_permission_denied(tmp_path: Any) -> None:
+def test_read_bytes_permission_denied(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tests run as root here, which reads files whatever their mode: make the filesystem
+    # itself refuse, as a mode-000 file or a bucket policy would.
+    import fsspec.implementations.local
+
     target = tmp_path / "secret.png"
     target.write_bytes(b"x")
-    target.chmod(0)
-    try:
-        with pytest.raises(StorageError, match="ermission denied") as info:
-            read_bytes(str(target))
-        assert str(target) in str(info.value)
-    finally:
-        target.chmod(0o600)
+
+    def refuse(self: Any, path: str, *args: Any, **kwargs: Any) -> bytes:
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(fsspec.implementations.local.LocalFileSystem, "cat_file", refuse)
+    monkeypatch.setattr(fsspec.implementations.local.LocalFileSystem, "_open", refuse)
+    with pytest.raises(StorageError, match="ermission denied") as info:
+        read_bytes(str(target))
+    assert str(target) in str(info.value)
+    assert not isinstance(info.value, SourceNotFoundError)
 
 
 # --------------------------------------------------------------------------- write_bytes_atomic
