@@ -20,9 +20,11 @@ test: venv
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
-# The main job, small: a quick Lloyd benchmark against scikit-learn and dask-ml.
+# The main job: quantize images to 16 colors (default: the sample photos bundled with
+# scikit-learn) on a local Dask cluster; PNGs, palette and Zarr pixel store under kmflow-out/.
 demo: venv
-	$(BIN)/python benchmarks/bench_lloyd.py --small
+	$(BIN)/kmflow quantize --k 16 --out kmflow-out --report kmflow-out/report.json
 
 bench: venv
-	$(BIN)/python benchmarks/bench_lloyd.py
+	$(BIN)/python benchmarks/bench_lloyd.py --output benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/bench_quantize.py --output benchmarks/RESULTS.md
