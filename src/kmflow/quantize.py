@@ -29,7 +29,7 @@ from kmflow.kernels.color import ciede2000, lab_to_srgb, psnr, srgb_to_lab
 from kmflow.kernels.histogram import color_histogram, pack_rgb, unpack_rgb
 from kmflow.kernels.lloyd import Callback, assign
 from kmflow.storage.fs import join_url, write_bytes_atomic
-from kmflow.storage.images import encode_png
+from kmflow.storage.images import encode_png, encode_png_indexed
 from kmflow.storage.pixelstore import ImageRecord, PixelStore
 
 __all__ = [
@@ -251,9 +251,12 @@ def _render_image(
     packed, first, counts = np.unique(pack_rgb(pixels), return_index=True, return_counts=True)
     de = ciede2000(srgb_to_lab(unpack_rgb(packed)), srgb_to_lab(quant[first]))
     delta_e = float((de * counts).sum() / n)
-    write_bytes_atomic(
-        url, encode_png(quant.reshape(record.height, record.width, 3)), storage_options
-    )
+    shape = (record.height, record.width)
+    if len(palette_rgb) <= 256:
+        data = encode_png_indexed(labels.reshape(shape), palette_rgb)
+    else:
+        data = encode_png(quant.reshape(*shape, 3))
+    write_bytes_atomic(url, data, storage_options)
     return ImageResult(
         source=record.source,
         relpath=record.relpath,
@@ -279,7 +282,7 @@ def apply_palette(
     storage_options: dict[str, Any] | None = None,
     images: Sequence[ImageRecord] | None = None,
     progress: Callable[[int, int], None] | None = None,
-    group_size: int = 8,
+    group_size: int = 32,
 ) -> ApplyReport:
     """Label every stored pixel with its palette color and render the images.
 

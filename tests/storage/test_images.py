@@ -34,6 +34,7 @@ from kmflow.storage.images import (
     decode_image,
     discover_images,
     encode_png,
+    encode_png_indexed,
     read_image,
 )
 
@@ -753,3 +754,23 @@ def test_read_image_on_dask_worker_processes(tmp_path: Path, dask_client: Any) -
         np.testing.assert_array_equal(result.pixels.reshape(5, 6, 3), _rgb(5, 6, seed=i))
     assert results[3].error is not None
     assert "not found" in results[3].error
+
+
+def test_encode_png_indexed_round_trips_to_palette_colors() -> None:
+    rng = np.random.default_rng(0)
+    palette = rng.integers(0, 256, size=(5, 3), dtype=np.uint8)
+    labels = rng.integers(0, 5, size=(7, 9))
+    data = encode_png_indexed(labels, palette)
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.mode == "P"
+        rgb = np.asarray(im.convert("RGB"))
+    np.testing.assert_array_equal(rgb, palette[labels])
+    np.testing.assert_array_equal(decode_image(data, max_pixels=100), palette[labels])
+
+
+def test_encode_png_indexed_rejects_bad_input() -> None:
+    palette = np.zeros((3, 3), np.uint8)
+    with pytest.raises(InvalidInputError, match=r"labels must lie in \[0, 3\)"):
+        encode_png_indexed(np.full((2, 2), 3), palette)
+    with pytest.raises(InvalidInputError, match="palette must be"):
+        encode_png_indexed(np.zeros((2, 2), int), np.zeros((300, 3), np.uint8))
