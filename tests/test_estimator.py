@@ -268,19 +268,27 @@ def test_same_fit_on_a_multiprocess_cluster(dask_client, pixels) -> None:
 @pytest.mark.slow
 @pytest.mark.integration
 def test_fit_streams_an_array_larger_than_cluster_memory() -> None:
-    # 2 workers x 500 MiB, and a 1.2 GiB lazily generated array: it cannot be persisted, so
-    # every pass regenerates it block by block on the workers.
+    # 2 workers x 700 MiB, and a 1.5 GiB lazily generated array: it cannot be persisted, so
+    # every pass regenerates it block by block on the workers. Pausing is off: an idle worker
+    # process already holds ~420 MiB of libraries (more while numba compiles on a cold cache),
+    # and a paused worker would stall the test instead of failing it.
+    memory = {
+        "distributed.worker.memory.target": False,
+        "distributed.worker.memory.spill": False,
+        "distributed.worker.memory.pause": False,
+    }
     with (
+        dask.config.set(memory),
         LocalCluster(
             n_workers=2,
             threads_per_worker=1,
-            memory_limit="500MiB",
+            memory_limit="700MiB",
             processes=True,
             dashboard_address=None,
         ) as cluster,
         Client(cluster) as client,
     ):
-        X = da.random.default_rng(0).random((20_000_000, 8), chunks=(250_000, 8))
+        X = da.random.default_rng(0).random((24_000_000, 8), chunks=(250_000, 8))
         total_limit = sum(w["memory_limit"] for w in client.scheduler_info()["workers"].values())
         assert X.nbytes > total_limit
         km = KMeans(4, init="random", max_iter=3, tol=0, random_state=0).fit(X)
