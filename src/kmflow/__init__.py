@@ -9,9 +9,14 @@ from importlib.metadata import PackageNotFoundError, version
 
 from kmflow.errors import (
     ClusterError,
+    ImageDecodeError,
     InvalidInputError,
     KmflowError,
     NotFittedError,
+    SourceNotFoundError,
+    StorageError,
+    StoreCorruptError,
+    StoreNotFoundError,
     TooFewDistinctPointsError,
 )
 from kmflow.estimator import KMeans
@@ -24,11 +29,16 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "ClusterError",
+    "ImageDecodeError",
     "InvalidInputError",
     "IterationInfo",
     "KMeans",
     "KmflowError",
     "NotFittedError",
+    "SourceNotFoundError",
+    "StorageError",
+    "StoreCorruptError",
+    "StoreNotFoundError",
     "TooFewDistinctPointsError",
     "__version__",
 ]

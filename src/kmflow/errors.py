@@ -1,4 +1,4 @@
-"""Every exception and warning kmflow raises.
+"""Every exception kmflow raises.
 
 One root, :class:`KmflowError`; each subclass also inherits the builtin a caller would
 naturally catch, so ``except ValueError`` keeps working around kmflow calls.
@@ -8,9 +8,14 @@ from __future__ import annotations
 
 __all__ = [
     "ClusterError",
+    "ImageDecodeError",
     "InvalidInputError",
     "KmflowError",
     "NotFittedError",
+    "SourceNotFoundError",
+    "StorageError",
+    "StoreCorruptError",
+    "StoreNotFoundError",
     "TooFewDistinctPointsError",
 ]
 
@@ -62,12 +67,8 @@ class ImageDecodeError(InvalidInputError):
     """
 
 
-# Appended by the storage work; fold into ``__all__`` at the top when convenient.
-__all__ += ["ImageDecodeError", "SourceNotFoundError", "StorageError"]
 
 
-# Appended by the pixel store; fold into ``__all__`` at the top when convenient.
-__all__ += ["StoreCorruptError", "StoreNotFoundError"]
 
 
 class StoreNotFoundError(StorageError, FileNotFoundError):

@@ -23,7 +23,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from kmflow.errors import InvalidInputError, TooFewDistinctPointsError
+from kmflow.errors import InvalidInputError, StoreCorruptError, TooFewDistinctPointsError
 from kmflow.estimator import KMeans
 from kmflow.kernels.color import ciede2000, lab_to_srgb, psnr, srgb_to_lab
 from kmflow.kernels.histogram import color_histogram, pack_rgb, unpack_rgb
@@ -317,7 +317,8 @@ def apply_palette(
     labels = assign(_pixels_in(pixels, palette.color_space), palette.centers)
     store.write_labels(labels)
     stored_labels = store.labels()
-    assert stored_labels is not None  # written just above
+    if stored_labels is None:  # written just above: only a concurrent ingest can cause this
+        raise StoreCorruptError(f"{store.url}: labels vanished right after being written")
     records = list(store.images() if images is None else images)
     render = dask.delayed(_render_image, pure=False)
     results: list[ImageResult] = []
