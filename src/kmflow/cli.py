@@ -235,16 +235,7 @@ def _print_errors(errors: list[Any]) -> None:
 
 def _print_summary(summary: dict[str, Any]) -> None:
     table = Table(title="kmflow quantize", title_justify="left")
-    for col in (
-        "images",
-        "megapixels",
-        "k",
-        "iterations",
-        "inertia/pixel",
-        "PSNR dB",
-        "ΔE00",
-        "seconds",
-    ):
+    for col in ("images", "MP", "k", "iterations", "SSE/px", "PSNR dB", "ΔE00", "seconds"):
         table.add_column(col, justify="right")
     table.add_row(
         str(summary["images"]),
@@ -257,9 +248,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f"{summary['seconds']:.1f}",
     )
     out_console.print(table)
-    out_console.print(
-        f"outputs: {summary['out']}   palette: {summary['palette']}   store: {summary['store']}"
-    )
+    out_console.print(f"outputs: {summary['out']}")
+    out_console.print(f"palette: {summary['palette']}")
+    out_console.print(f"store:   {summary['store']}")
 
 
 def _write_report(path: Path | None, payload: dict[str, Any]) -> None:

@@ -67,10 +67,6 @@ class ImageDecodeError(InvalidInputError):
     """
 
 
-
-
-
-
 class StoreNotFoundError(StorageError, FileNotFoundError):
     """No pixel store (or other kmflow store) exists at the given URL."""
 
