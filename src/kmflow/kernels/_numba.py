@@ -13,7 +13,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-__all__ = ["accumulate", "assign", "min_sqdist", "update_nearest"]
+__all__ = ["accumulate", "assign", "round_thresholds", "uniform_fill", "update_nearest"]
 
 
 #: Rows per tile: a tile is copied to a small float64 structure-of-arrays buffer, then the
@@ -122,23 +122,6 @@ def assign(X, centers_t, labels, d2):  # type: ignore[no-untyped-def]
         for i in range(m):
             labels[s + i] = lab[i]
             d2[s + i] = best[i]
-
-
-@nb.njit(nogil=True, cache=True)
-def min_sqdist(X, centers_t, d2):  # type: ignore[no-untyped-def]
-    """Update ``d2[i] = min(d2[i], min_j ||X[i] - c_j||^2)`` for the given centers."""
-    n, d = X.shape
-    k = centers_t.shape[1]
-    for i in range(n):
-        best = d2[i]
-        for j in range(k):
-            s = 0.0
-            for f in range(d):
-                t = np.float64(X[i, f]) - centers_t[f, j]
-                s += t * t
-            if s < best:
-                best = s
-        d2[i] = best
 
 
 @nb.njit(nogil=True, cache=True)

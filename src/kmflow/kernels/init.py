@@ -48,7 +48,7 @@ _NO_WEIGHTS = np.empty(0)
 def _block_d2(x: np.ndarray, centers_t: np.ndarray | None) -> np.ndarray:
     d2 = np.full(x.shape[0], np.inf)
     if centers_t is not None and centers_t.shape[1]:
-        _numba.min_sqdist(x, centers_t, d2)
+        _numba.update_nearest(x, centers_t, 0, d2, np.zeros(x.shape[0], dtype=np.int64))
     return d2
 
 
@@ -400,7 +400,9 @@ def _trial_cost_block(
     out = np.empty(len(trials))
     for i, t in enumerate(trials):
         dt = d2.copy()
-        _numba.min_sqdist(x, np.ascontiguousarray(t[:, None]), dt)
+        _numba.update_nearest(
+            x, np.ascontiguousarray(t[:, None]), 0, dt, np.zeros(x.shape[0], dtype=np.int64)
+        )
         out[i] = float(dt.sum() if w is None else dt @ w)
     return out
 
