@@ -110,18 +110,9 @@ def accumulate(X, w, has_w, centers_t, sums, counts):  # type: ignore[no-untyped
 @nb.njit(nogil=True, cache=True)
 def assign(X, centers_t, labels, d2):  # type: ignore[no-untyped-def]
     """Nearest center of every row: ``labels[i]`` and its squared distance ``d2[i]``."""
-    n, d = X.shape
-    xs = np.empty((d, TILE))
-    best = np.empty(TILE)
-    lab = np.empty(TILE, np.int64)
-    dd = np.empty(TILE)
-    for s in range(0, n, TILE):
-        m = min(TILE, n - s)
-        _load_tile(X, s, m, xs, best, lab, np.inf, 0)
-        _tile_nearest(xs, m, centers_t, 0, best, lab, dd)
-        for i in range(m):
-            labels[s + i] = lab[i]
-            d2[s + i] = best[i]
+    d2[:] = np.inf
+    labels[:] = 0
+    update_nearest(X, centers_t, 0, d2, labels)
 
 
 @nb.njit(nogil=True, cache=True)
