@@ -224,6 +224,184 @@ def quantize(
     )
 
 
+@app.command()
+def pipeline(
+    source: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Images: files, folders, globs or URLs. Default: scikit-learn's sample photos.",
+            show_default=False,
+        ),
+    ] = None,
+    k: Annotated[int, typer.Option("--k", "-k", min=1, max=65536, help="Number of colors.")] = 16,
+    model: Annotated[str, typer.Option(help="Model name in the registry.")] = "palette",
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder or URL.")] = "kmflow-out",
+    store: Annotated[
+        str | None, typer.Option(help="Zarr pixel store (path or URL). Default: OUT/store.zarr.")
+    ] = None,
+    color_space: Annotated[str, typer.Option("--color-space", help="'rgb' or 'lab'.")] = "rgb",
+    method: Annotated[str, typer.Option(help="'histogram' or 'pixels'.")] = "histogram",
+    seed: Annotated[int | None, typer.Option(min=0, help="Random seed.")] = None,
+    max_iter: Annotated[int, typer.Option(min=1, help="Maximum Lloyd iterations.")] = 300,
+    holdout: Annotated[
+        float, typer.Option(min=0.0, max=0.95, help="Share held out for evaluation (0: none).")
+    ] = 0.0,
+    holdout_by: Annotated[
+        str, typer.Option("--holdout-by", help="Hold out whole 'image's or single 'row's.")
+    ] = "image",
+    promote: Annotated[
+        str, typer.Option(help="'if-better' (default), 'always' or 'never'.")
+    ] = "if-better",
+    pattern: Annotated[str | None, typer.Option(help="Glob filter inside folders.")] = None,
+    strict: Annotated[bool, typer.Option(help="Fail if any image cannot be ingested.")] = False,
+    workers: Annotated[int | None, typer.Option(min=1, help="Local Dask worker processes.")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="Existing Dask scheduler address.")] = None,
+    report: Annotated[Path | None, typer.Option(help="Write the flow's result as JSON.")] = None,
+) -> None:
+    """Run the pipeline flow (ingest → train → evaluate → register → apply) on this machine.
+
+    With no PREFECT_API_URL set, Prefect runs it against a temporary local server it starts
+    itself (ephemeral mode): nothing to start by hand. With PREFECT_API_URL set, the run is
+    recorded on that server (artifacts, logs, subflow runs).
+    """
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from kmflow.flows.pipeline import pipeline_flow  # noqa: PLC0415 - Prefect import is slow
+    from kmflow.params import PipelineParams, SplitParams  # noqa: PLC0415
+
+    if workers is not None and scheduler:
+        raise typer.BadParameter("give --workers or --scheduler, not both")
+    try:
+        params = PipelineParams(
+            sources=list(source or []),
+            store=store or join_url(out, "store.zarr"),
+            out=out,
+            model=model,
+            k=k,
+            color_space=color_space,  # type: ignore[arg-type]
+            method=method,  # type: ignore[arg-type]
+            seed=seed,
+            max_iter=max_iter,
+            holdout=SplitParams(fraction=holdout, by=holdout_by, seed=seed or 0),  # type: ignore[arg-type]
+            promote=promote,  # type: ignore[arg-type]
+            pattern=pattern,
+            strict=strict,
+        )
+    except ValidationError as exc:
+        raise typer.BadParameter(_validation_message(exc)) from exc
+    try:
+        with connect(_cluster_settings(workers, scheduler)):
+            result = pipeline_flow(params)
+    except KmflowError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    train = result["train"]
+    table = Table(title=f"kmflow pipeline: {model} version {train['version']}", title_justify="left")
+    for col in ("images", "k", "version", "champion", "SSE/px", "PSNR dB", "ΔE00", "seconds"):
+        table.add_column(col, justify="right")
+    metrics = train["metrics"]
+    table.add_row(
+        str(result["ingest"]["n_images"]),
+        str(k),
+        str(train["version"]),
+        str(train["champion"]),
+        f"{metrics['inertia_per_pixel']:.2f}",
+        f"{result['apply']['psnr']:.2f}",
+        f"{result['apply']['delta_e']:.2f}",
+        f"{result['seconds']:.1f}",
+    )
+    out_console.print(table)
+    out_console.print(f"promotion: {train['reason']}")
+    out_console.print(f"outputs:   {out}")
+    _write_report(report, result)
+
+
+def _validation_message(exc: Any) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+    )
+
+
+models_app = typer.Typer(help="The model registry: list, show and promote versions.")
+app.add_typer(models_app, name="models")
+
+RegistryOption = Annotated[
+    str | None,
+    typer.Option(help="Registry path or URL. Default: KMFLOW_REGISTRY__URL."),
+]
+
+
+def _registry(url: str | None) -> Any:
+    from kmflow.storage.registry import ModelRegistry  # noqa: PLC0415
+
+    settings = get_settings()
+    target = url or settings.registry.url
+    return ModelRegistry(target, storage_options=storage_options_for(target, settings.storage))
+
+
+@models_app.command("list")
+def models_list(registry: RegistryOption = None) -> None:
+    """Every model with its versions and champion."""
+    try:
+        reg = _registry(registry)
+        table = Table(title=f"models in {reg.url}", title_justify="left")
+        for col in ("name", "versions", "latest", "champion", "k", "created"):
+            table.add_column(col)
+        for name in reg.names():
+            versions = reg.versions(name)
+            champion = reg.champion(name)
+            latest = versions[-1]
+            table.add_row(
+                name,
+                str(len(versions)),
+                str(latest.version),
+                "-" if champion is None else str(champion.version),
+                str(latest.n_clusters),
+                latest.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            )
+    except KmflowError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    out_console.print(table)
+
+
+@models_app.command("show")
+def models_show(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[
+        str, typer.Option(help="A version number, 'latest' or 'champion'.")
+    ] = "latest",
+    registry: RegistryOption = None,
+) -> None:
+    """A version's record (model.json) and centers, as JSON."""
+    which: int | str = int(version) if version.isdigit() else version
+    if which not in ("latest", "champion") and not isinstance(which, int):
+        raise typer.BadParameter("--version must be a number, 'latest' or 'champion'")
+    try:
+        model = _registry(registry).load(name, which)
+    except KmflowError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    payload = json.loads(model.record.to_json())
+    payload["centers"] = model.centers.tolist()
+    out_console.print_json(json.dumps(payload))
+
+
+@models_app.command("promote")
+def models_promote(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[int, typer.Argument(min=1, help="Version to make the champion.")],
+    registry: RegistryOption = None,
+) -> None:
+    """Make a version the champion (the version apply and monitoring use by default)."""
+    try:
+        record = _registry(registry).promote(name, version)
+    except KmflowError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    out_console.print(f"{record.name} version {record.version} is now the champion")
+
+
 def _print_errors(errors: list[Any]) -> None:
     table = Table(title="Images that could not be ingested", title_justify="left")
     table.add_column("file")

@@ -27,18 +27,26 @@ from kmflow.errors import InvalidInputError, StoreCorruptError, TooFewDistinctPo
 from kmflow.estimator import KMeans
 from kmflow.kernels.color import ciede2000, lab_to_srgb, psnr, srgb_to_lab
 from kmflow.kernels.histogram import color_histogram, pack_rgb, unpack_rgb
-from kmflow.kernels.lloyd import Callback, assign
+from kmflow.kernels.lloyd import Callback, assign, nearest
+from kmflow.kernels.metrics import internal_metrics, silhouette_sample
+from kmflow.kernels.split import holdout_items, holdout_rows
 from kmflow.storage.fs import join_url, write_bytes_atomic
 from kmflow.storage.images import encode_png, encode_png_indexed
 from kmflow.storage.pixelstore import ImageRecord, PixelStore
 
 __all__ = [
     "ApplyReport",
+    "Evaluation",
+    "ImageQuality",
     "ImageResult",
     "Palette",
+    "Split",
     "apply_palette",
+    "evaluate_palette",
     "fit_palette",
+    "palette_from_centers",
     "palette_swatch",
+    "select",
 ]
 
 logger = logging.getLogger(__name__)
@@ -100,6 +108,117 @@ def _palette_rgb(centers: np.ndarray, color_space: ColorSpace) -> np.ndarray:
     return np.clip(np.rint(centers), 0, 255).astype(np.uint8)
 
 
+@dataclass(frozen=True)
+class Split:
+    """A seeded train / held-out split of the stored pixels.
+
+    Attributes
+    ----------
+    by : {"image", "row"}
+        "image" holds out whole images (chosen by their content hash), "row" holds out
+        single pixels (chosen by their row index); both are the same for any chunking.
+    fraction : float in (0, 1)
+        Share of images or rows held out for evaluation.
+    seed : int
+    """
+
+    by: Literal["image", "row"]
+    fraction: float
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.by not in ("image", "row"):
+            raise InvalidInputError(f"split by must be 'image' or 'row'; got {self.by!r}")
+        if not 0.0 < self.fraction < 1.0:
+            raise InvalidInputError(f"holdout fraction must be in (0, 1); got {self.fraction!r}")
+
+
+Part = Literal["all", "train", "eval"]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The pixels of one part of a split: rows of ``pixels`` where ``mask`` is True."""
+
+    pixels: da.Array
+    mask: da.Array | None
+    images: list[ImageRecord]
+    masks: list[da.Array | None]  # per image, aligned with ``images``
+
+
+def select(store: PixelStore, split: Split | None = None, part: Part = "all") -> Selection:
+    """The stored pixels of one part of a split (lazily; nothing is read).
+
+    Parameters
+    ----------
+    store : PixelStore
+    split : Split, optional
+        ``None`` selects everything whatever ``part`` says.
+    part : {"all", "train", "eval"}
+
+    Raises
+    ------
+    InvalidInputError
+        If the store is empty, or a split by image has fewer than 2 images.
+    """
+    pixels = store.pixels()
+    records = store.images()
+    if not records:
+        raise InvalidInputError(f"the pixel store {store.url} holds no images: ingest some first")
+    if split is None or part == "all":
+        return Selection(pixels, None, records, [None] * len(records))
+    if split.by == "image":
+        held = holdout_items([r.sha256 for r in records], split.fraction, seed=split.seed)
+        chosen = [r for r, h in zip(records, held, strict=True) if h == (part == "eval")]
+        parts = [pixels[r.offset : r.offset + r.n_pixels] for r in chosen]
+        return Selection(da.concatenate(parts, axis=0), None, chosen, [None] * len(chosen))
+    held_rows = holdout_rows(pixels, split.fraction, seed=split.seed)
+    mask = held_rows if part == "eval" else ~held_rows
+    masks: list[da.Array | None] = [mask[r.offset : r.offset + r.n_pixels] for r in records]
+    return Selection(pixels, mask, records, masks)
+
+
+def palette_from_centers(
+    centers: np.ndarray,
+    color_space: ColorSpace = "rgb",
+    *,
+    method: FitMethod = "histogram",
+    inertia: float = float("nan"),
+    n_iter: int = 0,
+    converged: bool = True,
+    seed: int = 0,
+    n_pixels: int = 0,
+    n_colors: int = 0,
+) -> Palette:
+    """A :class:`Palette` from stored centers (a registered model), to apply or evaluate.
+
+    Raises
+    ------
+    InvalidInputError
+        If ``centers`` is not a finite (k, 3) array or ``color_space`` is unknown.
+    """
+    if color_space not in ("rgb", "lab"):
+        raise InvalidInputError(f"color_space must be 'rgb' or 'lab'; got {color_space!r}")
+    c = np.asarray(centers, dtype=np.float64)
+    if c.ndim != 2 or c.shape[1] != 3 or c.shape[0] < 1 or not np.isfinite(c).all():
+        raise InvalidInputError(
+            f"a palette needs finite centers of shape (k, 3); got shape {c.shape}"
+        )
+    return Palette(
+        centers=c,
+        rgb=_palette_rgb(c, color_space),
+        color_space=color_space,
+        method=method,
+        inertia=inertia,
+        n_iter=n_iter,
+        converged=converged,
+        seed=seed,
+        n_pixels=n_pixels,
+        n_colors=n_colors,
+        fit_seconds=0.0,
+    )
+
+
 def fit_palette(
     store: PixelStore,
     n_clusters: int,
@@ -111,8 +230,9 @@ def fit_palette(
     max_iter: int = 300,
     tol: float = 1e-4,
     callback: Callback | None = None,
+    split: Split | None = None,
 ) -> Palette:
-    """Fit a k-color palette to every pixel in the store.
+    """Fit a k-color palette to the stored pixels (all of them, or a split's training part).
 
     Parameters
     ----------
@@ -126,7 +246,10 @@ def fit_palette(
         in the store until new images arrive); "pixels" fits every pixel. Both give the same
         centers from the same initial centers.
     init, random_state, max_iter, tol, callback
-        Passed to :class:`~kmflow.estimator.KMeans`.
+        Passed to :class:`~kmflow.estimator.KMeans`. An array ``init`` (a warm start) holds
+        centers in ``color_space``.
+    split : Split, optional
+        Fit only the training part of this split (its histogram is computed, not cached).
 
     Returns
     -------
@@ -148,10 +271,17 @@ def fit_palette(
         raise InvalidInputError(f"color_space must be 'rgb' or 'lab'; got {color_space!r}")
     if method not in ("histogram", "pixels"):
         raise InvalidInputError(f"method must be 'histogram' or 'pixels'; got {method!r}")
-    pixels = store.pixels()
+    sel = select(store, split, "train")
+    pixels = sel.pixels
+    weight = None if sel.mask is None else sel.mask.astype(np.float64)
     n_pixels = int(pixels.shape[0])
+    if sel.mask is not None:
+        n_pixels = int(sel.mask.sum().compute())
     if n_pixels == 0:
-        raise InvalidInputError(f"the pixel store {store.url} holds no images: ingest some first")
+        raise InvalidInputError(
+            f"the training part of the pixel store {store.url} holds no pixels: lower the "
+            "holdout fraction or ingest more images"
+        )
     km = KMeans(
         n_clusters,
         init=init,
@@ -162,10 +292,11 @@ def fit_palette(
     )
     t0 = time.perf_counter()
     if method == "histogram":
-        hist = store.histogram()
+        hist = store.histogram() if split is None else None
         if hist is None:
-            hist = color_histogram(pixels)
-            store.write_histogram(*hist)
+            hist = color_histogram(pixels, mask=sel.mask)
+            if split is None:
+                store.write_histogram(*hist)
         colors, counts = hist
         if len(colors) < n_clusters:
             raise TooFewDistinctPointsError(n_clusters, len(colors))
@@ -176,7 +307,7 @@ def fit_palette(
         n_rows = len(colors)
     else:
         logger.info("fitting %d colors on all %d pixels", n_clusters, n_pixels)
-        km.fit(_pixels_in(pixels, color_space))
+        km.fit(_pixels_in(pixels, color_space), sample_weight=weight)
         n_rows = n_pixels
     centers = np.asarray(km.cluster_centers_, dtype=np.float64)
     return Palette(
@@ -234,6 +365,22 @@ def output_url(out: str, relpath: str) -> str:
     return join_url(out, stem + ".png")
 
 
+def _image_error(
+    pixels: np.ndarray, labels: np.ndarray, palette_rgb: np.ndarray
+) -> tuple[float, float]:
+    """Squared error (sum over pixels and channels) and mean CIEDE2000 ΔE of a rendering."""
+    n = pixels.shape[0]
+    if n == 0:
+        return 0.0, 0.0
+    quant = palette_rgb[labels]
+    diff = pixels.astype(np.int32) - quant.astype(np.int32)
+    sse = float(np.einsum("ij,ij->", diff, diff))
+    # ΔE per unique (original color): its label is fixed by its color, so weight by count.
+    packed, first, counts = np.unique(pack_rgb(pixels), return_index=True, return_counts=True)
+    de = ciede2000(srgb_to_lab(unpack_rgb(packed)), srgb_to_lab(quant[first]))
+    return sse, float((de * counts).sum() / n)
+
+
 def _render_image(
     pixels: np.ndarray,
     labels: np.ndarray,
@@ -243,14 +390,9 @@ def _render_image(
     storage_options: dict[str, Any] | None,
 ) -> ImageResult:
     """Paint one image with the palette, write it as PNG, measure PSNR and mean ΔE."""
-    quant = palette_rgb[labels]
-    diff = pixels.astype(np.int32) - quant.astype(np.int32)
-    sse = float(np.einsum("ij,ij->", diff, diff))
+    sse, delta_e = _image_error(pixels, labels, palette_rgb)
     n = pixels.shape[0]
-    # ΔE per unique (original color): its label is fixed by its color, so weight by count.
-    packed, first, counts = np.unique(pack_rgb(pixels), return_index=True, return_counts=True)
-    de = ciede2000(srgb_to_lab(unpack_rgb(packed)), srgb_to_lab(quant[first]))
-    delta_e = float((de * counts).sum() / n)
+    quant = palette_rgb[labels]
     shape = (record.height, record.width)
     if len(palette_rgb) <= 256:
         data = encode_png_indexed(labels.reshape(shape), palette_rgb)
@@ -351,3 +493,195 @@ def apply_palette(
         n_pixels=n,
         seconds=time.perf_counter() - t0,
     )
+
+
+@dataclass(frozen=True)
+class ImageQuality:
+    """How close one image's rendering with the palette is to the original."""
+
+    relpath: str
+    sha256: str
+    n_pixels: int
+    psnr: float
+    delta_e: float
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Outcome of :func:`evaluate_palette`.
+
+    Attributes
+    ----------
+    part : {"all", "eval"}
+        Every stored pixel, or only a split's held-out part.
+    metrics : dict
+        ``inertia`` (in the fit color space), ``inertia_per_pixel``, ``calinski_harabasz``,
+        ``davies_bouldin``, ``silhouette`` (on a seeded sample), ``psnr`` (dB, sRGB) and
+        ``delta_e`` (mean CIEDE2000), all plain floats.
+    sizes : list of int
+        Pixels per palette color.
+    images : list of ImageQuality
+        Per evaluated image (only its held-out pixels for a split by row).
+    channel_counts : list of 3 lists of 256 ints
+        Histogram of each sRGB channel of the evaluated pixels (reference statistics for
+        drift checks).
+    n_pixels, n_colors : int
+        Pixels evaluated, and their distinct colors.
+    """
+
+    part: Part
+    metrics: dict[str, float]
+    sizes: list[int]
+    images: list[ImageQuality]
+    channel_counts: list[list[int]]
+    n_pixels: int
+    n_colors: int
+    silhouette_sample_size: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _image_quality(
+    pixels: np.ndarray,
+    mask: np.ndarray | None,
+    record: ImageRecord,
+    centers: np.ndarray,
+    palette_rgb: np.ndarray,
+    color_space: ColorSpace,
+) -> ImageQuality:
+    if mask is not None:
+        pixels = pixels[mask]
+    labels = nearest(_to_fit_space(pixels, color_space), centers)
+    sse, delta_e = _image_error(pixels, labels, palette_rgb)
+    n = int(pixels.shape[0])
+    return ImageQuality(
+        relpath=record.relpath,
+        sha256=record.sha256,
+        n_pixels=n,
+        psnr=psnr(sse / (3 * n)) if n else float("nan"),
+        delta_e=delta_e if n else float("nan"),
+    )
+
+
+def evaluate_palette(
+    store: PixelStore,
+    palette: Palette,
+    *,
+    split: Split | None = None,
+    silhouette_sample_size: int = 10_000,
+    random_state: int | None = 0,
+    per_image: bool = True,
+) -> Evaluation:
+    """Measure a palette on the stored pixels: internal metrics and image quality.
+
+    Parameters
+    ----------
+    store : PixelStore
+    palette : Palette
+        Its centers, in ``palette.color_space``, are what is measured.
+    split : Split, optional
+        Evaluate only this split's held-out part (the same split the palette was fitted
+        with); ``None`` evaluates every pixel.
+    silhouette_sample_size : int, default 10_000
+        Pixels in the seeded silhouette sample (exact silhouette is O(n²)); 0 skips it.
+    random_state : int or None
+        Seed of the silhouette sample.
+    per_image : bool, default True
+        Also measure PSNR and ΔE image by image.
+
+    Returns
+    -------
+    Evaluation
+
+    Notes
+    -----
+    The internal metrics run on the color histogram of the evaluated pixels (unique colors
+    weighted by their counts, exactly the same values as on every pixel): one ``compute``
+    for the histogram (unless cached), two for Calinski-Harabasz / Davies-Bouldin, one for
+    the silhouette sample, then one ``compute`` for the per-image figures (a task per image).
+    """
+    t0 = time.perf_counter()
+    part: Part = "all" if split is None else "eval"
+    sel = select(store, split, part)
+    hist = store.histogram() if split is None else None
+    if hist is None:
+        if sel.pixels.shape[0] == 0:
+            raise InvalidInputError(f"nothing to evaluate in {store.url}: the store is empty")
+        hist = color_histogram(sel.pixels, mask=sel.mask)
+        if split is None:
+            store.write_histogram(*hist)
+    colors, counts = hist
+    n_pixels = int(counts.sum())
+    if n_pixels == 0:
+        raise InvalidInputError(
+            f"the held-out part of {store.url} holds no pixels: raise the holdout fraction"
+        )
+    X = _to_fit_space(colors, palette.color_space)
+    chunk = max(1, min(len(X), 2**19))
+    Xd = da.from_array(X, chunks=(chunk, X.shape[1]))
+    wd = da.from_array(counts.astype(np.float64), chunks=(chunk,))
+    internal = internal_metrics(Xd, palette.centers, sample_weight=wd)
+    labels = assign(Xd, palette.centers)
+    silhouette = float("nan")
+    if silhouette_sample_size > 0 and internal.n_clusters > 1 and (internal.weights > 0).sum() > 1:
+        silhouette = silhouette_sample(
+            Xd,
+            labels,
+            sample_size=silhouette_sample_size,
+            sample_weight=wd,
+            random_state=random_state,
+        )
+    lab = labels.compute()
+    sse, delta_e = _histogram_error(colors, counts, lab, palette.rgb)
+    images: list[ImageQuality] = []
+    if per_image:
+        quality = dask.delayed(_image_quality, pure=True)
+        tasks = [
+            quality(
+                store.pixels()[r.offset : r.offset + r.n_pixels],
+                m,
+                r,
+                palette.centers,
+                palette.rgb,
+                palette.color_space,
+            )
+            for r, m in zip(sel.images, sel.masks, strict=True)
+        ]
+        images = list(dask.compute(*tasks))
+    metrics = {
+        "inertia": float(internal.inertia),
+        "inertia_per_pixel": float(internal.inertia) / n_pixels,
+        "calinski_harabasz": float(internal.calinski_harabasz),
+        "davies_bouldin": float(internal.davies_bouldin),
+        "silhouette": float(silhouette),
+        "psnr": psnr(sse / (3 * n_pixels)),
+        "delta_e": delta_e,
+    }
+    return Evaluation(
+        part=part,
+        metrics=metrics,
+        sizes=[round(float(w)) for w in internal.weights],
+        images=images,
+        channel_counts=[
+            np.bincount(colors[:, c], weights=counts, minlength=256).astype(np.int64).tolist()
+            for c in range(3)
+        ],
+        n_pixels=n_pixels,
+        n_colors=len(colors),
+        silhouette_sample_size=silhouette_sample_size,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _histogram_error(
+    colors: np.ndarray, counts: np.ndarray, labels: np.ndarray, palette_rgb: np.ndarray
+) -> tuple[float, float]:
+    """Pooled squared error and count-weighted mean ΔE of unique colors painted by label."""
+    quant = palette_rgb[labels]
+    diff = colors.astype(np.float64) - quant.astype(np.float64)
+    w = counts.astype(np.float64)
+    sse = float(w @ np.einsum("ij,ij->i", diff, diff))
+    de = ciede2000(srgb_to_lab(colors), srgb_to_lab(quant))
+    return sse, float((w @ de) / w.sum())

@@ -31,6 +31,8 @@ def unpack_rgb(packed: np.ndarray) -> np.ndarray:
 
 
 def _hist_block(x: np.ndarray, w: np.ndarray | None, offset: int) -> _Hist:
+    if w is not None:  # a row mask: only the selected rows count
+        x = x[w]
     colors, counts = np.unique(pack_rgb(x), return_counts=True)
     return colors, counts.astype(np.int64)
 
@@ -41,24 +43,29 @@ def _hist_combine(a: _Hist, b: _Hist) -> _Hist:
     return colors, counts.astype(np.int64)
 
 
-def color_histogram(pixels: da.Array) -> tuple[np.ndarray, np.ndarray]:
+def color_histogram(
+    pixels: da.Array, *, mask: da.Array | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Unique colors of RGB pixels and how often each occurs.
 
     Parameters
     ----------
     pixels : dask.array.Array of uint8, shape (n_pixels, 3)
+    mask : dask.array.Array of bool, shape (n_pixels,), optional
+        Count only the rows where it is True (a train or held-out split); rechunked to the
+        pixels' row chunks if needed.
 
     Returns
     -------
     colors : ndarray of uint8, shape (n_colors, 3)
         Sorted by packed value (R, then G, then B).
     counts : ndarray of int64, shape (n_colors,)
-        Sums to ``n_pixels``.
+        Sums to ``n_pixels`` (to the number of selected rows with ``mask``).
 
     Raises
     ------
     InvalidInputError
-        If ``pixels`` is not (n, 3) uint8.
+        If ``pixels`` is not (n, 3) uint8, or ``mask`` is not one bool per pixel.
 
     Notes
     -----
@@ -72,5 +79,13 @@ def color_histogram(pixels: da.Array) -> tuple[np.ndarray, np.ndarray]:
         )
     if len(pixels.chunks[1]) != 1:
         pixels = pixels.rechunk({1: -1})
-    colors, counts = map_reduce(Blocks(pixels, None), _hist_block, _hist_combine)
+    if mask is not None:
+        if mask.shape != (pixels.shape[0],) or mask.dtype != bool:
+            raise InvalidInputError(
+                f"mask must be one bool per pixel, shape ({pixels.shape[0]},); got shape "
+                f"{mask.shape} and dtype {mask.dtype}"
+            )
+        if mask.chunks[0] != pixels.chunks[0]:
+            mask = mask.rechunk((pixels.chunks[0],))
+    colors, counts = map_reduce(Blocks(pixels, mask), _hist_block, _hist_combine)
     return unpack_rgb(colors), counts

@@ -33,6 +33,7 @@ __all__ = [
     "assign",
     "inertia",
     "lloyd",
+    "nearest",
     "tolerance",
 ]
 
@@ -338,6 +339,26 @@ def _assign_block(x: np.ndarray, centers_t: np.ndarray) -> np.ndarray:
     d2 = np.empty(x.shape[0])
     _numba.assign(x, centers_t, labels, d2)
     return labels
+
+
+def nearest(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Index of the nearest center of every row of an in-memory array.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n_samples, n_features)
+    centers : ndarray of shape (n_clusters, n_features)
+
+    Returns
+    -------
+    ndarray of int32, shape (n_samples,)
+
+    Raises
+    ------
+    InvalidInputError
+        On NaN/inf rows.
+    """
+    return _assign_block(x, np.ascontiguousarray(np.asarray(centers, dtype=np.float64).T))
 
 
 def assign(X: da.Array, centers: np.ndarray) -> da.Array:

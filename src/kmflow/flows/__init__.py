@@ -1,0 +1,20 @@
+"""Prefect flows: the wiring of kmflow's jobs.
+
+Each flow takes one typed parameter model (:mod:`kmflow.params`), opens one Dask cluster for
+its run (or reuses its parent flow's, see :func:`kmflow.cluster.session.cluster_session`),
+calls tasks, branches, and publishes artifacts (metrics table, markdown report, links).
+
+- ``ingest``: images into the pixel store
+- ``train``: fit → evaluate → register → promote if not worse than the champion
+- ``evaluate``: a registered version on the store
+- ``apply``: quantize the stored images with a registered version
+- ``pipeline``: ingest → train → apply, as subflows on one cluster
+"""
+
+from kmflow.flows.apply import apply_flow
+from kmflow.flows.evaluate import evaluate_flow
+from kmflow.flows.ingest import ingest_flow
+from kmflow.flows.pipeline import pipeline_flow
+from kmflow.flows.train import train_flow
+
+__all__ = ["apply_flow", "evaluate_flow", "ingest_flow", "pipeline_flow", "train_flow"]

@@ -1,0 +1,48 @@
+"""Flow ``evaluate``: measure a registered model version on the store."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import flow
+
+from kmflow.cluster.session import cluster_session, describe
+from kmflow.flows._report import publish_metrics, publish_report
+from kmflow.flows.train import palette_of
+from kmflow.params import EvaluateParams
+from kmflow.tasks.evaluate import evaluate_palette_task
+from kmflow.tasks.registry import load_model_task
+
+__all__ = ["evaluate_flow"]
+
+
+@flow(name="evaluate", description="Evaluate a registered palette on the pixel store.")
+def evaluate_flow(params: EvaluateParams = EvaluateParams()) -> dict[str, Any]:  # noqa: B008
+    """Evaluate ``params.model`` (``params.version``, default the champion) on the store."""
+    t0 = time.perf_counter()
+    with cluster_session() as client:
+        cluster = describe(client)
+        model = load_model_task(params.model, params.version)
+        evaluation = evaluate_palette_task(
+            params.store, palette_of(model), params.holdout, params.silhouette_sample_size
+        )
+    version = model.record.version
+    publish_metrics(params.model, "evaluate", evaluation.metrics)
+    publish_report(
+        params.model,
+        "evaluate",
+        f"Evaluation of {params.model} version {version} on {params.store}",
+        {
+            "Parameters": params.model_dump(mode="json"),
+            "Metrics": evaluation.metrics,
+            "Cluster sizes": [{"cluster": i, "pixels": s} for i, s in enumerate(evaluation.sizes)],
+            "Images": [
+                {"image": q.relpath, "pixels": q.n_pixels, "psnr": q.psnr, "delta_e": q.delta_e}
+                for q in evaluation.images
+            ],
+            "Dask cluster": cluster,
+            "Timings (s)": {"total": round(time.perf_counter() - t0, 3)},
+        },
+    )
+    return {"model": params.model, "version": version, **evaluation.to_dict()}

@@ -1,0 +1,182 @@
+"""Flow ``train``: fit → evaluate → register → promote if not worse than the champion."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from kmflow.cluster.session import cluster_session, describe
+from kmflow.errors import InvalidInputError
+from kmflow.flows._report import publish_metrics, publish_report
+from kmflow.model import Model
+from kmflow.params import TrainParams
+from kmflow.quantize import Evaluation, Palette, palette_from_centers
+from kmflow.tasks.evaluate import evaluate_palette_task
+from kmflow.tasks.registry import (
+    find_champion_task,
+    load_model_task,
+    promote_model_task,
+    register_model_task,
+)
+from kmflow.tasks.train import fit_palette_task, training_fingerprint_task
+
+__all__ = ["palette_of", "promotion_decision", "train_flow"]
+
+
+def palette_of(model: Model) -> Palette:
+    """The palette a registered image model paints with."""
+    record = model.record
+    if record.color_space is None:
+        raise InvalidInputError(
+            f"model {record.name} version {record.version} is not an image palette "
+            "(no color space)"
+        )
+    return palette_from_centers(
+        model.centers,
+        record.color_space,
+        inertia=record.inertia,
+        n_iter=record.n_iter,
+        converged=record.converged,
+        seed=record.seed,
+    )
+
+
+def promotion_decision(
+    policy: str,
+    challenger: Evaluation,
+    challenger_space: str,
+    champion: Model | None,
+    champion_eval: Evaluation | None,
+) -> tuple[bool, str]:
+    """Whether the new version becomes the champion, and why.
+
+    ``"if-better"`` compares both models on the same evaluation pixels: held-out inertia
+    per pixel when both fit in the same color space, mean CIEDE2000 ΔE otherwise (inertias
+    in different spaces are not comparable). Ties promote (the newer model wins).
+    """
+    if policy == "never":
+        return False, "promotion disabled (promote='never')"
+    if policy == "always":
+        return True, "promote='always'"
+    if champion is None or champion_eval is None:
+        return True, "no champion yet"
+    if champion.record.color_space == challenger_space:
+        metric = "inertia_per_pixel"
+    else:
+        metric = "delta_e"
+    new, old = challenger.metrics[metric], champion_eval.metrics[metric]
+    if math.isnan(old) or new <= old * (1 + 1e-12):
+        return True, f"{metric} {new:.6g} <= champion v{champion.record.version}'s {old:.6g}"
+    return False, f"{metric} {new:.6g} > champion v{champion.record.version}'s {old:.6g}"
+
+
+@flow(name="train", description="Fit a palette, evaluate it, register it, maybe promote it.")
+def train_flow(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: B008
+    """Train a new version of ``params.model`` on ``params.store``.
+
+    Returns
+    -------
+    dict
+        ``model``, ``version``, ``promoted``, ``reason``, ``champion`` (version after the
+        run), ``parent``, ``metrics`` and ``timings``.
+    """
+    logger = get_run_logger()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    with cluster_session() as client:
+        cluster = describe(client)
+        warm: list[list[float]] | None = None
+        parent: int | None = None
+        if params.init == "warm-start":
+            base = load_model_task(params.model, params.warm_start_version)
+            if base.record.n_clusters != params.k or base.record.color_space != params.color_space:
+                raise InvalidInputError(
+                    f"cannot warm-start k={params.k} ({params.color_space}) from {params.model} "
+                    f"version {base.record.version} (k={base.record.n_clusters}, "
+                    f"{base.record.color_space})"
+                )
+            warm, parent = base.centers.tolist(), base.record.version
+        fingerprint = training_fingerprint_task(params.store, params.holdout)
+        t = time.perf_counter()
+        palette = fit_palette_task(params, warm)
+        timings["fit"] = time.perf_counter() - t
+        t = time.perf_counter()
+        evaluation = evaluate_palette_task(
+            params.store, palette, params.holdout, params.silhouette_sample_size
+        )
+        timings["evaluate"] = time.perf_counter() - t
+        champion = find_champion_task(params.model)
+        champion_eval = None
+        if champion is not None and params.promote == "if-better":
+            champion_eval = evaluate_palette_task(
+                params.store, palette_of(champion), params.holdout, 0, per_image=False
+            )
+        record = register_model_task(params, palette, evaluation, fingerprint, parent)
+        promote, reason = promotion_decision(
+            params.promote, evaluation, palette.color_space, champion, champion_eval
+        )
+        if promote:
+            promote_model_task(params.model, record.version)
+    timings["total"] = time.perf_counter() - t0
+    champion_version = (
+        record.version if promote else (champion.record.version if champion else None)
+    )
+    logger.info(
+        "%s version %d %s: %s", params.model, record.version,
+        "promoted" if promote else "not promoted", reason,
+    )
+    metrics = dict(evaluation.metrics)
+    publish_metrics(params.model, "train", {**metrics, "n_iter": palette.n_iter})
+    publish_report(
+        params.model,
+        "train",
+        f"{params.model} version {record.version}",
+        {
+            "Model": {
+                "name": record.name,
+                "version": record.version,
+                "parent": record.parent,
+                "promoted": promote,
+                "decision": reason,
+                "champion": champion_version,
+                "k": record.n_clusters,
+                "color space": record.color_space,
+                "iterations": record.n_iter,
+                "converged": record.converged,
+                "seed": record.seed,
+            },
+            "Parameters": params.model_dump(mode="json"),
+            "Data": {
+                "store": params.store,
+                "fingerprint": fingerprint,
+                "pixels fitted": palette.n_pixels,
+                "rows fitted": palette.n_colors,
+                "evaluated on": evaluation.part,
+                "pixels evaluated": evaluation.n_pixels,
+            },
+            "Metrics": metrics,
+            "Cluster sizes": [
+                {"cluster": i, "rgb": palette.rgb[i].tolist(), "pixels": s}
+                for i, s in enumerate(evaluation.sizes)
+            ],
+            "Images": [
+                {"image": q.relpath, "pixels": q.n_pixels, "psnr": q.psnr, "delta_e": q.delta_e}
+                for q in evaluation.images
+            ],
+            "Dask cluster": cluster,
+            "Timings (s)": {k: round(v, 3) for k, v in timings.items()},
+        },
+    )
+    return {
+        "model": record.name,
+        "version": record.version,
+        "parent": record.parent,
+        "promoted": promote,
+        "reason": reason,
+        "champion": champion_version,
+        "metrics": metrics,
+        "timings": timings,
+    }

@@ -1,0 +1,188 @@
+"""Flow parameters: *what* a run does (data, k, seed, outputs), one typed model per flow.
+
+Each flow takes exactly one of these models. Prefect validates it when a run is created, and
+its JSON schema is what the Prefect UI renders as the run form, so every field has a
+description, bounds and a default where one makes sense. *Where and how* (cluster, registry
+location, credentials) are settings (:mod:`kmflow.config`), never parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ApplyParams",
+    "EvaluateParams",
+    "IngestParams",
+    "PipelineParams",
+    "SplitParams",
+    "TrainParams",
+]
+
+ModelName = Field(
+    default="palette",
+    pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+    description="Name of the model in the registry (letters, digits, '.', '_', '-').",
+)
+StoreUrl = Field(
+    default="kmflow-data/store.zarr",
+    min_length=1,
+    description="Zarr pixel store: a local path or URL (s3://bucket/store.zarr).",
+)
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SplitParams(_Params):
+    """A seeded train / held-out split for evaluation."""
+
+    fraction: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Share held out for evaluation; 0 trains and evaluates on everything.",
+    )
+    by: Literal["image", "row"] = Field(
+        default="image",
+        description="Hold out whole images (by content hash) or single pixels (by row).",
+    )
+    seed: int = Field(default=0, ge=0, description="Seed of the split.")
+
+
+class IngestParams(_Params):
+    """Images into the pixel store."""
+
+    sources: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Image files, folders (recursive), globs or URLs (s3://bucket/photos/). Empty: "
+            "the sample photos that ship with scikit-learn."
+        ),
+    )
+    store: str = StoreUrl
+    pattern: str | None = Field(
+        default=None, description="Only files matching this glob inside folders, e.g. '*.tif'."
+    )
+    strict: bool = Field(
+        default=False, description="Fail the run if any image cannot be ingested."
+    )
+
+
+class TrainParams(_Params):
+    """Fit a palette on the store, evaluate it, register it, maybe promote it."""
+
+    store: str = StoreUrl
+    model: str = ModelName
+    k: int = Field(default=16, ge=1, le=65536, description="Number of colors (clusters).")
+    color_space: Literal["rgb", "lab"] = Field(
+        default="rgb", description="Fit in sRGB or in perceptual CIE Lab."
+    )
+    method: Literal["histogram", "pixels"] = Field(
+        default="histogram",
+        description="Fit unique colors weighted by counts (fast, same result) or every pixel.",
+    )
+    init: Literal["k-means||", "k-means++", "random", "warm-start"] = Field(
+        default="k-means||",
+        description="Initial centers; 'warm-start' starts from a registered version.",
+    )
+    warm_start_version: int | None = Field(
+        default=None,
+        ge=1,
+        description="Version to warm-start from (init='warm-start'); empty: the champion.",
+    )
+    seed: int | None = Field(default=None, ge=0, description="Random seed; empty: random.")
+    max_iter: int = Field(default=300, ge=1, le=10_000, description="Maximum Lloyd iterations.")
+    tol: float = Field(default=1e-4, ge=0.0, description="Relative center-shift tolerance.")
+    holdout: SplitParams = Field(
+        default_factory=SplitParams, description="Held-out split for evaluation."
+    )
+    silhouette_sample_size: int = Field(
+        default=10_000,
+        ge=0,
+        le=100_000,
+        description="Pixels in the seeded silhouette sample (O(n²)); 0 skips silhouette.",
+    )
+    promote: Literal["if-better", "always", "never"] = Field(
+        default="if-better",
+        description=(
+            "Make the new version the champion: if its held-out inertia per pixel is not "
+            "worse than the champion's on the same data, always, or never."
+        ),
+    )
+
+
+class EvaluateParams(_Params):
+    """Evaluate a registered model version on the store."""
+
+    store: str = StoreUrl
+    model: str = ModelName
+    version: int | None = Field(
+        default=None, ge=1, description="Version to evaluate; empty: the champion."
+    )
+    holdout: SplitParams = Field(
+        default_factory=SplitParams,
+        description="Evaluate only this split's held-out part (fraction 0: everything).",
+    )
+    silhouette_sample_size: int = Field(default=10_000, ge=0, le=100_000)
+
+
+class ApplyParams(_Params):
+    """Quantize every stored image with a registered model."""
+
+    store: str = StoreUrl
+    model: str = ModelName
+    version: int | None = Field(
+        default=None, ge=1, description="Version to apply; empty: the champion."
+    )
+    out: str = Field(
+        default="kmflow-out",
+        min_length=1,
+        description="Output folder or URL for the quantized PNGs and the palette swatch.",
+    )
+
+
+class PipelineParams(_Params):
+    """The whole chain: ingest → train (fit, evaluate, register) → apply."""
+
+    sources: list[str] = IngestParams.model_fields["sources"]  # type: ignore[assignment]
+    store: str = StoreUrl
+    out: str = ApplyParams.model_fields["out"]  # type: ignore[assignment]
+    model: str = ModelName
+    k: int = Field(default=16, ge=1, le=65536, description="Number of colors (clusters).")
+    color_space: Literal["rgb", "lab"] = Field(
+        default="rgb", description="Fit in sRGB or in perceptual CIE Lab."
+    )
+    method: Literal["histogram", "pixels"] = Field(default="histogram")
+    seed: int | None = Field(default=None, ge=0, description="Random seed; empty: random.")
+    max_iter: int = Field(default=300, ge=1, le=10_000)
+    holdout: SplitParams = Field(default_factory=SplitParams)
+    silhouette_sample_size: int = Field(default=10_000, ge=0, le=100_000)
+    promote: Literal["if-better", "always", "never"] = Field(default="if-better")
+    pattern: str | None = Field(default=None, description="Glob filter inside folders.")
+    strict: bool = Field(default=False, description="Fail if any image cannot be ingested.")
+
+    def ingest(self) -> IngestParams:
+        return IngestParams(
+            sources=self.sources, store=self.store, pattern=self.pattern, strict=self.strict
+        )
+
+    def train(self) -> TrainParams:
+        return TrainParams(
+            store=self.store,
+            model=self.model,
+            k=self.k,
+            color_space=self.color_space,
+            method=self.method,
+            seed=self.seed,
+            max_iter=self.max_iter,
+            holdout=self.holdout,
+            silhouette_sample_size=self.silhouette_sample_size,
+            promote=self.promote,
+        )
+
+    def apply(self, version: int) -> ApplyParams:
+        return ApplyParams(store=self.store, model=self.model, version=version, out=self.out)

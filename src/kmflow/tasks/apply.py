@@ -1,0 +1,62 @@
+"""Task: quantize every stored image with a palette."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+
+from kmflow.config import get_settings
+from kmflow.quantize import Palette, apply_palette
+from kmflow.storage.fs import storage_options_for
+from kmflow.tasks._common import artifact_key, open_store, retry_on_transient_io
+
+__all__ = ["apply_palette_task"]
+
+
+# Every output is written to a temporary name and renamed (or PUT whole), so a retry simply
+# rewrites the same files; labels are rewritten whole.
+@task(
+    name="apply-palette",
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_on_transient_io,
+    cache_policy=NO_CACHE,
+)
+def apply_palette_task(store_url: str, palette: Palette, out: str, model: str) -> dict[str, Any]:
+    """Write ``labels`` to the store and every image, quantized, under ``out``.
+
+    Returns
+    -------
+    dict
+        The :class:`~kmflow.quantize.ApplyReport` as a dict (outputs, PSNR, ΔE per image).
+    """
+    logger = get_run_logger()
+    store = open_store(store_url)
+    progress_id = create_progress_artifact(
+        0.0, key=artifact_key(model, "apply-progress"), description=f"Rendering into {out}"
+    )
+    report = apply_palette(
+        store,
+        palette,
+        out,
+        storage_options=storage_options_for(out, get_settings().storage),
+        progress=lambda done, total: update_progress_artifact(
+            progress_id, 100.0 * done / max(1, total)
+        ),
+    )
+    update_progress_artifact(progress_id, 100.0)
+    logger.info(
+        "wrote %d image(s) to %s: PSNR %.2f dB, ΔE00 %.2f, %.1f s",
+        len(report.images),
+        out,
+        report.psnr,
+        report.delta_e,
+        report.seconds,
+    )
+    result = report.to_dict()
+    for image in result["images"]:
+        image.pop("sse", None)
+    return result

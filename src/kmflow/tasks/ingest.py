@@ -1,0 +1,93 @@
+"""Task: images into the pixel store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+
+from kmflow.config import get_settings
+from kmflow.params import IngestParams
+from kmflow.storage.fs import storage_options_for
+from kmflow.storage.images import ImageSource, discover_images
+from kmflow.storage.pixelstore import IngestProgress
+from kmflow.storage.samples import sample_images_dir
+from kmflow.tasks._common import artifact_key, open_store, retry_on_transient_io
+
+__all__ = ["ingest_images"]
+
+
+def _discover(params: IngestParams) -> list[ImageSource]:
+    storage = get_settings().storage
+    sources = params.sources or [sample_images_dir()]
+    return [
+        image
+        for source in sources
+        for image in discover_images(
+            source,
+            pattern=params.pattern,
+            storage_options=storage_options_for(source, storage),
+        )
+    ]
+
+
+# Idempotent by content hash (a re-run adds nothing) and committed batch by batch, so a retry
+# after an I/O error resumes where the store's commit record stands. Never cached: the store
+# is the result.
+@task(
+    name="ingest-images",
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_on_transient_io,
+    cache_policy=NO_CACHE,
+)
+def ingest_images(params: IngestParams) -> dict[str, Any]:
+    """Decode the images on the Dask workers and append the new ones to the store.
+
+    Returns
+    -------
+    dict
+        The :class:`~kmflow.storage.pixelstore.IngestReport` as a dict, plus the store's
+        ``n_images``, ``n_pixels`` and ``fingerprint`` after the ingest.
+    """
+    logger = get_run_logger()
+    images = _discover(params)
+    logger.info("ingesting %d image(s) into %s", len(images), params.store)
+    store = open_store(params.store)
+    progress_id = create_progress_artifact(
+        0.0, key=artifact_key("ingest-progress"), description=f"Ingest into {params.store}"
+    )
+
+    def on_batch(p: IngestProgress) -> None:
+        update_progress_artifact(progress_id, 100.0 * p.images_done / max(1, p.images_total))
+
+    settings = get_settings().storage
+    source_options = (
+        storage_options_for(params.sources[0], settings) if params.sources else None
+    )
+    report = store.ingest(
+        images,
+        max_pixels=settings.max_image_pixels,
+        storage_options=source_options,
+        progress=on_batch,
+    )
+    update_progress_artifact(progress_id, 100.0)
+    for error in report.errors:
+        logger.warning("not ingested: %s: %s", error.source, error.reason)
+    logger.info(
+        "added %d image(s) (%d pixels), %d duplicate(s), %d error(s) in %.1f s",
+        len(report.added),
+        report.n_pixels_added,
+        len(report.duplicates),
+        len(report.errors),
+        report.seconds,
+    )
+    return {
+        **report.to_dict(),
+        "n_images": store.n_images,
+        "n_pixels": store.n_pixels,
+        "fingerprint": store.fingerprint(),
+        "n_discovered": len(images),
+    }

@@ -1,0 +1,123 @@
+"""Tasks: load, register and promote models in the registry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from kmflow.model import Model, ModelRecord
+from kmflow.params import TrainParams
+from kmflow.quantize import Evaluation, Palette
+from kmflow.tasks._common import open_registry, retry_on_transient_io
+
+__all__ = [
+    "find_champion_task",
+    "load_model_task",
+    "promote_model_task",
+    "reference_statistics",
+    "register_model_task",
+]
+
+
+@task(
+    name="load-model",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_on_transient_io,
+    cache_policy=NO_CACHE,
+)
+def load_model_task(name: str, version: int | None = None) -> Model:
+    """A registered model with its centers; ``version=None`` means the champion."""
+    model = open_registry().load(name, "champion" if version is None else version)
+    get_run_logger().info(
+        "loaded %s version %d (k=%d)", name, model.record.version, model.record.n_clusters
+    )
+    return model
+
+
+def reference_statistics(evaluation: Evaluation) -> dict[str, Any]:
+    """What later drift checks compare new data with: occupancy, distances, channels."""
+    total = max(1, sum(evaluation.sizes))
+    return {
+        "part": evaluation.part,
+        "n_pixels": evaluation.n_pixels,
+        "cluster_fractions": [s / total for s in evaluation.sizes],
+        "mean_sqdist": evaluation.metrics["inertia_per_pixel"],
+        "channel_histograms": {"space": "srgb", "bins": 256, "counts": evaluation.channel_counts},
+    }
+
+
+# Idempotent under retry: the run key (flow run id) makes a second attempt return the version
+# the first one published; model.json is written last, so a crash leaves nothing visible.
+@task(
+    name="register-model",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_on_transient_io,
+    cache_policy=NO_CACHE,
+)
+def register_model_task(
+    params: TrainParams,
+    palette: Palette,
+    evaluation: Evaluation,
+    fingerprint: str,
+    parent: int | None = None,
+) -> ModelRecord:
+    """Register the fitted palette with its evaluation and reference statistics."""
+    run_id = flow_run.get_id()
+    record = open_registry().register(
+        params.model,
+        palette.centers,
+        init="warm-start" if params.init == "warm-start" else params.init,
+        seed=palette.seed,
+        n_iter=palette.n_iter,
+        converged=palette.converged,
+        inertia=palette.inertia,
+        fingerprint=fingerprint,
+        color_space=palette.color_space,
+        params={
+            **params.model_dump(mode="json"),
+            "n_pixels": palette.n_pixels,
+            "n_colors": palette.n_colors,
+            "fit_seconds": palette.fit_seconds,
+        },
+        metrics={**evaluation.metrics, "part": evaluation.part, "sizes": evaluation.sizes},
+        reference=reference_statistics(evaluation),
+        parent=parent,
+        run_key=f"{run_id}:register" if run_id else None,
+    )
+    get_run_logger().info("registered %s version %d", record.name, record.version)
+    return record
+
+
+@task(
+    name="promote-model",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_on_transient_io,
+    cache_policy=NO_CACHE,
+)
+def promote_model_task(name: str, version: int) -> ModelRecord:
+    """Make ``version`` the champion (atomic pointer replacement)."""
+    record = open_registry().promote(name, version)
+    get_run_logger().info("promoted %s version %d to champion", name, version)
+    return record
+
+
+@task(
+    name="find-champion",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_on_transient_io,
+    cache_policy=NO_CACHE,
+)
+def find_champion_task(name: str) -> Model | None:
+    """The champion of ``name`` with its centers, or ``None`` if it has none yet."""
+    registry = open_registry()
+    if name not in registry.names():  # a model's first version has no champion to beat
+        return None
+    record = registry.champion(name)
+    return None if record is None else registry.load(name, record.version)

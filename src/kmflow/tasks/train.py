@@ -1,0 +1,97 @@
+"""Task: fit a palette (k-means on the stored pixels) with a live progress artifact."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import INPUTS, NO_CACHE, RUN_ID, TASK_SOURCE
+
+from kmflow.kernels.lloyd import IterationInfo
+from kmflow.params import SplitParams, TrainParams
+from kmflow.quantize import Palette, Split, fit_palette
+from kmflow.tasks._common import artifact_key, open_store
+
+__all__ = ["fit_palette_task", "split_of", "training_fingerprint_task"]
+
+
+def split_of(holdout: SplitParams) -> Split | None:
+    """The library split for a parameter model; ``None`` when nothing is held out."""
+    if holdout.fraction <= 0.0:
+        return None
+    return Split(by=holdout.by, fraction=holdout.fraction, seed=holdout.seed)
+
+
+# Cached within a flow run only (inputs + task source + run id): a retried flow run reuses a
+# finished fit instead of refitting, a new run always fits the data as it is now.
+@task(
+    name="fit-palette",
+    cache_policy=INPUTS + TASK_SOURCE + RUN_ID,
+    persist_result=True,
+)
+def fit_palette_task(params: TrainParams, warm_start: list[list[float]] | None = None) -> Palette:
+    """Fit ``params.k`` colors on the training part of the store.
+
+    Parameters
+    ----------
+    params : TrainParams
+    warm_start : list of lists, optional
+        Initial centers (in ``params.color_space``) from a registered model; used when
+        ``params.init == "warm-start"``.
+    """
+    logger = get_run_logger()
+    store = open_store(params.store)
+    init: object = params.init
+    if params.init == "warm-start":
+        if warm_start is None:
+            raise ValueError("init='warm-start' needs the centers of a registered model")
+        init = np.asarray(warm_start, dtype=np.float64)
+    progress_id = create_progress_artifact(
+        0.0,
+        key=artifact_key(params.model, "training-progress"),
+        description=f"Lloyd iterations of {params.model} (k={params.k}), of at most "
+        f"{params.max_iter}",
+    )
+
+    def on_iteration(info: IterationInfo) -> None:
+        update_progress_artifact(progress_id, 100.0 * info.iteration / params.max_iter)
+        logger.info(
+            "iteration %d: inertia %.6g, shift %.3g", info.iteration, info.inertia, info.center_shift
+        )
+
+    palette = fit_palette(
+        store,
+        params.k,
+        color_space=params.color_space,
+        method=params.method,
+        init=init,
+        random_state=params.seed,
+        max_iter=params.max_iter,
+        tol=params.tol,
+        callback=on_iteration,
+        split=split_of(params.holdout),
+    )
+    update_progress_artifact(progress_id, 100.0)
+    logger.info(
+        "fitted %d colors on %d pixels (%d rows) in %d iterations (%s), %.1f s",
+        palette.n_clusters,
+        palette.n_pixels,
+        palette.n_colors,
+        palette.n_iter,
+        "converged" if palette.converged else "max_iter reached",
+        palette.fit_seconds,
+    )
+    return palette
+
+
+@task(name="training-fingerprint", cache_policy=NO_CACHE)
+def training_fingerprint_task(store_url: str, holdout: SplitParams) -> str:
+    """Identity of the training data: the store's content fingerprint and the split."""
+    split = split_of(holdout)
+    base = open_store(store_url).fingerprint()
+    if split is None:
+        return base
+    text = f"{base}:{split.by}:{split.fraction!r}:{split.seed}"
+    return hashlib.sha256(text.encode()).hexdigest()
