@@ -11,6 +11,8 @@ __all__ = [
     "ImageDecodeError",
     "InvalidInputError",
     "KmflowError",
+    "ModelCorruptError",
+    "ModelNotFoundError",
     "NotFittedError",
     "SourceNotFoundError",
     "StorageError",
@@ -73,3 +75,21 @@ class StoreNotFoundError(StorageError, FileNotFoundError):
 
 class StoreCorruptError(KmflowError, ValueError):
     """A store exists at the URL but its layout is not what kmflow wrote."""
+
+
+class ModelNotFoundError(KmflowError, LookupError):
+    """A model name, version or champion asked for is not in the registry.
+
+    The message names the registry (URL with credentials masked), the model name and the
+    versions that do exist.
+    """
+
+
+class ModelCorruptError(KmflowError, ValueError):
+    """A registered model's files are missing or inconsistent.
+
+    ``model.json`` unreadable or invalid, ``centers.npy`` missing or unreadable, centers of
+    the wrong shape, non-finite or not matching the recorded sha256, or ``champion.json``
+    unreadable or pointing at a version that does not exist; the message names the file and
+    what is wrong with it.
+    """

@@ -108,3 +108,16 @@ def test_reduce_candidates_honours_weights() -> None:
     C = _reduce_candidates(cand, w, 2, rng)
     C = C[np.argsort(C[:, 0])]
     np.testing.assert_allclose(C, [[0.0, 0.0], [100.0, 0.0]], atol=0.1)
+
+
+@pytest.mark.parametrize("init", ["random", "k-means||", "k-means++"])
+def test_blocks_smaller_than_the_sample_lose_no_rows(init: str) -> None:
+    # 60 distinct rows in 3-row blocks: merging two blocks' samples must keep up to the
+    # requested size, not the larger of the two blocks' counts.
+    x = np.random.default_rng(0).normal(size=(60, 2))
+    funcs = {"random": random_centers, "k-means||": kmeans_parallel, "k-means++": kmeans_plusplus}
+    tiny = funcs[init](da.from_array(x, chunks=(3, 2)), 8, random_state=0)
+    whole = funcs[init](da.from_array(x, chunks=(60, 2)), 8, random_state=0)
+    assert tiny.shape == (8, 2)
+    assert len(np.unique(tiny, axis=0)) == 8
+    np.testing.assert_array_equal(tiny, whole)  # chunk-invariant as everywhere else

@@ -14,6 +14,7 @@ References
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -88,8 +89,9 @@ def _race_block(
     return _top_race((keys[finite], idx, x[finite].astype(np.float64)), m)
 
 
-def _race_combine(a: _Race, b: _Race) -> _Race:
-    m = max(len(a[0]), len(b[0]))
+def _race_combine(a: _Race, b: _Race, m: int) -> _Race:
+    # ``m`` is passed in: blocks smaller than ``m`` return fewer rows, and merging two of
+    # them must keep up to ``m``, not the larger of their lengths.
     return _top_race(
         (np.concatenate([a[0], b[0]]), np.concatenate([a[1], b[1]]), np.vstack([a[2], b[2]])), m
     )
@@ -103,7 +105,9 @@ def _race(
     Probability is proportional to the sample weight, times ``d2`` to ``centers`` if given.
     """
     centers_t = None if centers is None else np.ascontiguousarray(centers.T)
-    _, idx, rows = map_reduce(blocks, _race_block, _race_combine, key, stream, centers_t, m)
+    _, idx, rows = map_reduce(
+        blocks, _race_block, functools.partial(_race_combine, m=m), key, stream, centers_t, m
+    )
     return rows, idx
 
 
@@ -185,8 +189,7 @@ def _round_block_stateless(x: np.ndarray, w: np.ndarray | None, offset: int, *ar
     return _round_block(x, w, offset, None, *args)[1]
 
 
-def _over_combine(a: _Over, b: _Over) -> _Over:
-    m = max(len(a[1]), len(b[1]))
+def _over_combine(a: _Over, b: _Over, m: int) -> _Over:
     merged = (
         a[0] + b[0],
         np.concatenate([a[1], b[1]]),
@@ -308,11 +311,14 @@ def _kmeans_parallel(
             args = (cand_t, start, key, _STREAM_ROUND + r, ell, buffer)
             if keep_state:
                 new_states, (psi, t, _idx, rows) = map_persist_reduce(
-                    blocks, _round_block, _over_combine, states, *args
+                    blocks, _round_block, functools.partial(_over_combine, m=buffer), states, *args
                 )
             else:
                 psi, t, _idx, rows = map_reduce(
-                    blocks, _round_block_stateless, _over_combine, *args
+                    blocks,
+                    _round_block_stateless,
+                    functools.partial(_over_combine, m=buffer),
+                    *args,
                 )
             if not (len(t) == buffer and t.min() > psi):
                 break

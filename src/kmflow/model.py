@@ -1,0 +1,289 @@
+"""The frozen record of a trained k-means model, and the model itself (record + centers).
+
+A :class:`ModelRecord` is everything about one registered model version except its centers:
+how it was trained (init, seed, iterations, parameters), how good it is (inertia, metrics), what
+it was trained on (fingerprint, reference statistics for drift checks), where it came from
+(parent version, run key) and when. It is what :class:`kmflow.storage.registry.ModelRegistry`
+writes as ``model.json``. A :class:`Model` pairs a record with its read-only centers.
+
+JSON encoding
+-------------
+:meth:`ModelRecord.to_json` writes standard JSON (no ``NaN`` literals). A non-finite float,
+in ``inertia`` or anywhere inside ``params``, ``metrics`` or ``reference``, is written as the
+string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``, and those three strings are read back as
+the floats. They are therefore reserved inside ``params``, ``metrics`` and ``reference``: a
+string value spelled exactly like one of them becomes a float, on construction as well as on
+reading, so a record always equals its own round trip.
+
+``params``, ``metrics`` and ``reference`` must be JSON-ready: nested dicts with string keys,
+lists, strings, ints, floats, bools and ``None``. NumPy scalars and arrays are accepted and
+stored as plain Python numbers and (nested) lists; tuples become lists. Anything else is
+rejected when the record is built, never when it is written.
+
+Examples
+--------
+>>> import datetime as dt
+>>> record = ModelRecord(
+...     name="palette", version=1, n_clusters=2, n_features=3, color_space="lab",
+...     init="k-means||", seed=0, n_iter=7, converged=True, inertia=12.5,
+...     metrics={"silhouette": float("nan")}, fingerprint="abc",
+...     created_at=dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc),
+...     kmflow_version="0.1.0", centers_sha256="0" * 64,
+... )
+>>> '"silhouette": "NaN"' in record.to_json()
+True
+>>> ModelRecord.from_json(record.to_json()).metrics
+{'silhouette': nan}
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from kmflow.errors import InvalidInputError
+
+__all__ = ["NAME_PATTERN", "Model", "ModelRecord", "centers_sha256"]
+
+#: What a model name may look like: a letter or digit, then up to 127 letters, digits,
+#: ``.``, ``_`` or ``-`` (safe as a folder name and in a URL on every backend).
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def centers_sha256(centers: np.ndarray) -> str:
+    """Return the SHA-256 (hex) of the centers as little-endian float64 bytes in C order.
+
+    Parameters
+    ----------
+    centers : numpy.ndarray of shape (n_clusters, n_features)
+        The cluster centers (any real dtype; hashed after conversion to float64).
+
+    Returns
+    -------
+    str
+        64 lowercase hex digits.
+
+    Examples
+    --------
+    >>> centers_sha256(np.zeros((1, 1)))[:16]
+    'af5570f5a1810b7a'
+    """
+    data = np.ascontiguousarray(centers, dtype="<f8")
+    return hashlib.sha256(data.tobytes(order="C")).hexdigest()
+
+
+def _json_ready(value: Any, where: str) -> Any:
+    """Return `value` as plain JSON types (fresh containers), decoding the non-finite strings.
+
+    Raises ``ValueError`` (turned into a ``ValidationError`` by pydantic) for anything that is
+    not JSON-ready.
+    """
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return _NON_FINITE.get(value, value)
+    if isinstance(value, np.generic | np.ndarray):
+        return _json_ready(value.tolist(), where)
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{where} has a non-string key {key!r}; JSON keys are strings")
+            out[key] = _json_ready(item, f"{where}[{key!r}]")
+        return out
+    if isinstance(value, list | tuple):
+        return [_json_ready(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    raise ValueError(
+        f"{where} has type {type(value).__name__}, which is not JSON-ready "
+        "(use dicts with string keys, lists, str, int, float, bool or None)"
+    )
+
+
+class ModelRecord(BaseModel):
+    """Everything about one registered model version except its centers (``model.json``).
+
+    Frozen: fields cannot be reassigned (the ``params``, ``metrics`` and ``reference`` dicts
+    are private copies; do not mutate them). Unknown fields are rejected.
+
+    ``created_at`` must be timezone-aware; an aware time in another zone is converted to UTC,
+    a naive one is rejected (it would be ambiguous). Non-finite floats survive
+    :meth:`to_json` / :meth:`from_json` as the strings ``"NaN"``, ``"Infinity"`` and
+    ``"-Infinity"`` (see the module docstring).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="strings")
+
+    name: str = Field(
+        pattern=NAME_PATTERN,
+        description=(
+            "Model name: a letter or digit, then up to 127 letters, digits, '.', '_' or '-'."
+        ),
+    )
+    version: int = Field(ge=1, description="Version number within the name, from 1.")
+    n_clusters: int = Field(ge=1, description="Number of clusters (rows of the centers).")
+    n_features: int = Field(ge=1, description="Number of features (columns of the centers).")
+    color_space: Literal["rgb", "lab"] | None = Field(
+        default=None,
+        description="Color space the centers live in for image models; None for other data.",
+    )
+    init: str = Field(
+        min_length=1,
+        description=(
+            "How the initial centers were chosen: 'k-means||', 'k-means++', 'random' or "
+            "'warm-start' (from the centers of the parent version)."
+        ),
+    )
+    seed: int = Field(ge=0, description="Random seed the training run used.")
+    n_iter: int = Field(ge=0, description="Lloyd iterations run.")
+    converged: bool = Field(description="Whether the run stopped because it converged.")
+    inertia: float = Field(
+        ge=0.0,
+        allow_inf_nan=False,
+        description="Sum of squared distances of the training samples to their closest center.",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Training parameters (max_iter, tol, sample size, ...), JSON-ready.",
+    )
+    metrics: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Evaluation metrics (may hold NaN), JSON-ready.",
+    )
+    fingerprint: str = Field(
+        min_length=1, description="Identity of the training data (e.g. a content hash)."
+    )
+    reference: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Reference statistics of the training data for drift checks, JSON-ready.",
+    )
+    parent: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Version this one was warm-started or retrained from (lower than `version`); "
+            "None for a model trained from scratch."
+        ),
+    )
+    created_at: dt.datetime = Field(description="When the version was registered (UTC).")
+    kmflow_version: str = Field(
+        min_length=1, description="Version of the kmflow package that registered it."
+    )
+    centers_sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$",
+        description="SHA-256 (hex) of the centers as little-endian float64 bytes, C order.",
+    )
+    run_key: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Idempotency key of the run that registered it, if any.",
+    )
+
+    @field_validator("params", "metrics", "reference", mode="before")
+    @classmethod
+    def _check_json_ready(cls, value: Any, info: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return value  # pydantic reports the wrong type
+        return _json_ready(value, str(info.field_name))
+
+    @field_validator("created_at")
+    @classmethod
+    def _check_utc(cls, value: dt.datetime) -> dt.datetime:
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(
+                f"created_at={value.isoformat()} has no timezone; give an aware datetime (UTC)"
+            )
+        return value.astimezone(dt.UTC)
+
+    @model_validator(mode="after")
+    def _check_parent(self) -> ModelRecord:
+        if self.parent is not None and self.parent >= self.version:
+            raise ValueError(
+                f"parent={self.parent} must be an earlier version than version={self.version}"
+            )
+        return self
+
+    def to_json(self) -> str:
+        """Return the record as standard JSON text (indented, non-finite floats as strings).
+
+        Returns
+        -------
+        str
+            What :meth:`from_json` reads back into an equal record.
+        """
+        return self.model_dump_json(indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ModelRecord:
+        """Read a record written by :meth:`to_json`.
+
+        Parameters
+        ----------
+        text : str or bytes
+            JSON text.
+
+        Returns
+        -------
+        ModelRecord
+
+        Raises
+        ------
+        pydantic.ValidationError
+            If `text` is not JSON or does not describe a valid record (a ``ValueError``).
+        """
+        return cls.model_validate_json(text)
+
+
+@dataclass(frozen=True)
+class Model:
+    """A registered model: its record and its cluster centers.
+
+    Attributes
+    ----------
+    record : ModelRecord
+        Everything about the model except the centers.
+    centers : numpy.ndarray of shape (n_clusters, n_features)
+        float64, C-contiguous and read-only (``centers.flags.writeable`` is False); a private
+        copy of the array given.
+
+    Raises
+    ------
+    InvalidInputError
+        On construction, if `centers` is not a finite real array of the record's shape or its
+        SHA-256 is not ``record.centers_sha256``.
+    """
+
+    record: ModelRecord
+    centers: np.ndarray
+
+    def __post_init__(self) -> None:
+        raw = np.asarray(self.centers)
+        if raw.dtype.kind not in "biuf":
+            raise InvalidInputError(f"centers must be a real array; got dtype {raw.dtype}")
+        centers = np.array(raw, dtype=np.float64, order="C", copy=True)
+        expected = (self.record.n_clusters, self.record.n_features)
+        if centers.shape != expected:
+            raise InvalidInputError(
+                f"centers have shape {centers.shape} but the record of "
+                f"{self.record.name!r} v{self.record.version} says {expected}"
+            )
+        if not np.isfinite(centers).all():
+            raise InvalidInputError("centers contain NaN or infinite values")
+        digest = centers_sha256(centers)
+        if digest != self.record.centers_sha256:
+            raise InvalidInputError(
+                f"centers have sha256 {digest} but the record of {self.record.name!r} "
+                f"v{self.record.version} says {self.record.centers_sha256}"
+            )
+        centers.flags.writeable = False
+        object.__setattr__(self, "centers", centers)

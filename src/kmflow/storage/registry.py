@@ -1,0 +1,714 @@
+"""The model registry: versioned k-means models at any fsspec URL (local, ``memory://``, S3).
+
+Layout under the registry URL::
+
+    <name>/v000001/centers.npy    float64 (n_clusters, n_features), written by numpy.save
+    <name>/v000001/model.json     the ModelRecord (kmflow.model), written last
+    <name>/v000002/...
+    <name>/champion.json          {"version": N, "promoted_at": "<ISO 8601, UTC>", "previous": M}
+
+Writing ``model.json`` is the publish step of a registration: ``centers.npy`` is written
+first, so a version folder without ``model.json`` (a registration that crashed half-way) is
+invisible to every reader. Its number is never reused: the next version is one more than the
+largest number among *all* version folders, complete or not. ``champion.json`` names the
+serving version and is replaced in one atomic write (temporary file and ``os.replace`` on a
+local disk, a single PUT on object stores), so readers see the old champion or the new one.
+
+Centers are stored as ``.npy`` and read with ``allow_pickle=False``: nothing is ever pickled
+or unpickled. Every read of a model checks its files against each other (shape, finiteness,
+sha256) and raises :class:`~kmflow.errors.ModelCorruptError` on any mismatch.
+
+Registering is idempotent under retry when a ``run_key`` is given. There must be one
+registering writer per model name at a time: two concurrent registrations of the same name
+may pick the same version number (object stores offer no portable exclusive create). Readers
+and promotions may run at any time.
+
+Examples
+--------
+>>> import numpy as np
+>>> registry = ModelRegistry("memory://kmflow-doctest/models")
+>>> record = registry.register(
+...     "palette", np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]), init="k-means||",
+...     seed=0, n_iter=3, converged=True, inertia=1.5, fingerprint="abc",
+... )
+>>> record.version, record.n_clusters, record.n_features
+(1, 2, 3)
+>>> registry.promote("palette", 1).version
+1
+>>> registry.load("palette", "champion").centers[1]
+array([1., 1., 1.])
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from kmflow.errors import (
+    InvalidInputError,
+    ModelCorruptError,
+    ModelNotFoundError,
+    SourceNotFoundError,
+)
+from kmflow.model import NAME_PATTERN, Model, ModelRecord, centers_sha256
+from kmflow.storage.fs import (
+    get_fs,
+    join_url,
+    read_bytes,
+    redact_url,
+    storage_errors,
+    write_bytes_atomic,
+)
+
+__all__ = ["CENTERS_FILE", "CHAMPION_FILE", "RECORD_FILE", "ModelRegistry"]
+
+logger = logging.getLogger(__name__)
+
+#: File names inside a model's folder and its version folders.
+CENTERS_FILE = "centers.npy"
+RECORD_FILE = "model.json"
+CHAMPION_FILE = "champion.json"
+
+_NAME = re.compile(NAME_PATTERN)
+_VERSION_DIR = re.compile(r"^v(\d{6,})$")
+
+
+def _version_dir(version: int) -> str:
+    return f"v{version:06d}"
+
+
+def _package_version() -> str:
+    try:
+        return _distribution_version("kmflow")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0.0.0"
+
+
+def _summary(exc: ValidationError) -> str:
+    """One line naming the first problems pydantic found."""
+    parts = []
+    for error in exc.errors()[:3]:
+        where = ".".join(str(p) for p in error["loc"])
+        parts.append(f"{where}: {error['msg']}" if where else str(error["msg"]))
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+class _Pointer(BaseModel):
+    """Content of ``champion.json`` (unknown keys are ignored, for forward compatibility)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    version: int = Field(ge=1, description="The champion version.")
+    promoted_at: dt.datetime = Field(description="When it was promoted (UTC).")
+    previous: int | None = Field(default=None, ge=1, description="The champion before it.")
+
+    @field_validator("promoted_at")
+    @classmethod
+    def _aware(cls, value: dt.datetime) -> dt.datetime:
+        if value.utcoffset() is None:
+            raise ValueError("promoted_at has no timezone")
+        return value
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """What one listing of a model's folder found."""
+
+    numbers: list[int] = field(default_factory=list)  # every version folder, ascending
+    complete: list[int] = field(default_factory=list)  # those with a model.json, ascending
+
+
+class ModelRegistry:
+    """Versioned k-means models (centers + record) under one URL, with a champion per name.
+
+    Parameters
+    ----------
+    url : str or os.PathLike
+        Root of the registry: a local folder or any fsspec URL (``s3://bucket/models``,
+        ``memory://models``). It need not exist yet; nothing is read or written until a
+        method is called.
+    storage_options : dict, optional
+        Keyword arguments for the filesystem (see
+        :func:`kmflow.storage.fs.storage_options_for`). They may hold credentials: they are
+        never logged nor shown in messages.
+
+    Notes
+    -----
+    ``version`` arguments accept a version number, a string of decimal digits, ``"latest"``
+    (the highest complete version) or ``"champion"`` (the version ``champion.json`` names).
+
+    Every method lists or reads the storage afresh (listing caches are invalidated first),
+    so several registry objects, in several processes, see each other's writes.
+    """
+
+    def __init__(
+        self, url: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None
+    ) -> None:
+        self._url = os.fspath(url)
+        self._options = dict(storage_options) if storage_options else None
+
+    @property
+    def url(self) -> str:
+        """The registry's root URL, as given."""
+        return self._url
+
+    def __repr__(self) -> str:
+        return f"ModelRegistry({redact_url(self._url)!r})"
+
+    # ------------------------------------------------------------------ writing
+
+    def register(
+        self,
+        name: str,
+        centers: np.ndarray,
+        *,
+        init: str,
+        seed: int,
+        n_iter: int,
+        converged: bool,
+        inertia: float,
+        fingerprint: str,
+        color_space: Literal["rgb", "lab"] | None = None,
+        params: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        reference: Mapping[str, Any] | None = None,
+        parent: int | None = None,
+        run_key: str | None = None,
+    ) -> ModelRecord:
+        """Store `centers` and their record as the next version of model `name`.
+
+        Parameters
+        ----------
+        name : str
+            Model name (letters, digits, ``.``, ``_``, ``-``; see
+            :data:`kmflow.model.NAME_PATTERN`).
+        centers : array-like of shape (n_clusters, n_features)
+            The cluster centers; stored as float64. ``n_clusters`` and ``n_features`` of the
+            record come from this shape.
+        init, seed, n_iter, converged, inertia, fingerprint, color_space : see ModelRecord
+            How the model was trained and on what.
+        params, metrics, reference : mapping, optional
+            JSON-ready training parameters, evaluation metrics and reference statistics for
+            drift checks (non-finite floats allowed; see :mod:`kmflow.model`).
+        parent : int, optional
+            The complete version this one was warm-started or retrained from.
+        run_key : str, optional
+            Idempotency key of the registering run. If a complete version of `name` already
+            carries it, that version's record is returned and nothing is written.
+
+        Returns
+        -------
+        ModelRecord
+            The record of the new version (or of the existing one with the same `run_key`).
+
+        Raises
+        ------
+        InvalidInputError
+            If `name` breaks the naming rule, `centers` is not a non-empty, finite, real 2-D
+            array, or a field is invalid (negative seed, NaN inertia, metrics that are not
+            JSON-ready, ...).
+        ModelNotFoundError
+            If `parent` is not a complete version of `name`.
+        ModelCorruptError
+            If an existing version's ``model.json`` is unreadable (when looking for
+            `run_key`).
+        StorageError
+            If the registry cannot be listed or written.
+
+        Notes
+        -----
+        Writes ``centers.npy`` and then ``model.json`` (the publish step); a crash in
+        between leaves an invisible version whose number is skipped by later
+        registrations. One registering writer per name at a time.
+        """
+        self._check_name(name)
+        array = _checked_centers(centers)
+        if run_key is not None and (not isinstance(run_key, str) or not run_key):
+            raise InvalidInputError(f"run_key must be a non-empty string; got {run_key!r}")
+        scan = self._scan(name)
+        if run_key is not None:
+            for number in reversed(scan.complete):
+                existing = self._read_record(name, number)
+                if existing is not None and existing.run_key == run_key:
+                    logger.info(
+                        "%s v%d already registered by run %r in %s; nothing written",
+                        name,
+                        number,
+                        run_key,
+                        redact_url(self._url),
+                    )
+                    return existing
+        if parent is not None and parent not in scan.complete:
+            raise ModelNotFoundError(
+                f"parent version {parent} of model {name!r} is not in registry "
+                f"{redact_url(self._url)!r} (versions: {scan.complete})"
+            )
+        version = max(scan.numbers, default=0) + 1
+        try:
+            # model_validate: the mappings are checked (and copied) by the record's validators.
+            record = ModelRecord.model_validate(
+                {
+                    "name": name,
+                    "version": version,
+                    "n_clusters": array.shape[0],
+                    "n_features": array.shape[1],
+                    "color_space": color_space,
+                    "init": init,
+                    "seed": seed,
+                    "n_iter": n_iter,
+                    "converged": converged,
+                    "inertia": inertia,
+                    "params": {} if params is None else params,
+                    "metrics": {} if metrics is None else metrics,
+                    "fingerprint": fingerprint,
+                    "reference": {} if reference is None else reference,
+                    "parent": parent,
+                    "created_at": dt.datetime.now(dt.UTC),
+                    "kmflow_version": _package_version(),
+                    "centers_sha256": centers_sha256(array),
+                    "run_key": run_key,
+                }
+            )
+        except ValidationError as exc:
+            raise InvalidInputError(f"cannot register model {name!r}: {_summary(exc)}") from exc
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        write_bytes_atomic(
+            self._file_url(name, version, CENTERS_FILE), buffer.getvalue(), self._options
+        )
+        self._publish(record)
+        logger.info(
+            "registered %s v%d (%d clusters x %d features) in %s",
+            name,
+            version,
+            record.n_clusters,
+            record.n_features,
+            redact_url(self._url),
+        )
+        return record
+
+    def _publish(self, record: ModelRecord) -> None:
+        """Write ``model.json``: the step that makes a version visible."""
+        url = self._file_url(record.name, record.version, RECORD_FILE)
+        write_bytes_atomic(url, record.to_json().encode("utf-8"), self._options)
+
+    def promote(self, name: str, version: int) -> ModelRecord:
+        """Make `version` the champion of `name` (atomic replace of ``champion.json``).
+
+        Parameters
+        ----------
+        name : str
+            Model name.
+        version : int
+            The version to promote.
+
+        Returns
+        -------
+        ModelRecord
+            The record of the new champion.
+
+        Raises
+        ------
+        InvalidInputError
+            If `name` or `version` is malformed.
+        ModelNotFoundError
+            If `name` has no such complete version; the champion is left unchanged.
+        ModelCorruptError
+            If that version's files are inconsistent (it is loaded and checked first); the
+            champion is left unchanged.
+        StorageError
+            If the registry cannot be read or ``champion.json`` cannot be written.
+
+        Notes
+        -----
+        ``previous`` in the new pointer is the replaced champion (``null`` if there was
+        none, or if the old pointer was unreadable or named a missing version; a warning is
+        logged then). Promoting the current champion again writes nothing.
+        """
+        model = self.load(name, version)
+        number = model.record.version
+        try:
+            current = self._read_pointer(name)
+        except ModelCorruptError as exc:
+            logger.warning("replacing an unreadable champion pointer: %s", exc)
+            current = None
+        if current is not None and current.version == number:
+            logger.info("%s v%d is already the champion; nothing written", name, number)
+            return model.record
+        previous = current.version if current is not None else None
+        if previous is not None and self._read_record(name, previous) is None:
+            logger.warning(
+                "the old champion of %s names v%d, which does not exist; previous set to null",
+                name,
+                previous,
+            )
+            previous = None
+        pointer = {
+            "version": number,
+            "promoted_at": dt.datetime.now(dt.UTC).isoformat(),
+            "previous": previous,
+        }
+        data = (json.dumps(pointer, indent=2) + "\n").encode("utf-8")
+        write_bytes_atomic(self._champion_url(name), data, self._options)
+        logger.info(
+            "promoted %s v%d to champion in %s (previous: %s)",
+            name,
+            number,
+            redact_url(self._url),
+            previous,
+        )
+        return model.record
+
+    # ------------------------------------------------------------------ reading
+
+    def names(self) -> list[str]:
+        """Return the names of the models with at least one complete version, sorted.
+
+        Returns
+        -------
+        list of str
+            Empty if the registry does not exist yet.
+
+        Raises
+        ------
+        StorageError
+            If the registry cannot be listed.
+        """
+        fs, root = self._fs()
+        found: set[str] = set()
+        for rel, is_dir in self._find(fs, root, self._url):
+            parts = rel.split("/")
+            if (
+                not is_dir
+                and len(parts) == 3
+                and parts[2] == RECORD_FILE
+                and _NAME.fullmatch(parts[0])
+                and _VERSION_DIR.fullmatch(parts[1])
+            ):
+                found.add(parts[0])
+        return sorted(found)
+
+    def versions(self, name: str) -> list[ModelRecord]:
+        """Return the records of every complete version of `name`, oldest first.
+
+        Parameters
+        ----------
+        name : str
+            Model name.
+
+        Returns
+        -------
+        list of ModelRecord
+            Empty if `name` has no complete version.
+
+        Raises
+        ------
+        InvalidInputError
+            If `name` breaks the naming rule.
+        ModelCorruptError
+            If a version's ``model.json`` is unreadable or does not match its folder.
+        StorageError
+            If the registry cannot be listed or read.
+        """
+        self._check_name(name)
+        records = (self._read_record(name, n) for n in self._scan(name).complete)
+        return [r for r in records if r is not None]
+
+    def record(self, name: str, version: int | str = "latest") -> ModelRecord:
+        """Return the record of one version of `name` (without reading its centers).
+
+        Parameters
+        ----------
+        name : str
+            Model name.
+        version : int or {"latest", "champion"}, default "latest"
+            A version number (or digit string), the highest complete version, or the
+            champion.
+
+        Returns
+        -------
+        ModelRecord
+
+        Raises
+        ------
+        InvalidInputError
+            If `name` or `version` is malformed.
+        ModelNotFoundError
+            If `name` has no complete version, not that version, or no champion.
+        ModelCorruptError
+            If the ``model.json`` is unreadable or inconsistent, or ``champion.json`` is
+            unreadable or names a missing version.
+        StorageError
+            If the registry cannot be read.
+        """
+        self._check_name(name)
+        wanted = _parse_version(version)
+        if wanted == "champion":
+            pointer = self._read_pointer(name)
+            if pointer is None:
+                raise self._not_found(name, "has no champion (promote a version first)")
+            return self._champion_record(name, pointer)
+        if wanted == "latest":
+            for number in reversed(self._scan(name).complete):
+                found = self._read_record(name, number)
+                if found is not None:
+                    return found
+            raise self._not_found(name, "has no versions")
+        found = self._read_record(name, wanted)
+        if found is None:
+            raise self._not_found(name, f"has no version {wanted}")
+        return found
+
+    def load(self, name: str, version: int | str = "latest") -> Model:
+        """Return one version of `name`: its record and its checked, read-only centers.
+
+        Parameters
+        ----------
+        name : str
+            Model name.
+        version : int or {"latest", "champion"}, default "latest"
+            As for :meth:`record`.
+
+        Returns
+        -------
+        Model
+            ``centers`` is float64 of shape ``(n_clusters, n_features)``, read-only.
+
+        Raises
+        ------
+        InvalidInputError
+            If `name` or `version` is malformed.
+        ModelNotFoundError
+            As for :meth:`record`.
+        ModelCorruptError
+            If ``centers.npy`` is missing, not a plain float64 ``.npy`` array (pickled
+            objects are refused), of a shape other than the record's, non-finite, or does not
+            match the record's sha256; or as for :meth:`record`.
+        StorageError
+            If the registry cannot be read.
+        """
+        record = self.record(name, version)
+        url = self._file_url(name, record.version, CENTERS_FILE)
+        shown = redact_url(url)
+        try:
+            data = read_bytes(url, self._options)
+        except SourceNotFoundError as exc:
+            raise ModelCorruptError(
+                f"{shown} is missing, but {RECORD_FILE} of {name!r} v{record.version} exists"
+            ) from exc
+        centers = _parse_centers(data, shown)
+        expected = (record.n_clusters, record.n_features)
+        if centers.shape != expected:
+            raise ModelCorruptError(
+                f"{shown} holds an array of shape {centers.shape}, but {RECORD_FILE} says "
+                f"(n_clusters, n_features) = {expected}"
+            )
+        if not np.isfinite(centers).all():
+            bad = int(np.count_nonzero(~np.isfinite(centers)))
+            raise ModelCorruptError(f"{shown} holds {bad} NaN or infinite values")
+        digest = centers_sha256(centers)
+        if digest != record.centers_sha256:
+            raise ModelCorruptError(
+                f"{shown} has sha256 {digest}, but {RECORD_FILE} says {record.centers_sha256}"
+                " (the centers were changed after registration)"
+            )
+        return Model(record=record, centers=centers)
+
+    def champion(self, name: str) -> ModelRecord | None:
+        """Return the record of the champion of `name`, or None if none was promoted yet.
+
+        Parameters
+        ----------
+        name : str
+            Model name.
+
+        Returns
+        -------
+        ModelRecord or None
+
+        Raises
+        ------
+        InvalidInputError
+            If `name` breaks the naming rule.
+        ModelNotFoundError
+            If `name` has no complete version at all (an unknown model).
+        ModelCorruptError
+            If ``champion.json`` is unreadable or names a missing version.
+        StorageError
+            If the registry cannot be read.
+        """
+        self._check_name(name)
+        pointer = self._read_pointer(name)
+        if pointer is None:
+            if not self._scan(name).complete:
+                raise self._not_found(name, "has no versions")
+            return None
+        return self._champion_record(name, pointer)
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _check_name(name: str) -> None:
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise InvalidInputError(
+                f"invalid model name {name!r}: it must match {NAME_PATTERN} (a letter or "
+                "digit, then up to 127 letters, digits, '.', '_' or '-')"
+            )
+
+    def _fs(self) -> tuple[Any, str]:
+        fs, path = get_fs(self._url, self._options)
+        return fs, (path.rstrip("/") or path)
+
+    def _file_url(self, name: str, version: int, file: str) -> str:
+        return join_url(self._url, name, _version_dir(version), file)
+
+    def _champion_url(self, name: str) -> str:
+        return join_url(self._url, name, CHAMPION_FILE)
+
+    @staticmethod
+    def _find(fs: Any, folder: str, url: str) -> list[tuple[str, bool]]:
+        """Everything below `folder`: (path relative to it, is a directory); [] if missing."""
+        with storage_errors("list", url):
+            fs.invalidate_cache(folder)
+            try:
+                found = fs.find(folder, withdirs=True, detail=True)
+            except FileNotFoundError:
+                return []
+        prefix = folder + "/"
+        return [
+            (path[len(prefix) :], info.get("type") == "directory")
+            for path, info in found.items()
+            if path.startswith(prefix)
+        ]
+
+    def _scan(self, name: str) -> _Scan:
+        """List the version folders of `name` (one recursive listing)."""
+        fs, root = self._fs()
+        numbers: set[int] = set()
+        complete: set[int] = set()
+        for rel, is_dir in self._find(fs, f"{root}/{name}", join_url(self._url, name)):
+            parts = rel.split("/")
+            match = _VERSION_DIR.fullmatch(parts[0])
+            if match is None or (len(parts) == 1 and not is_dir):
+                continue
+            number = int(match.group(1))
+            numbers.add(number)
+            if len(parts) == 2 and parts[1] == RECORD_FILE and not is_dir:
+                complete.add(number)
+        return _Scan(sorted(numbers), sorted(complete))
+
+    def _read_record(self, name: str, version: int) -> ModelRecord | None:
+        """The record of a version, or None if it has no ``model.json`` (incomplete)."""
+        url = self._file_url(name, version, RECORD_FILE)
+        try:
+            data = read_bytes(url, self._options)
+        except SourceNotFoundError:
+            return None
+        shown = redact_url(url)
+        try:
+            record = ModelRecord.from_json(data)
+        except ValidationError as exc:
+            raise ModelCorruptError(
+                f"{shown} is not a valid model record: {_summary(exc)}"
+            ) from exc
+        if (record.name, record.version) != (name, version):
+            raise ModelCorruptError(
+                f"{shown} describes {record.name!r} v{record.version}, "
+                f"not {name!r} v{version} (a copied or moved folder?)"
+            )
+        return record
+
+    def _read_pointer(self, name: str) -> _Pointer | None:
+        """The content of ``champion.json``, or None if there is none."""
+        url = self._champion_url(name)
+        try:
+            data = read_bytes(url, self._options)
+        except SourceNotFoundError:
+            return None
+        try:
+            return _Pointer.model_validate_json(data)
+        except ValidationError as exc:
+            raise ModelCorruptError(
+                f"{redact_url(url)} is not a valid champion pointer: {_summary(exc)}"
+            ) from exc
+
+    def _champion_record(self, name: str, pointer: _Pointer) -> ModelRecord:
+        """The record ``champion.json`` points at; ModelCorruptError if it is missing."""
+        found = self._read_record(name, pointer.version)
+        if found is None:
+            complete = self._scan(name).complete
+            raise ModelCorruptError(
+                f"{redact_url(self._champion_url(name))} names version {pointer.version}, "
+                f"which does not exist (versions: {complete})"
+            )
+        return found
+
+    def _not_found(self, name: str, what: str) -> ModelNotFoundError:
+        complete = self._scan(name).complete
+        return ModelNotFoundError(
+            f"model {name!r} {what} in registry {redact_url(self._url)!r} (versions: {complete})"
+        )
+
+
+def _parse_version(version: int | str) -> int | Literal["latest", "champion"]:
+    """Normalise a ``version`` argument; InvalidInputError if it is none of the forms."""
+    if isinstance(version, str):
+        if version == "latest":
+            return "latest"
+        if version == "champion":
+            return "champion"
+        if version.isascii() and version.isdigit():
+            version = int(version)
+    if isinstance(version, int | np.integer) and not isinstance(version, bool):
+        if version < 1:
+            raise InvalidInputError(f"model versions start at 1; got version={version}")
+        return int(version)
+    raise InvalidInputError(
+        f"version must be a version number, 'latest' or 'champion'; got {version!r}"
+    )
+
+
+def _checked_centers(centers: Any) -> np.ndarray:
+    """`centers` as a fresh C-contiguous float64 array, or InvalidInputError."""
+    try:
+        raw = np.asarray(centers)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInputError(f"centers are not an array: {exc}") from exc
+    if raw.dtype.kind not in "biuf":
+        raise InvalidInputError(f"centers must be real numbers; got dtype {raw.dtype}")
+    if raw.ndim != 2 or raw.size == 0:
+        raise InvalidInputError(
+            f"centers must be a non-empty 2-D array (n_clusters, n_features); got shape {raw.shape}"
+        )
+    array = np.array(raw, dtype=np.float64, order="C", copy=True)
+    bad = int(np.count_nonzero(~np.isfinite(array)))
+    if bad:
+        raise InvalidInputError(f"centers contain {bad} NaN or infinite values")
+    return array
+
+
+def _parse_centers(data: bytes, shown: str) -> np.ndarray:
+    """Read ``.npy`` bytes without unpickling; ModelCorruptError if they are not float64."""
+    try:
+        loaded = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ModelCorruptError(f"{shown} is not a readable .npy array: {exc}") from exc
+    if not isinstance(loaded, np.ndarray):  # an .npz archive
+        loaded.close()
+        raise ModelCorruptError(f"{shown} is an .npz archive, not an .npy array")
+    if loaded.dtype != np.float64:
+        raise ModelCorruptError(f"{shown} holds {loaded.dtype} values, not float64")
+    return loaded
