@@ -184,3 +184,21 @@ def _close_async_s3_sessions() -> None:
             fs._s3 = fs._s3creator = None
             with contextlib.suppress(KeyError, AttributeError):
                 del s3fs.S3FileSystem._cache[fs._fs_token]
+
+
+# --------------------------------------------------------------------------- Prefect
+# One Prefect test harness (a temporary SQLite-backed API server) for the whole session: flow
+# and task tests run against it. Its startup takes 20-25 s on 2 cores, hence the long timeout.
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """Prefect's test harness for the session: flow runs, task runs and artifacts recorded."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with pytest.MonkeyPatch.context() as mp:
+        # Offline: no telemetry (its DNS lookup fails and logs an error).
+        mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        mp.setenv("DO_NOT_TRACK", "1")
+        with prefect_test_harness(server_startup_timeout=120):
+            yield

@@ -175,3 +175,114 @@ def test_s3_images_store_and_outputs(s3_bucket, photo_dir: Path, tmp_path: Path)
     labels = reopened.labels()
     assert labels is not None
     np.testing.assert_array_equal(labels.compute(), local.labels().compute())
+
+
+# --------------------------------------------------------------------------- splits, evaluation
+
+
+def _all_pixels(store: PixelStore) -> np.ndarray:
+    return np.asarray(store.pixels().compute())
+
+
+def test_fit_on_an_image_split_sees_only_the_training_images(store: PixelStore) -> None:
+    from kmflow.quantize import Split, select
+
+    split = Split(by="image", fraction=0.4, seed=1)
+    train, held = select(store, split, "train"), select(store, split, "eval")
+    # Disjoint, covering, whole images.
+    assert {r.sha256 for r in train.images}.isdisjoint({r.sha256 for r in held.images})
+    assert len(train.images) + len(held.images) == 3
+    assert train.images
+    assert held.images
+    start = np.array([[20.0, 20, 20], [200, 200, 200], [200, 60, 40], [60, 120, 200]])
+    palette = fit_palette(store, 4, init=start, split=split)
+    assert palette.n_pixels == sum(r.n_pixels for r in train.images)
+    # Same as fitting those images' pixels directly, from the same start.
+    direct = np.concatenate(
+        [_all_pixels(store)[r.offset : r.offset + r.n_pixels] for r in train.images]
+    )
+    colors, _counts = np.unique(direct, axis=0, return_counts=True)
+    assert palette.n_colors == len(colors)
+    from kmflow import KMeans
+
+    km = KMeans(4, init=start).fit(direct)
+    np.testing.assert_allclose(palette.centers, km.cluster_centers_, atol=1e-9)
+    assert palette.inertia == pytest.approx(km.inertia_, rel=1e-9)
+
+
+def test_fit_on_a_row_split_histogram_and_pixels_agree(store: PixelStore) -> None:
+    from kmflow.quantize import Split
+
+    split = Split(by="row", fraction=0.3, seed=2)
+    start = np.array([[20.0, 20, 20], [200, 200, 200], [200, 60, 40], [60, 120, 200], [90] * 3])
+    hist = fit_palette(store, 5, init=start, split=split)
+    pixels = fit_palette(store, 5, init=start, split=split, method="pixels")
+    assert hist.n_pixels == pixels.n_pixels
+    assert 0.6 * store.n_pixels < hist.n_pixels < 0.8 * store.n_pixels
+    np.testing.assert_allclose(pixels.centers, hist.centers, atol=1e-6)
+    assert pixels.inertia == pytest.approx(hist.inertia, rel=1e-9)
+
+
+def test_evaluate_matches_scikit_learn_and_apply(store: PixelStore, tmp_path: Path) -> None:
+    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score
+
+    from kmflow.quantize import evaluate_palette
+
+    palette = fit_palette(store, 6, random_state=0)
+    ev = evaluate_palette(store, palette, silhouette_sample_size=500, random_state=0)
+    x = _all_pixels(store).astype(np.float64)
+    labels = ((x[:, None, :] - palette.centers[None]) ** 2).sum(-1).argmin(1)
+    # The histogram path gives exactly the per-pixel values.
+    assert ev.part == "all"
+    assert ev.n_pixels == len(x)
+    assert ev.metrics["calinski_harabasz"] == pytest.approx(
+        calinski_harabasz_score(x, labels), rel=1e-8
+    )
+    assert ev.metrics["davies_bouldin"] == pytest.approx(davies_bouldin_score(x, labels), rel=1e-8)
+    sse = ((x - palette.centers[labels]) ** 2).sum()
+    assert ev.metrics["inertia"] == pytest.approx(sse, rel=1e-9)
+    assert ev.metrics["inertia_per_pixel"] == pytest.approx(sse / len(x), rel=1e-9)
+    assert sum(ev.sizes) == len(x)
+    assert ev.sizes == np.bincount(labels, minlength=6).tolist()
+    assert -1.0 <= ev.metrics["silhouette"] <= 1.0
+    for c in range(3):
+        np.testing.assert_array_equal(
+            ev.channel_counts[c], np.bincount(x[:, c].astype(int), minlength=256)
+        )
+    # PSNR and ΔE equal what apply measures on the written images, overall and per image.
+    applied = apply_palette(store, palette, str(tmp_path / "out"))
+    assert ev.metrics["psnr"] == pytest.approx(applied.psnr, rel=1e-9)
+    assert ev.metrics["delta_e"] == pytest.approx(applied.delta_e, rel=1e-9)
+    by_path = {q.relpath: q for q in ev.images}
+    for r in applied.images:
+        assert by_path[r.relpath].psnr == pytest.approx(r.psnr, rel=1e-9)
+        assert by_path[r.relpath].delta_e == pytest.approx(r.delta_e, rel=1e-9)
+
+
+def test_evaluate_on_held_out_rows_only(store: PixelStore) -> None:
+    from kmflow.kernels.split import holdout_rows
+    from kmflow.quantize import Split, evaluate_palette
+
+    split = Split(by="row", fraction=0.25, seed=5)
+    palette = fit_palette(store, 4, random_state=0, split=split)
+    ev = evaluate_palette(store, palette, split=split, silhouette_sample_size=0)
+    mask = holdout_rows(store.pixels(), 0.25, seed=5).compute()
+    x = _all_pixels(store)[mask].astype(np.float64)
+    labels = ((x[:, None, :] - palette.centers[None]) ** 2).sum(-1).argmin(1)
+    assert ev.part == "eval"
+    assert ev.n_pixels == len(x) == sum(q.n_pixels for q in ev.images)
+    assert ev.metrics["inertia"] == pytest.approx(
+        ((x - palette.centers[labels]) ** 2).sum(), rel=1e-9
+    )
+    assert np.isnan(ev.metrics["silhouette"])  # sample size 0 skips it
+
+
+def test_palette_from_centers_validates() -> None:
+    from kmflow.quantize import palette_from_centers
+
+    p = palette_from_centers(np.array([[0.0, 0, 0], [255, 255, 255]]), "rgb")
+    assert p.rgb.tolist() == [[0, 0, 0], [255, 255, 255]]
+    with pytest.raises(InvalidInputError, match=r"shape \(k, 3\); got shape \(2, 2\)"):
+        palette_from_centers(np.zeros((2, 2)))
+    with pytest.raises(InvalidInputError, match="color_space must be 'rgb' or 'lab'"):
+        palette_from_centers(np.zeros((2, 3)), "hsv")  # type: ignore[arg-type]

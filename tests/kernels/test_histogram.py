@@ -43,3 +43,22 @@ def test_histogram_rejects_non_rgb() -> None:
         color_histogram(da.zeros((10, 3), dtype=np.float32))
     with pytest.raises(InvalidInputError, match=r"needs \(n, 3\) uint8"):
         color_histogram(da.zeros((10, 4), dtype=np.uint8))
+
+
+def test_masked_histogram_counts_only_selected_rows() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 4, size=(5_000, 3), dtype=np.uint8)
+    mask = rng.random(5_000) < 0.3
+    colors, counts = color_histogram(
+        da.from_array(x, chunks=(700, 3)), mask=da.from_array(mask, chunks=1_000)
+    )
+    want_colors, want_counts = np.unique(x[mask], axis=0, return_counts=True)
+    np.testing.assert_array_equal(colors, want_colors)
+    np.testing.assert_array_equal(counts, want_counts)
+    assert counts.sum() == mask.sum()
+
+
+def test_mask_of_the_wrong_length_is_rejected() -> None:
+    x = da.zeros((10, 3), dtype=np.uint8)
+    with pytest.raises(InvalidInputError, match=r"mask must be one bool per pixel, shape \(10,\)"):
+        color_histogram(x, mask=da.ones(9, dtype=bool))

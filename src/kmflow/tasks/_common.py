@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import re
-from typing import Any
+import time
+from typing import Any, cast
+from uuid import UUID
+
+from prefect import get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.exceptions import MissingContextError
 
 from kmflow.config import get_settings
 from kmflow.errors import SourceNotFoundError, StorageError, StoreNotFoundError
@@ -11,7 +18,14 @@ from kmflow.storage.fs import storage_options_for
 from kmflow.storage.pixelstore import PixelStore
 from kmflow.storage.registry import ModelRegistry
 
-__all__ = ["artifact_key", "open_registry", "open_store", "retry_on_transient_io"]
+__all__ = [
+    "ProgressArtifact",
+    "artifact_key",
+    "open_registry",
+    "open_store",
+    "retry_on_transient_io",
+    "run_logger",
+]
 
 
 def open_store(url: str) -> PixelStore:
@@ -52,3 +66,40 @@ def artifact_key(*parts: str) -> str:
     """A Prefect artifact key (lowercase letters, digits and dashes) from free text."""
     text = "-".join(parts).lower()
     return re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9-]", "-", text)).strip("-") or "kmflow"
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """Prefect's run logger inside a flow or task run; kmflow's own logger outside one.
+
+    Outside a run is how tasks are unit-tested (``task.fn(...)``) and how the library is
+    used from plain Python.
+    """
+    try:
+        return get_run_logger()  # type: ignore[return-value]
+    except MissingContextError:
+        return logging.getLogger("kmflow.tasks")
+
+
+class ProgressArtifact:
+    """A Prefect progress artifact (0-100 %) that long work updates as it goes.
+
+    Updates are API calls, so they are throttled to one per ``min_interval`` seconds;
+    :meth:`done` always records 100 %.
+    """
+
+    def __init__(self, key: str, description: str, *, min_interval: float = 0.5) -> None:
+        self.id = cast(UUID, create_progress_artifact(0.0, key=key, description=description))
+        self.min_interval = min_interval
+        self._last = 0.0
+
+    def update(self, done: float, total: float) -> None:
+        """Record ``done`` out of ``total`` (throttled)."""
+        now = time.monotonic()
+        if now - self._last < self.min_interval:
+            return
+        self._last = now
+        update_progress_artifact(self.id, min(100.0, 100.0 * done / max(total, 1e-12)))
+
+    def done(self) -> None:
+        """Record 100 %."""
+        update_progress_artifact(self.id, 100.0)

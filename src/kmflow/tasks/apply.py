@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from kmflow.config import get_settings
 from kmflow.quantize import Palette, apply_palette
 from kmflow.storage.fs import storage_options_for
-from kmflow.tasks._common import artifact_key, open_store, retry_on_transient_io
+from kmflow.tasks._common import (
+    ProgressArtifact,
+    artifact_key,
+    open_store,
+    retry_on_transient_io,
+    run_logger,
+)
 
 __all__ = ["apply_palette_task"]
 
@@ -33,21 +38,17 @@ def apply_palette_task(store_url: str, palette: Palette, out: str, model: str) -
     dict
         The :class:`~kmflow.quantize.ApplyReport` as a dict (outputs, PSNR, ΔE per image).
     """
-    logger = get_run_logger()
+    logger = run_logger()
     store = open_store(store_url)
-    progress_id = create_progress_artifact(
-        0.0, key=artifact_key(model, "apply-progress"), description=f"Rendering into {out}"
-    )
+    progress = ProgressArtifact(artifact_key(model, "apply-progress"), f"Rendering into {out}")
     report = apply_palette(
         store,
         palette,
         out,
         storage_options=storage_options_for(out, get_settings().storage),
-        progress=lambda done, total: update_progress_artifact(
-            progress_id, 100.0 * done / max(1, total)
-        ),
+        progress=progress.update,
     )
-    update_progress_artifact(progress_id, 100.0)
+    progress.done()
     logger.info(
         "wrote %d image(s) to %s: PSNR %.2f dB, ΔE00 %.2f, %.1f s",
         len(report.images),

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from kmflow.params import SplitParams
 from kmflow.quantize import Evaluation, Palette, evaluate_palette
-from kmflow.tasks._common import open_store
+from kmflow.tasks._common import open_store, run_logger
 from kmflow.tasks.train import split_of
 
 __all__ = ["evaluate_palette_task"]
@@ -23,7 +23,7 @@ def evaluate_palette_task(
     per_image: bool = True,
 ) -> Evaluation:
     """Evaluate ``palette`` on the held-out part of ``holdout`` (everything if fraction 0)."""
-    logger = get_run_logger()
+    logger = run_logger()
     evaluation = evaluate_palette(
         open_store(store_url),
         palette,

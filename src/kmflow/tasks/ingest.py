@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from kmflow.config import get_settings
@@ -14,7 +13,13 @@ from kmflow.storage.fs import storage_options_for
 from kmflow.storage.images import ImageSource, discover_images
 from kmflow.storage.pixelstore import IngestProgress
 from kmflow.storage.samples import sample_images_dir
-from kmflow.tasks._common import artifact_key, open_store, retry_on_transient_io
+from kmflow.tasks._common import (
+    ProgressArtifact,
+    artifact_key,
+    open_store,
+    retry_on_transient_io,
+    run_logger,
+)
 
 __all__ = ["ingest_images"]
 
@@ -52,28 +57,24 @@ def ingest_images(params: IngestParams) -> dict[str, Any]:
         The :class:`~kmflow.storage.pixelstore.IngestReport` as a dict, plus the store's
         ``n_images``, ``n_pixels`` and ``fingerprint`` after the ingest.
     """
-    logger = get_run_logger()
+    logger = run_logger()
     images = _discover(params)
     logger.info("ingesting %d image(s) into %s", len(images), params.store)
     store = open_store(params.store)
-    progress_id = create_progress_artifact(
-        0.0, key=artifact_key("ingest-progress"), description=f"Ingest into {params.store}"
-    )
+    progress = ProgressArtifact(artifact_key("ingest-progress"), f"Ingest into {params.store}")
 
     def on_batch(p: IngestProgress) -> None:
-        update_progress_artifact(progress_id, 100.0 * p.images_done / max(1, p.images_total))
+        progress.update(p.images_done, p.images_total)
 
     settings = get_settings().storage
-    source_options = (
-        storage_options_for(params.sources[0], settings) if params.sources else None
-    )
+    source_options = storage_options_for(params.sources[0], settings) if params.sources else None
     report = store.ingest(
         images,
         max_pixels=settings.max_image_pixels,
         storage_options=source_options,
         progress=on_batch,
     )
-    update_progress_artifact(progress_id, 100.0)
+    progress.done()
     for error in report.errors:
         logger.warning("not ingested: %s: %s", error.source, error.reason)
     logger.info(

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from kmflow.model import Model, ModelRecord
 from kmflow.params import TrainParams
 from kmflow.quantize import Evaluation, Palette
-from kmflow.tasks._common import open_registry, retry_on_transient_io
+from kmflow.tasks._common import open_registry, retry_on_transient_io, run_logger
 
 __all__ = [
     "find_champion_task",
@@ -32,7 +32,7 @@ __all__ = [
 def load_model_task(name: str, version: int | None = None) -> Model:
     """A registered model with its centers; ``version=None`` means the champion."""
     model = open_registry().load(name, "champion" if version is None else version)
-    get_run_logger().info(
+    run_logger().info(
         "loaded %s version %d (k=%d)", name, model.record.version, model.record.n_clusters
     )
     return model
@@ -89,7 +89,7 @@ def register_model_task(
         parent=parent,
         run_key=f"{run_id}:register" if run_id else None,
     )
-    get_run_logger().info("registered %s version %d", record.name, record.version)
+    run_logger().info("registered %s version %d", record.name, record.version)
     return record
 
 
@@ -103,7 +103,7 @@ def register_model_task(
 def promote_model_task(name: str, version: int) -> ModelRecord:
     """Make ``version`` the champion (atomic pointer replacement)."""
     record = open_registry().promote(name, version)
-    get_run_logger().info("promoted %s version %d to champion", name, version)
+    run_logger().info("promoted %s version %d to champion", name, version)
     return record
 
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-from prefect import get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect import task
 from prefect.cache_policies import INPUTS, NO_CACHE, RUN_ID, TASK_SOURCE
 
 from kmflow.kernels.lloyd import IterationInfo
 from kmflow.params import SplitParams, TrainParams
 from kmflow.quantize import Palette, Split, fit_palette
-from kmflow.tasks._common import artifact_key, open_store
+from kmflow.tasks._common import ProgressArtifact, artifact_key, open_store, run_logger
 
 __all__ = ["fit_palette_task", "split_of", "training_fingerprint_task"]
 
@@ -41,24 +40,25 @@ def fit_palette_task(params: TrainParams, warm_start: list[list[float]] | None =
         Initial centers (in ``params.color_space``) from a registered model; used when
         ``params.init == "warm-start"``.
     """
-    logger = get_run_logger()
+    logger = run_logger()
     store = open_store(params.store)
     init: object = params.init
     if params.init == "warm-start":
         if warm_start is None:
             raise ValueError("init='warm-start' needs the centers of a registered model")
         init = np.asarray(warm_start, dtype=np.float64)
-    progress_id = create_progress_artifact(
-        0.0,
-        key=artifact_key(params.model, "training-progress"),
-        description=f"Lloyd iterations of {params.model} (k={params.k}), of at most "
-        f"{params.max_iter}",
+    progress = ProgressArtifact(
+        artifact_key(params.model, "training-progress"),
+        f"Lloyd iterations of {params.model} (k={params.k}), of at most {params.max_iter}",
     )
 
     def on_iteration(info: IterationInfo) -> None:
-        update_progress_artifact(progress_id, 100.0 * info.iteration / params.max_iter)
+        progress.update(info.iteration, params.max_iter)
         logger.info(
-            "iteration %d: inertia %.6g, shift %.3g", info.iteration, info.inertia, info.center_shift
+            "iteration %d: inertia %.6g, shift %.3g",
+            info.iteration,
+            info.inertia,
+            info.center_shift,
         )
 
     palette = fit_palette(
@@ -73,7 +73,7 @@ def fit_palette_task(params: TrainParams, warm_start: list[list[float]] | None =
         callback=on_iteration,
         split=split_of(params.holdout),
     )
-    update_progress_artifact(progress_id, 100.0)
+    progress.done()
     logger.info(
         "fitted %d colors on %d pixels (%d rows) in %d iterations (%s), %.1f s",
         palette.n_clusters,
