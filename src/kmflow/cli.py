@@ -264,10 +264,10 @@ def pipeline(
     itself (ephemeral mode): nothing to start by hand. With PREFECT_API_URL set, the run is
     recorded on that server (artifacts, logs, subflow runs).
     """
-    from pydantic import ValidationError  # noqa: PLC0415
+    from pydantic import ValidationError
 
-    from kmflow.flows.pipeline import pipeline_flow  # noqa: PLC0415 - Prefect import is slow
-    from kmflow.params import PipelineParams, SplitParams  # noqa: PLC0415
+    from kmflow.flows.pipeline import pipeline_flow
+    from kmflow.params import PipelineParams, SplitParams
 
     if workers is not None and scheduler:
         raise typer.BadParameter("give --workers or --scheduler, not both")
@@ -296,7 +296,9 @@ def pipeline(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     train = result["train"]
-    table = Table(title=f"kmflow pipeline: {model} version {train['version']}", title_justify="left")
+    table = Table(
+        title=f"kmflow pipeline: {model} version {train['version']}", title_justify="left"
+    )
     for col in ("images", "k", "version", "champion", "SSE/px", "PSNR dB", "ΔE00", "seconds"):
         table.add_column(col, justify="right")
     metrics = train["metrics"]
@@ -317,9 +319,7 @@ def pipeline(
 
 
 def _validation_message(exc: Any) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-    )
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
 
 
 models_app = typer.Typer(help="The model registry: list, show and promote versions.")
@@ -332,7 +332,7 @@ RegistryOption = Annotated[
 
 
 def _registry(url: str | None) -> Any:
-    from kmflow.storage.registry import ModelRegistry  # noqa: PLC0415
+    from kmflow.storage.registry import ModelRegistry
 
     settings = get_settings()
     target = url or settings.registry.url

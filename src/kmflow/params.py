@@ -67,9 +67,7 @@ class IngestParams(_Params):
     pattern: str | None = Field(
         default=None, description="Only files matching this glob inside folders, e.g. '*.tif'."
     )
-    strict: bool = Field(
-        default=False, description="Fail the run if any image cannot be ingested."
-    )
+    strict: bool = Field(default=False, description="Fail the run if any image cannot be ingested.")
 
 
 class TrainParams(_Params):

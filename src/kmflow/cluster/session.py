@@ -35,7 +35,7 @@ def cluster_session(settings: Settings | None = None) -> Iterator[Any]:
         logger.info("reusing the open Dask client %s", existing)
         yield existing
         return
-    from kmflow.cluster import connect  # noqa: PLC0415 - connect imports this package's modules
+    from kmflow.cluster import connect
 
     client = connect(settings)
     try:

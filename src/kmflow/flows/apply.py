@@ -39,8 +39,12 @@ def apply_flow(params: ApplyParams = ApplyParams()) -> dict[str, Any]:  # noqa: 
         {
             "Outputs": {"folder": params.out, "palette": report["palette_url"]},
             "Images": [
-                {"image": i["relpath"], "output": i["output"], "psnr": i["psnr"],
-                 "delta_e": i["delta_e"]}
+                {
+                    "image": i["relpath"],
+                    "output": i["output"],
+                    "psnr": i["psnr"],
+                    "delta_e": i["delta_e"],
+                }
                 for i in report["images"]
             ],
             "Dask cluster": cluster,

@@ -32,7 +32,11 @@ def pipeline_flow(params: PipelineParams = PipelineParams()) -> dict[str, Any]: 
     seconds = time.perf_counter() - t0
     logger.info(
         "pipeline done in %.1f s: %s version %d, %d image(s) written to %s",
-        seconds, params.model, train["version"], len(applied["images"]), params.out,
+        seconds,
+        params.model,
+        train["version"],
+        len(applied["images"]),
+        params.out,
     )
     publish_report(
         params.model,
@@ -40,12 +44,21 @@ def pipeline_flow(params: PipelineParams = PipelineParams()) -> dict[str, Any]: 
         f"Pipeline: {params.model} version {train['version']}",
         {
             "Stages": [
-                {"stage": "ingest", "result": f"{len(ingest['added'])} added, "
-                 f"{len(ingest['errors'])} error(s), {ingest['n_images']} in store"},
-                {"stage": "train", "result": f"version {train['version']}, "
-                 f"{'promoted' if train['promoted'] else 'not promoted'}: {train['reason']}"},
-                {"stage": "apply", "result": f"{len(applied['images'])} image(s) to "
-                 f"{params.out}, PSNR {applied['psnr']:.2f} dB"},
+                {
+                    "stage": "ingest",
+                    "result": f"{len(ingest['added'])} added, "
+                    f"{len(ingest['errors'])} error(s), {ingest['n_images']} in store",
+                },
+                {
+                    "stage": "train",
+                    "result": f"version {train['version']}, "
+                    f"{'promoted' if train['promoted'] else 'not promoted'}: {train['reason']}",
+                },
+                {
+                    "stage": "apply",
+                    "result": f"{len(applied['images'])} image(s) to "
+                    f"{params.out}, PSNR {applied['psnr']:.2f} dB",
+                },
             ],
             "Metrics": train["metrics"],
             "Timings (s)": {"train": train["timings"], "total": round(seconds, 3)},

@@ -31,8 +31,7 @@ def palette_of(model: Model) -> Palette:
     record = model.record
     if record.color_space is None:
         raise InvalidInputError(
-            f"model {record.name} version {record.version} is not an image palette "
-            "(no color space)"
+            f"model {record.name} version {record.version} is not an image palette (no color space)"
         )
     return palette_from_centers(
         model.centers,
@@ -63,10 +62,7 @@ def promotion_decision(
         return True, "promote='always'"
     if champion is None or champion_eval is None:
         return True, "no champion yet"
-    if champion.record.color_space == challenger_space:
-        metric = "inertia_per_pixel"
-    else:
-        metric = "delta_e"
+    metric = "inertia_per_pixel" if champion.record.color_space == challenger_space else "delta_e"
     new, old = challenger.metrics[metric], champion_eval.metrics[metric]
     if math.isnan(old) or new <= old * (1 + 1e-12):
         return True, f"{metric} {new:.6g} <= champion v{champion.record.version}'s {old:.6g}"
@@ -125,8 +121,11 @@ def train_flow(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: 
         record.version if promote else (champion.record.version if champion else None)
     )
     logger.info(
-        "%s version %d %s: %s", params.model, record.version,
-        "promoted" if promote else "not promoted", reason,
+        "%s version %d %s: %s",
+        params.model,
+        record.version,
+        "promoted" if promote else "not promoted",
+        reason,
     )
     metrics = dict(evaluation.metrics)
     publish_metrics(params.model, "train", {**metrics, "n_iter": palette.n_iter})
