@@ -10,6 +10,7 @@ from uuid import UUID
 
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.context import get_run_context
 from prefect.exceptions import MissingContextError
 
 from kmflow.config import get_settings
@@ -84,22 +85,30 @@ class ProgressArtifact:
     """A Prefect progress artifact (0-100 %) that long work updates as it goes.
 
     Updates are API calls, so they are throttled to one per ``min_interval`` seconds;
-    :meth:`done` always records 100 %.
+    :meth:`done` always records 100 %. Outside a flow or task run (a task called as a plain
+    function) there is nothing to attach an artifact to, and every call does nothing.
     """
 
     def __init__(self, key: str, description: str, *, min_interval: float = 0.5) -> None:
-        self.id = cast(UUID, create_progress_artifact(0.0, key=key, description=description))
+        self.id: UUID | None = None
+        try:
+            get_run_context()
+        except MissingContextError:
+            pass
+        else:
+            self.id = cast(UUID, create_progress_artifact(0.0, key=key, description=description))
         self.min_interval = min_interval
         self._last = 0.0
 
     def update(self, done: float, total: float) -> None:
         """Record ``done`` out of ``total`` (throttled)."""
         now = time.monotonic()
-        if now - self._last < self.min_interval:
+        if self.id is None or now - self._last < self.min_interval:
             return
         self._last = now
         update_progress_artifact(self.id, min(100.0, 100.0 * done / max(total, 1e-12)))
 
     def done(self) -> None:
         """Record 100 %."""
-        update_progress_artifact(self.id, 100.0)
+        if self.id is not None:
+            update_progress_artifact(self.id, 100.0)
