@@ -111,6 +111,20 @@ class TrainParams(_Params):
             "worse than the champion's on the same data, always, or never."
         ),
     )
+    window: int | None = Field(
+        default=None,
+        ge=1,
+        description="Train and evaluate on the most recent N images only; empty: all of them.",
+    )
+    idempotency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description=(
+            "A run with a key that already registered a version returns that version "
+            "without training again (e.g. one key per drift event). Empty: the flow run id."
+        ),
+    )
 
 
 class EvaluateParams(_Params):

@@ -146,7 +146,12 @@ class Selection:
     masks: list[da.Array | None]  # per image, aligned with ``images``
 
 
-def select(store: PixelStore, split: Split | None = None, part: Part = "all") -> Selection:
+def select(
+    store: PixelStore,
+    split: Split | None = None,
+    part: Part = "all",
+    images: Sequence[ImageRecord] | None = None,
+) -> Selection:
     """The stored pixels of one part of a split (lazily; nothing is read).
 
     Parameters
@@ -155,26 +160,36 @@ def select(store: PixelStore, split: Split | None = None, part: Part = "all") ->
     split : Split, optional
         ``None`` selects everything whatever ``part`` says.
     part : {"all", "train", "eval"}
+    images : sequence of ImageRecord, optional
+        Only these images of the store (e.g. the most recent ones); the split is then made
+        among them. Default: every image.
 
     Raises
     ------
     InvalidInputError
-        If the store is empty, or a split by image has fewer than 2 images.
+        If nothing is selected, or a split by image has fewer than 2 images.
     """
-    pixels = store.pixels()
-    records = store.images()
+    records = list(store.images() if images is None else images)
     if not records:
         raise InvalidInputError(f"the pixel store {store.url} holds no images: ingest some first")
-    if split is None or part == "all":
-        return Selection(pixels, None, records, [None] * len(records))
-    if split.by == "image":
+    splitting = split is not None and part != "all"
+    if splitting and split is not None and split.by == "image":
         held = holdout_items([r.sha256 for r in records], split.fraction, seed=split.seed)
-        chosen = [r for r, h in zip(records, held, strict=True) if h == (part == "eval")]
-        parts = [pixels[r.offset : r.offset + r.n_pixels] for r in chosen]
-        return Selection(da.concatenate(parts, axis=0), None, chosen, [None] * len(chosen))
+        records = [r for r, h in zip(records, held, strict=True) if h == (part == "eval")]
+    store_pixels = store.pixels()
+    if images is None and not (splitting and split is not None and split.by == "image"):
+        pixels, starts = store_pixels, [r.offset for r in records]
+    else:
+        parts = [store_pixels[r.offset : r.offset + r.n_pixels] for r in records]
+        pixels = da.concatenate(parts, axis=0)
+        starts = np.concatenate([[0], np.cumsum([r.n_pixels for r in records])[:-1]]).tolist()
+    if not (splitting and split is not None and split.by == "row"):
+        return Selection(pixels, None, records, [None] * len(records))
     held_rows = holdout_rows(pixels, split.fraction, seed=split.seed)
     mask = held_rows if part == "eval" else ~held_rows
-    masks: list[da.Array | None] = [mask[r.offset : r.offset + r.n_pixels] for r in records]
+    masks: list[da.Array | None] = [
+        mask[s : s + r.n_pixels] for s, r in zip(starts, records, strict=True)
+    ]
     return Selection(pixels, mask, records, masks)
 
 
@@ -231,6 +246,7 @@ def fit_palette(
     tol: float = 1e-4,
     callback: Callback | None = None,
     split: Split | None = None,
+    images: Sequence[ImageRecord] | None = None,
 ) -> Palette:
     """Fit a k-color palette to the stored pixels (all of them, or a split's training part).
 
@@ -250,6 +266,8 @@ def fit_palette(
         centers in ``color_space``.
     split : Split, optional
         Fit only the training part of this split (its histogram is computed, not cached).
+    images : sequence of ImageRecord, optional
+        Fit only these images (a window of recent ones); the split is made among them.
 
     Returns
     -------
@@ -271,7 +289,8 @@ def fit_palette(
         raise InvalidInputError(f"color_space must be 'rgb' or 'lab'; got {color_space!r}")
     if method not in ("histogram", "pixels"):
         raise InvalidInputError(f"method must be 'histogram' or 'pixels'; got {method!r}")
-    sel = select(store, split, "train")
+    sel = select(store, split, "train", images)
+    cacheable = split is None and images is None
     pixels = sel.pixels
     weight = None if sel.mask is None else sel.mask.astype(np.float64)
     n_pixels = int(pixels.shape[0])
@@ -292,10 +311,10 @@ def fit_palette(
     )
     t0 = time.perf_counter()
     if method == "histogram":
-        hist = store.histogram() if split is None else None
+        hist = store.histogram() if cacheable else None
         if hist is None:
             hist = color_histogram(pixels, mask=sel.mask)
-            if split is None:
+            if cacheable:
                 store.write_histogram(*hist)
         colors, counts = hist
         if len(colors) < n_clusters:
@@ -542,6 +561,23 @@ class Evaluation:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def reference_statistics(self) -> dict[str, Any]:
+        """What later drift checks compare new data with, as stored in a model record.
+
+        ``cluster_fractions`` (occupancy of each center), ``mean_sqdist`` (mean squared
+        distance to the nearest center, in the fit color space), ``channel_histograms``
+        (256-bin sRGB histograms), plus ``part`` and ``n_pixels`` for provenance. See
+        :func:`kmflow.kernels.drift.drift_report`.
+        """
+        total = max(1, sum(self.sizes))
+        return {
+            "part": self.part,
+            "n_pixels": self.n_pixels,
+            "cluster_fractions": [s / total for s in self.sizes],
+            "mean_sqdist": self.metrics["inertia_per_pixel"],
+            "channel_histograms": {"space": "srgb", "bins": 256, "counts": self.channel_counts},
+        }
+
 
 def _image_quality(
     pixels: np.ndarray,
@@ -573,6 +609,7 @@ def evaluate_palette(
     silhouette_sample_size: int = 10_000,
     random_state: int | None = 0,
     per_image: bool = True,
+    images: Sequence[ImageRecord] | None = None,
 ) -> Evaluation:
     """Measure a palette on the stored pixels: internal metrics and image quality.
 
@@ -590,6 +627,8 @@ def evaluate_palette(
         Seed of the silhouette sample.
     per_image : bool, default True
         Also measure PSNR and ΔE image by image.
+    images : sequence of ImageRecord, optional
+        Only these images (the split is made among them, as in :func:`fit_palette`).
 
     Returns
     -------
@@ -604,13 +643,14 @@ def evaluate_palette(
     """
     t0 = time.perf_counter()
     part: Part = "all" if split is None else "eval"
-    sel = select(store, split, part)
-    hist = store.histogram() if split is None else None
+    sel = select(store, split, part, images)
+    cacheable = split is None and images is None
+    hist = store.histogram() if cacheable else None
     if hist is None:
         if sel.pixels.shape[0] == 0:
             raise InvalidInputError(f"nothing to evaluate in {store.url}: the store is empty")
         hist = color_histogram(sel.pixels, mask=sel.mask)
-        if split is None:
+        if cacheable:
             store.write_histogram(*hist)
     colors, counts = hist
     n_pixels = int(counts.sum())
@@ -635,7 +675,7 @@ def evaluate_palette(
         )
     lab = labels.compute()
     sse, delta_e = _histogram_error(colors, counts, lab, palette.rgb)
-    images: list[ImageQuality] = []
+    qualities: list[ImageQuality] = []
     if per_image:
         quality = dask.delayed(_image_quality, pure=True)
         tasks = [
@@ -649,7 +689,7 @@ def evaluate_palette(
             )
             for r, m in zip(sel.images, sel.masks, strict=True)
         ]
-        images = list(dask.compute(*tasks))
+        qualities = list(dask.compute(*tasks))
     metrics = {
         "inertia": float(internal.inertia),
         "inertia_per_pixel": float(internal.inertia) / n_pixels,
@@ -663,7 +703,7 @@ def evaluate_palette(
         part=part,
         metrics=metrics,
         sizes=[round(float(w)) for w in internal.weights],
-        images=images,
+        images=qualities,
         channel_counts=[
             np.bincount(colors[:, c], weights=counts, minlength=256).astype(np.int64).tolist()
             for c in range(3)

@@ -244,6 +244,9 @@ class TestRegistryContract:
         assert other.version == 2
         assert _register(registry, C1).version == 3  # no key: always a new version
         assert _register(registry, C1, run_key="flow-run-b") == other
+        assert registry.find_run_key(NAME, "flow-run-a") == first
+        assert registry.find_run_key(NAME, "flow-run-b") == other
+        assert registry.find_run_key(NAME, "flow-run-c") is None
 
     def test_crashed_registration_is_invisible_and_its_number_not_reused(
         self, backend: Backend, monkeypatch: pytest.MonkeyPatch

@@ -27,7 +27,6 @@ from kmflow.tasks import (
     training_fingerprint_task,
 )
 from kmflow.tasks._common import artifact_key, retry_on_transient_io
-from kmflow.tasks.registry import reference_statistics
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -96,7 +95,7 @@ def test_tasks_as_plain_functions(images: Path, tmp_path: Path, registry_url: st
     assert record.run_key is None
     loaded = ModelRegistry(registry_url).load("t", 1)
     np.testing.assert_array_equal(loaded.centers, palette.centers)
-    assert loaded.record.reference == reference_statistics(evaluation)
+    assert loaded.record.reference == evaluation.reference_statistics()
     assert loaded.record.metrics["inertia"] == evaluation.metrics["inertia"]
 
 

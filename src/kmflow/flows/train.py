@@ -11,12 +11,13 @@ from prefect import flow, get_run_logger
 from kmflow.cluster.session import cluster_session, describe
 from kmflow.errors import InvalidInputError
 from kmflow.flows._report import publish_metrics, publish_report
-from kmflow.model import Model
+from kmflow.model import Model, ModelRecord
 from kmflow.params import TrainParams
 from kmflow.quantize import Evaluation, Palette, palette_from_centers
 from kmflow.tasks.evaluate import evaluate_palette_task
 from kmflow.tasks.registry import (
     find_champion_task,
+    find_run_key_task,
     load_model_task,
     promote_model_task,
     register_model_task,
@@ -69,6 +70,22 @@ def promotion_decision(
     return False, f"{metric} {new:.6g} > champion v{champion.record.version}'s {old:.6g}"
 
 
+def _already_done(record: ModelRecord, champion: Model | None) -> dict[str, Any]:
+    """The train flow's result for a version registered earlier with the same key."""
+    promotion = record.metrics.get("promotion") or {}
+    return {
+        "model": record.name,
+        "version": record.version,
+        "parent": record.parent,
+        "promoted": bool(promotion.get("promoted", False)),
+        "reason": f"already registered with this key: {promotion.get('reason', '')}",
+        "champion": champion.record.version if champion else None,
+        "metrics": {k: v for k, v in record.metrics.items() if isinstance(v, float)},
+        "timings": {},
+        "skipped": True,
+    }
+
+
 @flow(name="train", description="Fit a palette, evaluate it, register it, maybe promote it.")
 def train_flow(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: B008
     """Train a new version of ``params.model`` on ``params.store``.
@@ -82,6 +99,16 @@ def train_flow(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: 
     logger = get_run_logger()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    if params.idempotency_key is not None:
+        done = find_run_key_task(params.model, params.idempotency_key)
+        if done is not None:
+            logger.info(
+                "%s version %d was already registered with key %r: nothing to do",
+                params.model,
+                done.version,
+                params.idempotency_key,
+            )
+            return _already_done(done, find_champion_task(params.model))
     with cluster_session() as client:
         cluster = describe(client)
         warm: list[list[float]] | None = None
@@ -95,25 +122,41 @@ def train_flow(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: 
                     f"{base.record.color_space})"
                 )
             warm, parent = base.centers.tolist(), base.record.version
-        fingerprint = training_fingerprint_task(params.store, params.holdout)
+        fingerprint = training_fingerprint_task(params.store, params.holdout, params.window)
         t = time.perf_counter()
         palette = fit_palette_task(params, warm)
         timings["fit"] = time.perf_counter() - t
         t = time.perf_counter()
         evaluation = evaluate_palette_task(
-            params.store, palette, params.holdout, params.silhouette_sample_size
+            params.store,
+            palette,
+            params.holdout,
+            params.silhouette_sample_size,
+            window=params.window,
         )
         timings["evaluate"] = time.perf_counter() - t
         champion = find_champion_task(params.model)
         champion_eval = None
         if champion is not None and params.promote == "if-better":
             champion_eval = evaluate_palette_task(
-                params.store, palette_of(champion), params.holdout, 0, per_image=False
+                params.store,
+                palette_of(champion),
+                params.holdout,
+                0,
+                per_image=False,
+                window=params.window,
             )
-        record = register_model_task(params, palette, evaluation, fingerprint, parent)
         promote, reason = promotion_decision(
             params.promote, evaluation, palette.color_space, champion, champion_eval
         )
+        decision: dict[str, Any] = {
+            "promoted": promote,
+            "reason": reason,
+            "policy": params.promote,
+            "champion_before": champion.record.version if champion else None,
+            "champion_metrics": champion_eval.metrics if champion_eval else None,
+        }
+        record = register_model_task(params, palette, evaluation, fingerprint, parent, decision)
         if promote:
             promote_model_task(params.model, record.version)
     timings["total"] = time.perf_counter() - t0
@@ -178,4 +221,5 @@ def train_flow(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: 
         "champion": champion_version,
         "metrics": metrics,
         "timings": timings,
+        "skipped": False,
     }

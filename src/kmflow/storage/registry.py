@@ -47,7 +47,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _distribution_version
@@ -240,17 +240,16 @@ class ModelRegistry:
             raise InvalidInputError(f"run_key must be a non-empty string; got {run_key!r}")
         scan = self._scan(name)
         if run_key is not None:
-            for number in reversed(scan.complete):
-                existing = self._read_record(name, number)
-                if existing is not None and existing.run_key == run_key:
-                    logger.info(
-                        "%s v%d already registered by run %r in %s; nothing written",
-                        name,
-                        number,
-                        run_key,
-                        redact_url(self._url),
-                    )
-                    return existing
+            existing = self._find_run_key(name, run_key, scan.complete)
+            if existing is not None:
+                logger.info(
+                    "%s v%d already registered by run %r in %s; nothing written",
+                    name,
+                    existing.version,
+                    run_key,
+                    redact_url(self._url),
+                )
+                return existing
         if parent is not None and parent not in scan.complete:
             raise ModelNotFoundError(
                 f"parent version {parent} of model {name!r} is not in registry "
@@ -400,6 +399,29 @@ class ModelRegistry:
             ):
                 found.add(parts[0])
         return sorted(found)
+
+    def _find_run_key(self, name: str, run_key: str, complete: Sequence[int]) -> ModelRecord | None:
+        for number in reversed(complete):
+            existing = self._read_record(name, number)
+            if existing is not None and existing.run_key == run_key:
+                return existing
+        return None
+
+    def find_run_key(self, name: str, run_key: str) -> ModelRecord | None:
+        """The version of `name` that the run `run_key` registered, if any.
+
+        Lets a retried or repeated job (the same drift event twice) skip work already
+        done before redoing it; :meth:`register` does the same check before writing.
+
+        Raises
+        ------
+        InvalidInputError
+            If `name` breaks the naming rule.
+        ModelCorruptError
+            If a version's ``model.json`` is unreadable or does not match its folder.
+        """
+        self._check_name(name)
+        return self._find_run_key(name, run_key, self._scan(name).complete)
 
     def versions(self, name: str) -> list[ModelRecord]:
         """Return the records of every complete version of `name`, oldest first.

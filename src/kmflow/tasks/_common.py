@@ -16,7 +16,7 @@ from prefect.exceptions import MissingContextError
 from kmflow.config import get_settings
 from kmflow.errors import SourceNotFoundError, StorageError, StoreNotFoundError
 from kmflow.storage.fs import storage_options_for
-from kmflow.storage.pixelstore import PixelStore
+from kmflow.storage.pixelstore import ImageRecord, PixelStore
 from kmflow.storage.registry import ModelRegistry
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "open_store",
     "retry_on_transient_io",
     "run_logger",
+    "window_images",
 ]
 
 
@@ -112,3 +113,10 @@ class ProgressArtifact:
         """Record 100 %."""
         if self.id is not None:
             update_progress_artifact(self.id, 100.0)
+
+
+def window_images(store: PixelStore, window: int | None) -> list[ImageRecord] | None:
+    """The most recent ``window`` images of the store (``None``: all, no selection)."""
+    if window is None:
+        return None
+    return store.images()[-window:]

@@ -7,7 +7,7 @@ from prefect.cache_policies import NO_CACHE
 
 from kmflow.params import SplitParams
 from kmflow.quantize import Evaluation, Palette, evaluate_palette
-from kmflow.tasks._common import open_store, run_logger
+from kmflow.tasks._common import open_store, run_logger, window_images
 from kmflow.tasks.train import split_of
 
 __all__ = ["evaluate_palette_task"]
@@ -21,16 +21,22 @@ def evaluate_palette_task(
     holdout: SplitParams,
     silhouette_sample_size: int = 10_000,
     per_image: bool = True,
+    window: int | None = None,
 ) -> Evaluation:
-    """Evaluate ``palette`` on the held-out part of ``holdout`` (everything if fraction 0)."""
+    """Evaluate ``palette`` on the held-out part of ``holdout`` (everything if fraction 0).
+
+    With ``window``, only the most recent ``window`` images are split and evaluated.
+    """
     logger = run_logger()
+    store = open_store(store_url)
     evaluation = evaluate_palette(
-        open_store(store_url),
+        store,
         palette,
         split=split_of(holdout),
         silhouette_sample_size=silhouette_sample_size,
         random_state=holdout.seed,
         per_image=per_image,
+        images=window_images(store, window),
     )
     m = evaluation.metrics
     logger.info(

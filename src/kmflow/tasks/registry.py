@@ -15,9 +15,9 @@ from kmflow.tasks._common import open_registry, retry_on_transient_io, run_logge
 
 __all__ = [
     "find_champion_task",
+    "find_run_key_task",
     "load_model_task",
     "promote_model_task",
-    "reference_statistics",
     "register_model_task",
 ]
 
@@ -38,18 +38,6 @@ def load_model_task(name: str, version: int | None = None) -> Model:
     return model
 
 
-def reference_statistics(evaluation: Evaluation) -> dict[str, Any]:
-    """What later drift checks compare new data with: occupancy, distances, channels."""
-    total = max(1, sum(evaluation.sizes))
-    return {
-        "part": evaluation.part,
-        "n_pixels": evaluation.n_pixels,
-        "cluster_fractions": [s / total for s in evaluation.sizes],
-        "mean_sqdist": evaluation.metrics["inertia_per_pixel"],
-        "channel_histograms": {"space": "srgb", "bins": 256, "counts": evaluation.channel_counts},
-    }
-
-
 # Idempotent under retry: the run key (flow run id) makes a second attempt return the version
 # the first one published; model.json is written last, so a crash leaves nothing visible.
 @task(
@@ -65,9 +53,16 @@ def register_model_task(
     evaluation: Evaluation,
     fingerprint: str,
     parent: int | None = None,
+    promotion: dict[str, Any] | None = None,
 ) -> ModelRecord:
-    """Register the fitted palette with its evaluation and reference statistics."""
+    """Register the fitted palette with its evaluation and reference statistics.
+
+    The run key is ``params.idempotency_key`` if set, else the flow run id: a retry (or a
+    second run with the same key) returns the version already registered.
+    ``promotion`` (the decision and its reason) is stored with the metrics.
+    """
     run_id = flow_run.get_id()
+    run_key = params.idempotency_key or (f"{run_id}:register" if run_id else None)
     record = open_registry().register(
         params.model,
         palette.centers,
@@ -84,10 +79,15 @@ def register_model_task(
             "n_colors": palette.n_colors,
             "fit_seconds": palette.fit_seconds,
         },
-        metrics={**evaluation.metrics, "part": evaluation.part, "sizes": evaluation.sizes},
-        reference=reference_statistics(evaluation),
+        metrics={
+            **evaluation.metrics,
+            "part": evaluation.part,
+            "sizes": evaluation.sizes,
+            "promotion": promotion or {},
+        },
+        reference=evaluation.reference_statistics(),
         parent=parent,
-        run_key=f"{run_id}:register" if run_id else None,
+        run_key=run_key,
     )
     run_logger().info("registered %s version %d", record.name, record.version)
     return record
@@ -121,3 +121,12 @@ def find_champion_task(name: str) -> Model | None:
         return None
     record = registry.champion(name)
     return None if record is None else registry.load(name, record.version)
+
+
+@task(name="find-run-key", cache_policy=NO_CACHE)
+def find_run_key_task(name: str, run_key: str) -> ModelRecord | None:
+    """The version an earlier run with this idempotency key registered, if any."""
+    registry = open_registry()
+    if name not in registry.names():
+        return None
+    return registry.find_run_key(name, run_key)

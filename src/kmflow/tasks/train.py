@@ -11,7 +11,13 @@ from prefect.cache_policies import INPUTS, NO_CACHE, RUN_ID, TASK_SOURCE
 from kmflow.kernels.lloyd import IterationInfo
 from kmflow.params import SplitParams, TrainParams
 from kmflow.quantize import Palette, Split, fit_palette
-from kmflow.tasks._common import ProgressArtifact, artifact_key, open_store, run_logger
+from kmflow.tasks._common import (
+    ProgressArtifact,
+    artifact_key,
+    open_store,
+    run_logger,
+    window_images,
+)
 
 __all__ = ["fit_palette_task", "split_of", "training_fingerprint_task"]
 
@@ -72,6 +78,7 @@ def fit_palette_task(params: TrainParams, warm_start: list[list[float]] | None =
         tol=params.tol,
         callback=on_iteration,
         split=split_of(params.holdout),
+        images=window_images(store, params.window),
     )
     progress.done()
     logger.info(
@@ -87,10 +94,18 @@ def fit_palette_task(params: TrainParams, warm_start: list[list[float]] | None =
 
 
 @task(name="training-fingerprint", cache_policy=NO_CACHE)
-def training_fingerprint_task(store_url: str, holdout: SplitParams) -> str:
-    """Identity of the training data: the store's content fingerprint and the split."""
+def training_fingerprint_task(
+    store_url: str, holdout: SplitParams, window: int | None = None
+) -> str:
+    """Identity of the training data: the images' content hashes, the window and the split."""
     split = split_of(holdout)
-    base = open_store(store_url).fingerprint()
+    store = open_store(store_url)
+    images = window_images(store, window)
+    if images is None:
+        base = store.fingerprint()
+    else:
+        shas = "\n".join(sorted(r.sha256 for r in images))
+        base = hashlib.sha256(shas.encode()).hexdigest()
     if split is None:
         return base
     text = f"{base}:{split.by}:{split.fraction!r}:{split.seed}"
