@@ -14,9 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "ApplyParams",
+    "DriftThresholdParams",
     "EvaluateParams",
     "IngestParams",
+    "MonitorParams",
     "PipelineParams",
+    "RetrainParams",
     "SplitParams",
     "TrainParams",
 ]
@@ -198,3 +201,80 @@ class PipelineParams(_Params):
 
     def apply(self, version: int) -> ApplyParams:
         return ApplyParams(store=self.store, model=self.model, version=version, out=self.out)
+
+
+class DriftThresholdParams(_Params):
+    """When a batch counts as drifted: any statistic above its threshold."""
+
+    psi: float = Field(
+        default=0.2,
+        gt=0,
+        description="Population stability index of cluster occupancy (0.1-0.25: moderate).",
+    )
+    js_distance: float = Field(
+        default=0.1, gt=0, le=1, description="Jensen-Shannon distance (base 2) of occupancy."
+    )
+    sqdist_ratio: float = Field(
+        default=1.5,
+        gt=1,
+        description="Mean squared distance to the nearest center, batch over reference.",
+    )
+    wasserstein: float = Field(
+        default=8.0,
+        gt=0,
+        description="Largest per-channel Wasserstein-1 distance of the sRGB histograms.",
+    )
+
+
+class MonitorParams(_Params):
+    """Ingest a new batch of images and check it for drift against the champion."""
+
+    sources: list[str] = Field(
+        default_factory=lambda: ["kmflow-data/incoming"],
+        min_length=1,
+        description="Where new images arrive: files, folders, globs or URLs.",
+    )
+    store: str = StoreUrl
+    model: str = ModelName
+    pattern: str | None = Field(default=None, description="Glob filter inside folders.")
+    thresholds: DriftThresholdParams = Field(default_factory=DriftThresholdParams)
+    reports: str = Field(
+        default="kmflow-data/drift",
+        min_length=1,
+        description="Folder or URL where each batch's drift report is saved as <batch>.json.",
+    )
+
+
+class RetrainParams(_Params):
+    """Warm-start a challenger from the champion; promote it only if it is not worse."""
+
+    store: str = StoreUrl
+    model: str = ModelName
+    window: int | None = Field(
+        default=None,
+        ge=2,
+        description="Train on the most recent N images (the new batch included); empty: all.",
+    )
+    holdout: SplitParams = Field(
+        default_factory=lambda: SplitParams(fraction=0.2, by="row", seed=0),
+        description=(
+            "Held-out split on which challenger and champion are compared; by row (default) "
+            "the held-out pixels follow the data as it is now, old and new images alike."
+        ),
+    )
+    max_iter: int = Field(default=300, ge=1, le=10_000)
+    silhouette_sample_size: int = Field(default=10_000, ge=0, le=100_000)
+    promote: Literal["if-better", "always", "never"] = Field(default="if-better")
+    event_id: str | None = Field(
+        default=None,
+        description="The drift event that started this run: retraining twice on one event "
+        "registers one version.",
+    )
+    batch_id: str | None = Field(default=None, description="The batch the event was about.")
+
+    def idempotency_key(self) -> str | None:
+        if self.event_id:
+            return f"drift-event:{self.event_id}"
+        if self.batch_id:
+            return f"drift-batch:{self.batch_id}"
+        return None

@@ -26,6 +26,7 @@ import numpy as np
 from kmflow.errors import InvalidInputError, StoreCorruptError, TooFewDistinctPointsError
 from kmflow.estimator import KMeans
 from kmflow.kernels.color import ciede2000, lab_to_srgb, psnr, srgb_to_lab
+from kmflow.kernels.drift import DriftReport, DriftThresholds, batch_statistics, drift_report
 from kmflow.kernels.histogram import color_histogram, pack_rgb, unpack_rgb
 from kmflow.kernels.lloyd import Callback, assign, nearest
 from kmflow.kernels.metrics import internal_metrics, silhouette_sample
@@ -42,6 +43,7 @@ __all__ = [
     "Palette",
     "Split",
     "apply_palette",
+    "batch_drift",
     "evaluate_palette",
     "fit_palette",
     "palette_from_centers",
@@ -725,3 +727,47 @@ def _histogram_error(
     sse = float(w @ np.einsum("ij,ij->i", diff, diff))
     de = ciede2000(srgb_to_lab(colors), srgb_to_lab(quant))
     return sse, float((w @ de) / w.sum())
+
+
+def batch_drift(
+    store: PixelStore,
+    palette: Palette,
+    reference: dict[str, Any],
+    images: Sequence[ImageRecord],
+    thresholds: DriftThresholds | None = None,
+) -> DriftReport:
+    """Drift of a batch of stored images against a model's reference statistics.
+
+    Parameters
+    ----------
+    store : PixelStore
+    palette : Palette
+        The model's centers and color space.
+    reference : dict
+        The model record's ``reference`` (see :meth:`Evaluation.reference_statistics`).
+    images : sequence of ImageRecord
+        The batch (e.g. the images one ingest added).
+    thresholds : DriftThresholds, optional
+
+    Returns
+    -------
+    DriftReport
+
+    Notes
+    -----
+    One ``compute`` for the batch's color histogram, one for the occupancy and distances
+    of its unique colors (weighted by their counts, the same as every pixel).
+    """
+    sel = select(store, None, "all", images)
+    colors, counts = color_histogram(sel.pixels)
+    X = _to_fit_space(colors, palette.color_space)
+    chunk = max(1, min(len(X), 2**19))
+    stats = batch_statistics(
+        da.from_array(X, chunks=(chunk, X.shape[1])),
+        palette.centers,
+        sample_weight=da.from_array(counts.astype(np.float64), chunks=(chunk,)),
+        channel_counts=np.stack(
+            [np.bincount(colors[:, c], weights=counts, minlength=256) for c in range(3)]
+        ),
+    )
+    return drift_report(reference, stats, thresholds)

@@ -9,12 +9,24 @@ calls tasks, branches, and publishes artifacts (metrics table, markdown report, 
 - ``evaluate``: a registered version on the store
 - ``apply``: quantize the stored images with a registered version
 - ``pipeline``: ingest → train → apply, as subflows on one cluster
+- ``monitor``: ingest a new batch, check it for drift, emit ``kmflow.drift.detected``
+- ``retrain``: warm-start from the champion, promote only if not worse (event-triggered)
 """
 
 from kmflow.flows.apply import apply_flow
 from kmflow.flows.evaluate import evaluate_flow
 from kmflow.flows.ingest import ingest_flow
+from kmflow.flows.monitor import monitor_flow
 from kmflow.flows.pipeline import pipeline_flow
+from kmflow.flows.retrain import retrain_flow
 from kmflow.flows.train import train_flow
 
-__all__ = ["apply_flow", "evaluate_flow", "ingest_flow", "pipeline_flow", "train_flow"]
+__all__ = [
+    "apply_flow",
+    "evaluate_flow",
+    "ingest_flow",
+    "monitor_flow",
+    "pipeline_flow",
+    "retrain_flow",
+    "train_flow",
+]

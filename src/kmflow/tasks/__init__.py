@@ -11,6 +11,7 @@ every cache policy is explicit; every task is idempotent under retry.
 """
 
 from kmflow.tasks.apply import apply_palette_task
+from kmflow.tasks.drift import check_drift_task, save_drift_report_task
 from kmflow.tasks.evaluate import evaluate_palette_task
 from kmflow.tasks.ingest import ingest_images
 from kmflow.tasks.registry import (
@@ -23,6 +24,7 @@ from kmflow.tasks.train import fit_palette_task, training_fingerprint_task
 
 __all__ = [
     "apply_palette_task",
+    "check_drift_task",
     "evaluate_palette_task",
     "find_champion_task",
     "fit_palette_task",
@@ -30,5 +32,6 @@ __all__ = [
     "load_model_task",
     "promote_model_task",
     "register_model_task",
+    "save_drift_report_task",
     "training_fingerprint_task",
 ]

@@ -1,0 +1,184 @@
+"""monitor → kmflow.drift.detected → retrain, under Prefect's test harness on a Dask cluster.
+
+The images are synthetic: pixels drawn from a fixed mixture of six colors (Gaussian noise),
+so a "fresh sample" and a "drifted batch" are exactly what the test says they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from distributed import LocalCluster
+from PIL import Image
+
+from kmflow.errors import ModelNotFoundError
+from kmflow.flows import ingest_flow, monitor_flow, retrain_flow, train_flow
+from kmflow.flows.monitor import DRIFT_EVENT, batch_id, dataset_resource_id
+from kmflow.params import IngestParams, MonitorParams, RetrainParams, TrainParams
+from kmflow.storage.registry import ModelRegistry
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
+
+COLORS = np.array(
+    [[200, 40, 40], [40, 160, 60], [50, 70, 200], [230, 210, 80], [120, 120, 120], [20, 20, 30]],
+    dtype=np.float64,
+)
+WEIGHTS = np.array([0.25, 0.2, 0.2, 0.15, 0.12, 0.08])
+
+
+def write_images(
+    folder: Path, n: int, seed: int, *, shift: tuple[int, int, int] = (0, 0, 0), size: int = 96
+) -> Path:
+    """``n`` PNGs of ``size``² pixels from the six-color mixture (plus ``shift``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        which = rng.choice(len(COLORS), size=size * size, p=WEIGHTS)
+        px = COLORS[which] + rng.normal(0, 12, size=(size * size, 3)) + np.array(shift)
+        img = np.clip(np.rint(px), 0, 255).astype(np.uint8).reshape(size, size, 3)
+        Image.fromarray(img).save(folder / f"img-{seed}-{i}.png")
+    return folder
+
+
+@pytest.fixture
+def env(
+    tmp_path: Path, dask_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    monkeypatch.setenv("KMFLOW_REGISTRY__URL", str(tmp_path / "models"))
+    monkeypatch.setenv("KMFLOW_CLUSTER__MODE", "address")
+    monkeypatch.setenv("KMFLOW_CLUSTER__ADDRESS", dask_cluster.scheduler_address)
+    return {
+        "registry": str(tmp_path / "models"),
+        "store": str(tmp_path / "store.zarr"),
+        "reports": str(tmp_path / "drift"),
+    }
+
+
+def _drift_events(resource_id: str, timeout: float = 30.0) -> list[dict[str, Any]]:
+    """The drift events the server has recorded for ``resource_id`` (polls: events are
+    persisted asynchronously)."""
+    from prefect.client.orchestration import get_client
+
+    async def read() -> list[dict[str, Any]]:
+        async with get_client() as client:
+            response = await client._client.post(
+                "/events/filter",
+                json={
+                    "filter": {
+                        "event": {"name": [DRIFT_EVENT]},
+                        "resource": {"id": [resource_id]},
+                    },
+                    "limit": 50,
+                },
+            )
+            response.raise_for_status()
+            return list(response.json()["events"])
+
+    deadline = time.monotonic() + timeout
+    while True:
+        events = asyncio.run(read())
+        if events or time.monotonic() > deadline:
+            return events
+        time.sleep(0.5)
+
+
+def test_monitor_detects_drift_and_retrain_replaces_the_champion(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    store, reports = env["store"], env["reports"]
+    ingest_flow(
+        IngestParams(sources=[str(write_images(tmp_path / "train", 6, seed=0))], store=store)
+    )
+    trained = train_flow(TrainParams(store=store, model="pal", k=6, seed=0))
+    assert trained["version"] == 1 and trained["promoted"]
+    registry = ModelRegistry(env["registry"])
+
+    # A fresh sample of the training distribution: no drift, no event.
+    calm = monitor_flow(
+        MonitorParams(
+            sources=[str(write_images(tmp_path / "calm", 4, seed=1))],
+            store=store,
+            model="pal",
+            reports=reports,
+        )
+    )
+    assert calm["drifted"] is False and calm["event_id"] is None
+    assert calm["n_images"] == 4 and calm["champion_version"] == 1
+    saved = json.loads(Path(calm["report_url"]).read_text())
+    assert saved["drifted"] is False and saved["batch_id"] == calm["batch_id"]
+    assert set(saved["statistics"]) == {"psi", "js_distance", "sqdist_ratio", "wasserstein"}
+    for stat in saved["statistics"].values():
+        assert stat["value"] < stat["threshold"] and stat["drifted"] is False
+
+    # The same folder again: nothing new, nothing checked.
+    again = monitor_flow(
+        MonitorParams(sources=[str(tmp_path / "calm")], store=store, model="pal", reports=reports)
+    )
+    assert again["n_images"] == 0 and again["drifted"] is False and again["batch_id"] is None
+
+    # Colors shifted toward blue: drift, a report, and an event naming the dataset.
+    shifted = write_images(tmp_path / "shifted", 4, seed=2, shift=(0, 0, 40))
+    drift = monitor_flow(
+        MonitorParams(sources=[str(shifted)], store=store, model="pal", reports=reports)
+    )
+    assert drift["drifted"] is True and drift["event_id"] is not None
+    fired = {n for n, s in drift["report"]["statistics"].items() if s["drifted"]}
+    assert {"sqdist_ratio", "wasserstein"} <= fired
+    sha = [p for p in drift["report_url"].rsplit("/", 1)[-1].split(".")][0]
+    assert sha == drift["batch_id"]
+    assert json.loads(Path(drift["report_url"]).read_text())["drifted"] is True
+    events = _drift_events(dataset_resource_id(store))
+    (event,) = [e for e in events if e["id"] == drift["event_id"]]
+    payload = event["payload"]
+    assert payload["store"] == store and payload["model"] == "pal"
+    assert payload["champion_version"] == 1 and payload["batch_id"] == drift["batch_id"]
+    assert payload["drifted"] is True and payload["n_images"] == 4
+    assert payload["statistics"]["wasserstein"]["drifted"] is True
+    assert not [e for e in events if e["payload"].get("batch_id") == calm["batch_id"]]
+
+    # Retrain as the trigger would: warm start from the champion, compare on held-out rows.
+    params = RetrainParams(
+        store=store, model="pal", event_id=drift["event_id"], batch_id=drift["batch_id"]
+    )
+    first = retrain_flow(params)
+    assert first["version"] == 2 and first["parent"] == 1
+    assert first["promoted"] is True, first["reason"]
+    record = registry.record("pal", 2)
+    assert record.parent == 1 and record.init == "warm-start"
+    assert record.run_key == f"drift-event:{drift['event_id']}"
+    promotion = record.metrics["promotion"]
+    assert promotion["promoted"] is True and promotion["champion_before"] == 1
+    assert record.metrics["inertia_per_pixel"] <= promotion["champion_metrics"]["inertia_per_pixel"]
+    assert registry.champion("pal").version == 2  # type: ignore[union-attr]
+
+    # The same event delivered twice: nothing is trained or registered again.
+    second = retrain_flow(params)
+    assert second["version"] == 2 and second["skipped"] is True
+    assert [r.version for r in registry.versions("pal")] == [1, 2]
+    assert registry.champion("pal").version == 2  # type: ignore[union-attr]
+
+
+def test_monitor_without_a_champion_fails_clearly(env: dict[str, str], tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match="nobody"):
+        monitor_flow(
+            MonitorParams(
+                sources=[str(write_images(tmp_path / "x", 1, seed=0, size=16))],
+                store=env["store"],
+                model="nobody",
+                reports=env["reports"],
+            )
+        )
+
+
+def test_batch_and_resource_ids() -> None:
+    assert batch_id(["b", "a"]) == batch_id(["a", "b"]) != batch_id(["a"])
+    assert len(batch_id(["a"])) == 64
+    rid = dataset_resource_id("s3://user:secret@bucket/photos/store.zarr")
+    assert rid.startswith("kmflow.dataset.") and "secret" not in rid
+    assert dataset_resource_id("/data/store.zarr") == "kmflow.dataset.data-store.zarr"
