@@ -59,7 +59,9 @@ def test_pipeline_then_models_commands(setup: dict[str, str]) -> None:
     root = Path(setup["root"])
     out = root / "out"
     report = root / "report.json"
+    store = str(root / "store.zarr")
     args = ("pipeline", setup["photos"], "--k", "4", "--model", "photos", "--out", str(out))
+    args = (*args, "--store", store)
     code, stdout, stderr = _run(
         setup, *args, "--seed", "0", "--workers", "2", "--report", str(report)
     )
@@ -110,6 +112,42 @@ def test_pipeline_then_models_commands(setup: dict[str, str]) -> None:
     code, _, stderr = _run(setup, "models", "show", "nope", *reg)
     assert code == 2
     assert "nope" in stderr
+
+    # A batch with inverted colors drifts from the champion (version 2 now).
+    drifted = root / "drifted"
+    drifted.mkdir()
+    with Image.open(Path(setup["photos"]) / "flower.png") as im:
+        Image.fromarray(255 - np.asarray(im.convert("RGB"))).save(drifted / "negative.png")
+    drift_json = root / "drift.json"
+    code, stdout, stderr = _run(
+        setup,
+        "monitor",
+        str(drifted),
+        "--model",
+        "photos",
+        "--store",
+        store,
+        "--reports",
+        str(root / "drift"),
+        "--report",
+        str(drift_json),
+    )
+    assert code == 0, stderr[-3000:]
+    assert "decision: DRIFTED" in stdout
+    drift = json.loads(drift_json.read_text())
+    assert drift["drifted"] is True
+    assert drift["champion_version"] == 2
+    assert drift["n_images"] == 1
+    assert set(drift["statistics"]) == {"psi", "js_distance", "sqdist_ratio", "wasserstein"}
+    for stat in drift["statistics"].values():
+        assert set(stat) == {"value", "threshold", "drifted"}
+    assert (root / "drift" / f"{drift['batch_id']}.json").exists()
+
+    # Retrain directly: a challenger warm-started from the champion (version 2).
+    code, stdout, stderr = _run(setup, "retrain", "--model", "photos", "--store", store)
+    assert code == 0, stderr[-3000:]
+    assert "photos version 3 (parent 2)" in stdout
+    assert registry.record("photos", 3).parent == 2
 
 
 def test_pipeline_rejects_bad_parameters_before_running(setup: dict[str, str]) -> None:

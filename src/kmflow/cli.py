@@ -237,8 +237,9 @@ def pipeline(
     model: Annotated[str, typer.Option(help="Model name in the registry.")] = "palette",
     out: Annotated[str, typer.Option("--out", "-o", help="Output folder or URL.")] = "kmflow-out",
     store: Annotated[
-        str | None, typer.Option(help="Zarr pixel store (path or URL). Default: OUT/store.zarr.")
-    ] = None,
+        str,
+        typer.Option(help="Zarr pixel store (path or URL), shared with monitor and retrain."),
+    ] = "kmflow-data/store.zarr",
     color_space: Annotated[str, typer.Option("--color-space", help="'rgb' or 'lab'.")] = "rgb",
     method: Annotated[str, typer.Option(help="'histogram' or 'pixels'.")] = "histogram",
     seed: Annotated[int | None, typer.Option(min=0, help="Random seed.")] = None,
@@ -274,7 +275,7 @@ def pipeline(
     try:
         params = PipelineParams(
             sources=list(source or []),
-            store=store or join_url(out, "store.zarr"),
+            store=store,
             out=out,
             model=model,
             k=k,
@@ -316,6 +317,153 @@ def pipeline(
     out_console.print(f"promotion: {train['reason']}")
     out_console.print(f"outputs:   {out}")
     _write_report(report, result)
+
+
+@app.command()
+def monitor(
+    source: Annotated[
+        list[str],
+        typer.Argument(
+            help="The new batch: image files, folders, globs or URLs.", show_default=False
+        ),
+    ],
+    model: Annotated[str, typer.Option(help="Model whose champion is the reference.")] = "palette",
+    store: Annotated[
+        str, typer.Option(help="Pixel store the batch is ingested into.")
+    ] = "kmflow-data/store.zarr",
+    reports: Annotated[
+        str, typer.Option(help="Folder or URL for the drift report of each batch.")
+    ] = "kmflow-data/drift",
+    pattern: Annotated[str | None, typer.Option(help="Glob filter inside folders.")] = None,
+    psi: Annotated[float, typer.Option(min=0.0, help="PSI threshold (occupancy).")] = 0.2,
+    js: Annotated[float, typer.Option(min=0.0, max=1.0, help="JS distance threshold.")] = 0.1,
+    sqdist_ratio: Annotated[
+        float, typer.Option(min=1.0, help="Squared-distance ratio threshold.")
+    ] = 1.5,
+    wasserstein: Annotated[
+        float, typer.Option(min=0.0, help="Per-channel Wasserstein threshold.")
+    ] = 8.0,
+    workers: Annotated[int | None, typer.Option(min=1, help="Local Dask worker processes.")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="Existing Dask scheduler address.")] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Write the drift report (top-level 'drifted') as JSON.")
+    ] = None,
+) -> None:
+    """Check a new batch of images for drift against the champion (the monitor flow).
+
+    Ingests the batch, compares the images it added with the champion's training data and
+    prints each statistic with its threshold and the decision. On drift the flow raises the
+    Prefect event kmflow.drift.detected (which starts retraining where kmflow-retrain is
+    deployed). Runs in Prefect's ephemeral mode unless PREFECT_API_URL is set.
+    """
+    from pydantic import ValidationError
+
+    from kmflow.flows.monitor import monitor_flow
+    from kmflow.params import DriftThresholdParams, MonitorParams
+
+    if workers is not None and scheduler:
+        raise typer.BadParameter("give --workers or --scheduler, not both")
+    try:
+        params = MonitorParams(
+            sources=list(source),
+            store=store,
+            model=model,
+            pattern=pattern,
+            reports=reports,
+            thresholds=DriftThresholdParams(
+                psi=psi, js_distance=js, sqdist_ratio=sqdist_ratio, wasserstein=wasserstein
+            ),
+        )
+    except ValidationError as exc:
+        raise typer.BadParameter(_validation_message(exc)) from exc
+    try:
+        with connect(_cluster_settings(workers, scheduler)):
+            result = monitor_flow(params)
+    except KmflowError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if result["report"] is None:
+        out_console.print("no new images: nothing to check")
+        _write_report(report, {"drifted": False, "batch_id": None, "n_images": 0})
+        return
+    table = Table(
+        title=f"drift: {result['n_images']} new image(s) vs {model} v{result['champion_version']}",
+        title_justify="left",
+    )
+    for col in ("statistic", "value", "threshold", "drifted"):
+        table.add_column(col, justify="right" if col != "statistic" else "left")
+    for name, stat in result["report"]["statistics"].items():
+        table.add_row(
+            name,
+            f"{stat['value']:.4g}",
+            f"{stat['threshold']:.4g}",
+            "[red]yes[/red]" if stat["drifted"] else "no",
+        )
+    out_console.print(table)
+    out_console.print(
+        "decision: [red]DRIFTED[/red] (event kmflow.drift.detected emitted)"
+        if result["drifted"]
+        else "decision: no drift"
+    )
+    out_console.print(f"report:   {result['report_url']}")
+    _write_report(
+        report,
+        {
+            "drifted": result["drifted"],
+            "batch_id": result["batch_id"],
+            "n_images": result["n_images"],
+            "model": model,
+            "champion_version": result["champion_version"],
+            "statistics": result["report"]["statistics"],
+            "report_url": result["report_url"],
+            "event_id": result["event_id"],
+        },
+    )
+
+
+@app.command()
+def retrain(
+    model: Annotated[str, typer.Option(help="Model to retrain from its champion.")] = "palette",
+    store: Annotated[str, typer.Option(help="Pixel store to train on.")] = "kmflow-data/store.zarr",
+    window: Annotated[
+        int | None, typer.Option(min=2, help="Only the most recent N images (default: all).")
+    ] = None,
+    holdout: Annotated[
+        float, typer.Option(min=0.01, max=0.95, help="Share of pixels held out to compare.")
+    ] = 0.2,
+    promote: Annotated[
+        str, typer.Option(help="'if-better' (default), 'always' or 'never'.")
+    ] = "if-better",
+    workers: Annotated[int | None, typer.Option(min=1, help="Local Dask worker processes.")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="Existing Dask scheduler address.")] = None,
+) -> None:
+    """Retrain the champion on the store now (the retrain flow), promote only if not worse."""
+    from pydantic import ValidationError
+
+    from kmflow.flows.retrain import retrain_flow
+    from kmflow.params import RetrainParams, SplitParams
+
+    if workers is not None and scheduler:
+        raise typer.BadParameter("give --workers or --scheduler, not both")
+    try:
+        params = RetrainParams(
+            store=store,
+            model=model,
+            window=window,
+            holdout=SplitParams(fraction=holdout, by="row", seed=0),
+            promote=promote,  # type: ignore[arg-type]
+        )
+    except ValidationError as exc:
+        raise typer.BadParameter(_validation_message(exc)) from exc
+    try:
+        with connect(_cluster_settings(workers, scheduler)):
+            result = retrain_flow(params)
+    except KmflowError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    state = "promoted to champion" if result["promoted"] else "registered, not promoted"
+    out_console.print(f"{model} version {result['version']} (parent {result['parent']}): {state}")
+    out_console.print(f"reason: {result['reason']}")
 
 
 def _validation_message(exc: Any) -> str:
