@@ -2,11 +2,26 @@
 
 A Prefect server, a process worker and the flow runs it starts all run as subprocesses on
 127.0.0.1, with a temporary ``PREFECT_HOME`` and ``TMPDIR`` each: nothing touches the
-developer's own Prefect profile or database. The test creates the ``kmflow-process`` work pool,
-deploys ``prefect.yaml`` from the repository root exactly as its header says, checks what the
-server registered (deployments, the nightly cron schedule), then runs ``pipeline/kmflow-pipeline``
-through the REST API on three small photos and checks the outcomes: the model registry, the
-quantized PNGs, the artifacts and the ingest / train / apply subflow runs.
+developer's own Prefect profile or database. The module creates the ``kmflow-process`` work
+pool and deploys ``prefect.yaml`` from the repository root exactly as its header says; both
+tests share that server, deployment and worker.
+
+``test_pipeline_deployment_runs_end_to_end`` checks what the server registered (seven
+deployments, the inactive nightly ``train`` cron, the active hourly ``monitor`` cron and the
+runs the scheduler made of it, the ``kmflow.drift.detected`` automation that runs ``retrain``),
+then runs ``pipeline/kmflow-pipeline`` through the REST API on three small photos and checks the
+outcomes: the model registry, the quantized PNGs, the artifacts and the subflow runs.
+
+``test_drift_event_triggers_retrain_deployment`` is the drift loop of issue 5: a champion
+trained through the pipeline deployment, ``monitor/kmflow-monitor`` on an undrifted batch (no
+event, no retrain run), then on a drifted batch: the event reaches the server and the
+deployment trigger alone creates a ``retrain`` run, which registers version 2 with version 1
+as parent and promotes it.
+
+The hourly monitor schedule is switched off (and its scheduled runs deleted) once its
+registration has been recorded and before the worker starts: otherwise a module running across
+the top of an hour would have the worker run ``monitor`` with the deployment's default
+parameters (relative paths, i.e. into the repository).
 
 Every process is started in its own session and its whole tree (the worker's flow runs and
 their Dask workers included) is terminated in a fixture finalizer, also when the test fails.
@@ -16,6 +31,8 @@ Their output goes to log files whose tails appear in failure messages.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import itertools
 import json
 import math
 import os
@@ -36,6 +53,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
+from kmflow.flows.monitor import dataset_resource_id
 from kmflow.storage.registry import ModelRegistry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -46,6 +64,8 @@ POOL = "kmflow-process"
 MODEL = "photos"
 K = 6
 SEED = 3
+DRIFT_MODEL = "drifty"
+DRIFT_EVENT = "kmflow.drift.detected"
 
 # Every deployment prefect.yaml declares, as (flow name, deployment name).
 DEPLOYMENTS = {
@@ -54,11 +74,16 @@ DEPLOYMENTS = {
     ("train", "kmflow-train"): "src/kmflow/flows/train.py:train_flow",
     ("evaluate", "kmflow-evaluate"): "src/kmflow/flows/evaluate.py:evaluate_flow",
     ("apply", "kmflow-apply"): "src/kmflow/flows/apply.py:apply_flow",
+    ("monitor", "kmflow-monitor"): "src/kmflow/flows/monitor.py:monitor_flow",
+    ("retrain", "kmflow-retrain"): "src/kmflow/flows/retrain.py:retrain_flow",
 }
 
 SERVER_START_TIMEOUT = 120.0  # about 20 s on a fresh database with 2 cores
 CLI_TIMEOUT = 180.0
 FLOW_RUN_TIMEOUT = 300.0
+SCHEDULER_TIMEOUT = 30.0  # the server's recent-deployments scheduler loop runs every 5 s
+TRIGGER_TIMEOUT = 60.0  # event to triggered flow run: under a second when healthy
+RETRAIN_TIMEOUT = 240.0
 TERMINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
 
 
@@ -243,8 +268,14 @@ def work_pool(sandbox: Sandbox, server: Service) -> str:
 
 
 @pytest.fixture(scope="module")
-def worker(sandbox: Sandbox, server: Service, work_pool: str) -> Iterator[Service]:
-    """A process worker on the pool; its environment is what the flow runs see."""
+def worker(
+    sandbox: Sandbox, server: Service, work_pool: str, schedules: Schedules
+) -> Iterator[Service]:
+    """A process worker on the pool; its environment is what the flow runs see.
+
+    Started only once the schedules are recorded and switched off (``schedules``), so that
+    it never picks up an auto-scheduled run.
+    """
     env = sandbox.env("worker")
     env.update(
         PREFECT_WORKER_QUERY_SECONDS="2",
@@ -270,6 +301,65 @@ def deployed(sandbox: Sandbox, server: Service, work_pool: str) -> str:
     return _prefect(["--no-prompt", "deploy", "--all"], sandbox.env("cli"), server=server)
 
 
+@dataclass
+class Schedules:
+    """The schedules the server registered at deploy time, and the runs it made of them."""
+
+    registered: dict[str, list[dict[str, Any]]]  # flow name -> GET .../schedules, as deployed
+    scheduled_runs: list[dict[str, Any]]  # auto-scheduled runs found before switching off
+    seconds_to_first_runs: float | None  # deploy done -> scheduler's first runs seen
+
+
+@pytest.fixture(scope="module")
+def schedules(api: httpx.Client, deployed: str) -> Schedules:
+    """Record every deployment's schedules and the scheduler's runs, then switch them off.
+
+    Waits (up to ``SCHEDULER_TIMEOUT``) for the server's scheduler to create the runs of the
+    active hourly ``monitor`` cron: that proves the schedule is live on the server, not only
+    stored. Then every active schedule is deactivated and every remaining auto-scheduled run
+    deleted, so the worker (started after this fixture) can never run ``monitor`` with its
+    default parameters in the middle of the tests.
+    """
+    ids = {}
+    for flow, name in DEPLOYMENTS:
+        response = api.get(f"deployments/name/{flow}/{name}")
+        if response.status_code == 200:
+            ids[flow] = response.json()["id"]
+    registered = {flow: _ok(api.get(f"deployments/{id_}/schedules")) for flow, id_ in ids.items()}
+    t0 = time.monotonic()
+    seconds: float | None = None
+    runs: list[dict[str, Any]] = []
+    while ids and time.monotonic() < t0 + SCHEDULER_TIMEOUT:
+        runs = _auto_scheduled_runs(api, list(ids.values()))
+        if runs:
+            seconds = time.monotonic() - t0
+            time.sleep(1.0)  # let the scheduler finish inserting this batch
+            runs = _auto_scheduled_runs(api, list(ids.values()))
+            break
+        time.sleep(0.5)
+    for flow, items in registered.items():
+        for schedule in items:
+            if schedule["active"]:
+                _ok(
+                    api.patch(
+                        f"deployments/{ids[flow]}/schedules/{schedule['id']}",
+                        json={"active": False},
+                    )
+                )
+    # A scheduler pass already under way may still insert runs: delete until none are left.
+    for _ in range(5):
+        time.sleep(0.5)
+        leftover = _auto_scheduled_runs(api, list(ids.values()))
+        if not leftover:
+            break
+        for run in leftover:
+            response = api.delete(f"flow_runs/{run['id']}")
+            assert response.status_code in (200, 204, 404), response.text
+    else:
+        pytest.fail("auto-scheduled runs keep appearing after the schedules were switched off")
+    return Schedules(registered, runs, seconds)
+
+
 @pytest.fixture(scope="module")
 def images(sandbox: Sandbox) -> dict[str, tuple[int, int]]:
     """Three small photos (one in a subfolder): relative path -> (height, width)."""
@@ -288,6 +378,29 @@ def images(sandbox: Sandbox) -> dict[str, tuple[int, int]]:
     return {relpath: (image.height, image.width) for relpath, image in photos.items()}
 
 
+# Synthetic images for the drift loop (as in tests/flows/test_drift_flows.py): pixels drawn
+# from a fixed mixture of six colors, so a fresh sample and a shifted batch are exactly that.
+COLORS = np.array(
+    [[200, 40, 40], [40, 160, 60], [50, 70, 200], [230, 210, 80], [120, 120, 120], [20, 20, 30]],
+    dtype=np.float64,
+)
+WEIGHTS = np.array([0.25, 0.2, 0.2, 0.15, 0.12, 0.08])
+
+
+def write_images(
+    folder: Path, n: int, seed: int, *, shift: tuple[int, int, int] = (0, 0, 0), size: int = 96
+) -> Path:
+    """``n`` PNGs of ``size``² pixels from the six-color mixture (plus ``shift``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        which = rng.choice(len(COLORS), size=size * size, p=WEIGHTS)
+        px = COLORS[which] + rng.normal(0, 12, size=(size * size, 3)) + np.array(shift)
+        img = np.clip(np.rint(px), 0, 255).astype(np.uint8).reshape(size, size, 3)
+        Image.fromarray(img).save(folder / f"img-{seed}-{i}.png")
+    return folder
+
+
 # --------------------------------------------------------------------------- REST helpers
 
 
@@ -296,7 +409,54 @@ def _ok(response: httpx.Response) -> Any:
         f"{response.request.method} {response.request.url} -> {response.status_code}: "
         f"{response.text[:2000]}"
     )
-    return response.json()
+    return response.json() if response.content else None
+
+
+def _auto_scheduled_runs(api: httpx.Client, deployment_ids: list[str]) -> list[dict[str, Any]]:
+    """Runs the scheduler created for these deployments that are still waiting to run."""
+    runs = _ok(
+        api.post(
+            "flow_runs/filter",
+            json={
+                "flow_runs": {
+                    "deployment_id": {"any_": deployment_ids},
+                    "state": {"type": {"any_": ["SCHEDULED"]}},
+                },
+                "sort": "EXPECTED_START_TIME_ASC",
+                "limit": 200,
+            },
+        )
+    )
+    return [run for run in runs if run["auto_scheduled"]]
+
+
+def _flow_runs_of(api: httpx.Client, flow_name: str) -> list[dict[str, Any]]:
+    """Every flow run of the flow called `flow_name`, oldest first."""
+    return _ok(
+        api.post(
+            "flow_runs/filter",
+            json={"flows": {"name": {"any_": [flow_name]}}, "sort": "START_TIME_ASC"},
+        )
+    )
+
+
+def _events(api: httpx.Client, name: str, *, prefix: bool = False) -> list[dict[str, Any]]:
+    """The events called `name` (or starting with it) the server has stored, oldest first."""
+    match = {"prefix": [name]} if prefix else {"name": [name]}
+    found = _ok(
+        api.post("events/filter", json={"filter": {"event": match, "order": "ASC"}, "limit": 50})
+    )
+    return list(found["events"])
+
+
+def _action_events(api: httpx.Client) -> str:
+    """What the automations did (prefect.automation.action.*), one line each."""
+    with contextlib.suppress(httpx.HTTPError, AssertionError):
+        return "\n".join(
+            f"{e['occurred']} {e['event']}: {json.dumps(e['payload'])}"
+            for e in _events(api, "prefect.automation.action", prefix=True)
+        )
+    return "<automation events unavailable>"
 
 
 def _flow_run_logs(api: httpx.Client, flow_run_ids: list[str], limit: int = 150) -> str:
@@ -329,16 +489,20 @@ def _subflow_runs(api: httpx.Client, parent_id: str) -> list[dict[str, Any]]:
 
 
 def _wait_for_terminal_state(
-    api: httpx.Client, flow_run_id: str, worker: Service, server: Service
+    api: httpx.Client,
+    flow_run_id: str,
+    worker: Service,
+    server: Service,
+    timeout: float = FLOW_RUN_TIMEOUT,
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + FLOW_RUN_TIMEOUT
+    deadline = time.monotonic() + timeout
     while True:
         run = _ok(api.get(f"flow_runs/{flow_run_id}"))
         if run["state_type"] in TERMINAL_STATES:
             return run
         if time.monotonic() > deadline or not worker.alive():
             ids = [flow_run_id] + [r["id"] for r in _subflow_runs(api, flow_run_id)]
-            why = "the worker exited" if not worker.alive() else f"{FLOW_RUN_TIMEOUT} s passed"
+            why = "the worker exited" if not worker.alive() else f"{timeout} s passed"
             pytest.fail(
                 f"flow run {flow_run_id} still {run['state_type']} ({run['state_name']}) "
                 f"when {why}\n--- flow run logs:\n{_flow_run_logs(api, ids)}\n"
@@ -357,6 +521,7 @@ def test_pipeline_deployment_runs_end_to_end(
     api: httpx.Client,
     worker: Service,
     deployed: str,
+    schedules: Schedules,
     images: dict[str, tuple[int, int]],
 ) -> None:
     # -- every deployment of prefect.yaml is registered, on the pool, run from the project
@@ -377,14 +542,67 @@ def test_pipeline_deployment_runs_end_to_end(
     assert len(all_deployments) == len(DEPLOYMENTS)
     assert by_name["pipeline"]["parameters"]["params"]["k"] == 16
 
-    # -- the nightly train schedule: cron at 02:00 UTC, registered inactive
-    schedules = _ok(api.get(f"deployments/{by_name['train']['id']}/schedules"))
-    assert [(s["schedule"].get("cron"), s["schedule"].get("timezone")) for s in schedules] == [
-        ("0 2 * * *", "UTC")
-    ]
-    assert schedules[0]["active"] is False
-    for flow in ("pipeline", "ingest", "evaluate", "apply"):
-        assert _ok(api.get(f"deployments/{by_name[flow]['id']}/schedules")) == []
+    # -- schedules as deployed: train nightly at 02:00 UTC (inactive), monitor hourly (active)
+    def crons(flow: str) -> list[tuple[str | None, str | None, bool]]:
+        return [
+            (item["schedule"].get("cron"), item["schedule"].get("timezone"), item["active"])
+            for item in schedules.registered[flow]
+        ]
+
+    assert sorted(schedules.registered) == sorted(flow for flow, _ in DEPLOYMENTS)
+    assert crons("train") == [("0 2 * * *", "UTC", False)]
+    assert crons("monitor") == [("0 * * * *", "UTC", True)]
+    for flow in ("pipeline", "ingest", "evaluate", "apply", "retrain"):
+        assert schedules.registered[flow] == [], f"{flow} has a schedule"
+
+    # -- the server's scheduler made hourly runs of monitor (and of nothing else)
+    scheduled = schedules.scheduled_runs
+    assert scheduled, f"no auto-scheduled monitor runs within {SCHEDULER_TIMEOUT} s of deploying"
+    print(f"first scheduled monitor runs seen {schedules.seconds_to_first_runs:.1f} s after deploy")
+    assert {r["deployment_id"] for r in scheduled} == {by_name["monitor"]["id"]}
+    starts = sorted(
+        dt.datetime.fromisoformat(r["expected_start_time"].replace("Z", "+00:00"))
+        for r in scheduled
+    )
+    assert len(starts) >= 3  # the scheduler's minimum number of future runs
+    now = dt.datetime.now(dt.UTC)
+    assert now - dt.timedelta(minutes=2) < starts[0] <= now + dt.timedelta(hours=1)
+    for start in starts:
+        assert (start.minute, start.second, start.microsecond) == (0, 0, 0), start
+        assert start.utcoffset() == dt.timedelta(0)
+    assert {b - a for a, b in itertools.pairwise(starts)} == {dt.timedelta(hours=1)}
+    for run in scheduled:
+        assert run["parameters"] == by_name["monitor"]["parameters"]
+
+    # -- the retrain trigger: one automation, on kmflow.drift.detected, running retrain
+    automations = _ok(api.post("automations/filter", json={}))
+    on_drift = [a for a in automations if DRIFT_EVENT in a["trigger"].get("expect", [])]
+    assert len(on_drift) == 1, json.dumps(automations, indent=1)
+    (automation,) = on_drift
+    assert automation["enabled"] is True
+    trigger = automation["trigger"]
+    assert trigger["type"] == "event"
+    assert trigger["posture"] == "Reactive"
+    assert trigger["threshold"] == 1
+    assert trigger["expect"] == [DRIFT_EVENT]
+    assert trigger["match"] == {"prefect.resource.id": "kmflow.dataset.*"}
+    (action,) = automation["actions"]
+    assert action["type"] == "run-deployment"
+    assert action["source"] == "selected"
+    assert action["deployment_id"] == by_name["retrain"]["id"]
+    # Templated from the event (rendered values are checked in the drift-loop test).
+    templates = action["parameters"]["params"]
+    assert sorted(templates) == ["batch_id", "event_id", "model", "store"], templates
+    for key, source in {
+        "store": "event.payload.store",
+        "model": "event.payload.model",
+        "event_id": "event.id",
+        "batch_id": "event.payload.batch_id",
+    }.items():
+        template = templates[key]
+        assert template.startswith("{{"), templates
+        assert template.endswith("}}"), templates
+        assert template[2:-2].split("|")[0].strip() == source, templates
 
     # -- run pipeline/kmflow-pipeline through the API; the worker picks it up
     root = sandbox.root
@@ -422,7 +640,7 @@ def test_pipeline_deployment_runs_end_to_end(
 
     # -- the registry the worker's KMFLOW_REGISTRY__URL points at
     registry = ModelRegistry(root / "models")
-    assert registry.names() == [MODEL]
+    assert MODEL in registry.names()
     assert [r.version for r in registry.versions(MODEL)] == [1]
     champion = registry.champion(MODEL)
     assert champion is not None
@@ -479,3 +697,194 @@ def test_pipeline_deployment_runs_end_to_end(
     assert artifacts[f"{MODEL}-outputs"]["data"] == f"[outputs]({out})"
     assert artifacts[f"{MODEL}-palette"]["data"] == f"[palette]({out / 'palette.png'})"
     assert artifacts[f"{MODEL}-training-progress"]["data"] == pytest.approx(100.0)
+
+
+def _run_deployment(
+    api: httpx.Client,
+    worker: Service,
+    server: Service,
+    deployment: str,
+    params: dict[str, Any],
+    what: str,
+) -> dict[str, Any]:
+    """Create a run of `deployment` ("flow/name") through the API; wait until COMPLETED."""
+    deployment_id = _ok(api.get(f"deployments/name/{deployment}"))["id"]
+    created = _ok(
+        api.post(
+            f"deployments/{deployment_id}/create_flow_run", json={"parameters": {"params": params}}
+        )
+    )
+    t0 = time.monotonic()
+    run = _wait_for_terminal_state(api, created["id"], worker, server)
+    ids = [run["id"]] + [r["id"] for r in _subflow_runs(api, run["id"])]
+    assert run["state_type"] == "COMPLETED", (
+        f"{what} ({deployment}) {run['state_name']}: {run['state'].get('message')}\n"
+        f"--- flow run logs:\n{_flow_run_logs(api, ids)}\n{worker.tail()}"
+    )
+    print(f"{what}: {deployment} run completed {time.monotonic() - t0:.1f} s after it was created")
+    return run
+
+
+def _reports(folder: Path) -> dict[str, dict[str, Any]]:
+    """The drift reports saved in `folder`: batch id (file stem) -> JSON."""
+    return {path.stem: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))}
+
+
+@pytest.mark.timeout(600)
+def test_drift_event_triggers_retrain_deployment(
+    sandbox: Sandbox,
+    server: Service,
+    api: httpx.Client,
+    worker: Service,
+    deployed: str,
+) -> None:
+    root = sandbox.root / "drift-loop"
+    store = str(root / "store.zarr")
+    reports = root / "drift"
+    registry = ModelRegistry(sandbox.root / "models")  # the worker's KMFLOW_REGISTRY__URL
+
+    def context(*flow_run_ids: str) -> str:
+        return f"--- flow run logs:\n{_flow_run_logs(api, list(flow_run_ids))}\n{worker.tail()}"
+
+    # -- a champion: the pipeline deployment on 6 images of the six-color mixture
+    pipeline = _run_deployment(
+        api,
+        worker,
+        server,
+        "pipeline/kmflow-pipeline",
+        {
+            "sources": [str(write_images(root / "train", 6, seed=0))],
+            "store": store,
+            "out": str(root / "out"),
+            "model": DRIFT_MODEL,
+            "k": 6,
+            "seed": 0,
+            "holdout": {"fraction": 0.0},
+        },
+        "champion",
+    )
+    champion = registry.champion(DRIFT_MODEL)
+    assert champion is not None, context(pipeline["id"])
+    assert champion.version == 1
+    assert [r.version for r in registry.versions(DRIFT_MODEL)] == [1]
+
+    monitor = {"store": store, "model": DRIFT_MODEL, "reports": str(reports)}
+
+    # -- an undrifted batch (a fresh sample of the same mixture): no drift, no event, no retrain
+    calm_run = _run_deployment(
+        api,
+        worker,
+        server,
+        "monitor/kmflow-monitor",
+        {**monitor, "sources": [str(write_images(root / "calm", 4, seed=1))]},
+        "undrifted monitor",
+    )
+    saved = _reports(reports)
+    assert len(saved) == 1, f"{sorted(saved)}\n{context(calm_run['id'])}"
+    ((calm_batch, calm),) = saved.items()
+    assert calm["drifted"] is False, f"{json.dumps(calm['statistics'])}\n{context(calm_run['id'])}"
+    assert calm["batch_id"] == calm_batch
+    assert calm["n_images"] == 4
+    assert calm["champion_version"] == 1
+    assert not [name for name, stat in calm["statistics"].items() if stat["drifted"]]
+    time.sleep(10.0)  # a trigger fires in under a second: give a wrong one time to show
+    assert _events(api, DRIFT_EVENT) == [], context(calm_run["id"])
+    assert _flow_runs_of(api, "retrain") == [], context(calm_run["id"])
+
+    # -- a drifted batch (colors shifted toward blue): report, event, and a triggered retrain
+    drift_run = _run_deployment(
+        api,
+        worker,
+        server,
+        "monitor/kmflow-monitor",
+        {
+            **monitor,
+            "sources": [str(write_images(root / "shifted", 4, seed=2, shift=(0, 0, 40)))],
+        },
+        "drifted monitor",
+    )
+    saved = _reports(reports)
+    new = sorted(set(saved) - {calm_batch})
+    assert len(new) == 1, f"{sorted(saved)}\n{context(drift_run['id'])}"
+    drift_batch = new[0]
+    drift = saved[drift_batch]
+    assert drift["drifted"] is True, (
+        f"{json.dumps(drift['statistics'])}\n{context(drift_run['id'])}"
+    )
+    assert drift["batch_id"] == drift_batch
+    assert drift["n_images"] == 4
+    assert {"sqdist_ratio", "wasserstein"} <= {
+        name for name, stat in drift["statistics"].items() if stat["drifted"]
+    }
+
+    # The event, on the server (events are stored asynchronously: poll).
+    deadline = time.monotonic() + 30.0
+    while not (events := _events(api, DRIFT_EVENT)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(events) == 1, f"{json.dumps(events, indent=1)}\n{context(drift_run['id'])}"
+    (event,) = events
+    assert event["resource"]["prefect.resource.id"] == dataset_resource_id(store)
+    payload = event["payload"]
+    assert payload["store"] == store
+    assert payload["model"] == DRIFT_MODEL
+    assert payload["batch_id"] == drift_batch
+    assert payload["champion_version"] == 1
+    assert payload["drifted"] is True
+    related = {r["prefect.resource.id"] for r in event.get("related", [])}
+    assert f"prefect.flow-run.{drift_run['id']}" in related, json.dumps(event, indent=1)
+
+    # The retrain run the trigger created: no call of ours makes it, we only look for it.
+    deadline = time.monotonic() + TRIGGER_TIMEOUT
+    while not (retrains := _flow_runs_of(api, "retrain")) and time.monotonic() < deadline:
+        if _events(api, "prefect.automation.action.failed"):
+            break  # the automation fired but could not create the run: say why, now
+        time.sleep(0.5)
+    assert len(retrains) == 1, (
+        f"{len(retrains)} retrain runs after the drift event\n--- automation actions:\n"
+        f"{_action_events(api)}\n{context(drift_run['id'])}\n{server.tail(40)}"
+    )
+    (retrain,) = retrains
+    occurred = dt.datetime.fromisoformat(event["occurred"].replace("Z", "+00:00"))
+    created = dt.datetime.fromisoformat(retrain["created"].replace("Z", "+00:00"))
+    print(
+        f"trigger latency: retrain run created {(created - occurred).total_seconds():.2f} s "
+        "after the drift event occurred"
+    )
+    automations = _ok(api.post("automations/filter", json={}))
+    (automation,) = [a for a in automations if DRIFT_EVENT in a["trigger"].get("expect", [])]
+    assert retrain["created_by"] is not None, json.dumps(retrain, indent=1)
+    assert retrain["created_by"]["type"] == "AUTOMATION"
+    assert retrain["created_by"]["id"] == automation["id"]
+    assert retrain["deployment_id"] == _ok(api.get("deployments/name/retrain/kmflow-retrain"))["id"]
+    assert retrain["parameters"] == {
+        "params": {
+            "store": store,
+            "model": DRIFT_MODEL,
+            "event_id": event["id"],
+            "batch_id": drift_batch,
+        }
+    }
+    t0 = time.monotonic()
+    retrain = _wait_for_terminal_state(api, retrain["id"], worker, server, RETRAIN_TIMEOUT)
+    retrain_ids = [retrain["id"]] + [r["id"] for r in _subflow_runs(api, retrain["id"])]
+    assert retrain["state_type"] == "COMPLETED", (
+        f"retrain {retrain['state_name']}: {retrain['state'].get('message')}\n"
+        f"{context(*retrain_ids)}"
+    )
+    print(f"triggered retrain run completed {time.monotonic() - t0:.1f} s after it was found")
+
+    # -- the registry: version 2, warm-started from and parented by 1, now the champion
+    assert [r.version for r in registry.versions(DRIFT_MODEL)] == [1, 2], context(*retrain_ids)
+    record = registry.record(DRIFT_MODEL, 2)
+    assert record.parent == 1
+    assert record.init == "warm-start"
+    assert record.run_key == f"drift-event:{event['id']}"
+    assert record.metrics["promotion"]["promoted"] is True, record.metrics["promotion"]
+    pointer = json.loads((sandbox.root / "models" / DRIFT_MODEL / "champion.json").read_text())
+    assert pointer["version"] == 2
+    assert pointer["previous"] == 1
+    assert registry.champion(DRIFT_MODEL).version == 2  # type: ignore[union-attr]
+
+    # -- and nothing else was started: one retrain run, for the one event
+    assert len(_flow_runs_of(api, "retrain")) == 1
+    assert len(_events(api, DRIFT_EVENT)) == 1
