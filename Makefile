@@ -28,3 +28,4 @@ demo: venv
 bench: venv
 	$(BIN)/python benchmarks/bench_lloyd.py --output benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/bench_quantize.py --output benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/bench_metrics.py --output benchmarks/RESULTS.md

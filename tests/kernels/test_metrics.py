@@ -275,18 +275,50 @@ def test_sample_rows_depend_only_on_seed_and_weights(blobs) -> None:
     assert np.count_nonzero(w[idx] == 1.0) < 10
 
 
-def test_silhouette_weights(blobs) -> None:
+def test_silhouette_weights_act_as_repeated_rows(blobs) -> None:
     X, y = blobs
-    ref = silhouette_sample(X, y, sample_size=300, random_state=3)
-    ones = silhouette_sample(X, y, sample_size=300, random_state=3, sample_weight=np.ones(len(X)))
-    assert ones == ref  # -log(u) / 1 ranks rows exactly as the unweighted keys
-    # Zero-weight rows are never drawn: with room for every other row, the silhouette is
-    # scikit-learn's on the positively weighted rows.
-    w = np.ones(len(X))
-    w[::3] = 0.0
+    X, y = X[:600], y[:600]
+    w = np.random.default_rng(0).integers(0, 4, size=len(X))  # zeros included
     keep = w > 0
-    s = silhouette_sample(X, y, sample_weight=w, sample_size=len(X), random_state=3)
-    assert s == pytest.approx(skm.silhouette_score(X[keep], y[keep]), rel=1e-9)
+    # Integer weights and a sample as large as their sum: every row drawn exactly w times,
+    # which is scikit-learn's silhouette of the repeated rows.
+    for seed in (0, 1):
+        s = silhouette_sample(X, y, sample_weight=w, sample_size=int(w.sum()), random_state=seed)
+        want = skm.silhouette_score(
+            np.repeat(X[keep], w[keep], axis=0), np.repeat(y[keep], w[keep])
+        )
+        assert s == pytest.approx(want, rel=1e-9)
+    for rows in _chunkings(len(X)):
+        got = silhouette_sample(_rows(X, rows), y, sample_weight=w, sample_size=500, random_state=4)
+        ref = silhouette_sample(X, y, sample_weight=w, sample_size=500, random_state=4)
+        assert got == pytest.approx(ref, rel=1e-12)
+
+
+def test_histogram_silhouette_estimates_the_pixel_silhouette(pixels) -> None:
+    # Unique colors weighted by their counts stand for the pixels: the weighted sample's
+    # silhouette estimates the pixels' silhouette (not the distinct colors' one).
+    centers = np.array([[40.0, 40, 40], [120, 120, 110], [200, 190, 170], [90, 110, 150]])
+    labels = ((pixels[:, None, :].astype(float) - centers) ** 2).sum(-1).argmin(1)
+    colors, inverse, counts = np.unique(pixels, axis=0, return_inverse=True, return_counts=True)
+    color_labels = np.zeros(len(colors), dtype=np.int64)
+    color_labels[inverse.ravel()] = labels
+    ours = np.mean(
+        [
+            silhouette_sample(
+                colors, color_labels, sample_weight=counts, sample_size=3000, random_state=seed
+            )
+            for seed in range(4)
+        ]
+    )
+    theirs = np.mean(
+        [
+            skm.silhouette_score(pixels, labels, sample_size=3000, random_state=seed)
+            for seed in range(4)
+        ]
+    )
+    distinct = skm.silhouette_score(colors, color_labels, sample_size=3000, random_state=0)
+    assert abs(ours - theirs) < 0.02  # 4 x 3000-pixel estimates, sd about 0.005 each
+    assert abs(distinct - theirs) > 2 * abs(ours - theirs)  # the distinct colors differ
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 
@@ -438,6 +439,85 @@ def _sample(
     return idx[order], rows[order].astype(np.float64), labels[order]
 
 
+# A systematic sample: (global row indices, rows, labels, how many sample points each got).
+_Drawn = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _weight_total_block(x: np.ndarray, w: np.ndarray | None, offset: int) -> float:
+    return float(np.sum(_block_weights(w, x.shape[0], offset), dtype=np.float64))
+
+
+def _drawn_block(
+    x: np.ndarray,
+    w: np.ndarray | None,
+    offset: int,
+    state: tuple[Any, float],
+    start: float,
+    step: float,
+    m: int,
+) -> _Drawn:
+    """Rows of this block hit by the sample points ``start + j * step`` (j < m) on the
+    cumulative-weight axis; ``state`` is (labels of the block, weight before the block)."""
+    _require_finite(x)
+    lab, before = state
+    wv = _block_weights(w, x.shape[0], offset)
+    upper = before + np.cumsum(wv)
+    lower = upper - wv
+
+    def points_up_to(c: np.ndarray) -> np.ndarray:
+        return np.clip(np.floor((c - start) / step) + 1, 0, m).astype(np.int64)
+
+    counts = points_up_to(upper) - points_up_to(lower)
+    keep = np.flatnonzero(counts > 0)
+    labels = np.asarray(lab)
+    return offset + keep.astype(np.int64), x[keep], labels[keep], counts[keep]
+
+
+def _drawn_combine(a: _Drawn, b: _Drawn) -> _Drawn:
+    return (
+        np.concatenate([a[0], b[0]]),
+        np.concatenate([a[1], b[1]]),
+        np.concatenate([a[2], b[2]]),
+        np.concatenate([a[3], b[3]]),
+    )
+
+
+def _weighted_sample(
+    blocks: Blocks, label_blocks: list[Any], key: int, m: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``m`` draws with probability proportional to weight: (rows as float64, labels).
+
+    Systematic sampling on the cumulative-weight axis (one seeded offset, then every
+    ``total / m``): a row of weight ``w`` is drawn about ``w * m / total`` times, so the
+    sample is what sampling the data with each row repeated ``w`` times would give (pixels
+    from a color histogram). With integer weights and ``m`` equal to their sum, every row is
+    drawn exactly ``w`` times.
+
+    Notes
+    -----
+    Two ``compute`` calls: the weight of each block, then the draw. The cumulative weights
+    follow the global row order, so the draw does not depend on the chunking (exactly so
+    for integer weights, whose sums are exact).
+    """
+    totals = dask.compute(
+        *[
+            dask.delayed(_weight_total_block, pure=True)(x, w, off)
+            for x, w, off in zip(blocks.xs, blocks.ws, blocks.offsets, strict=True)
+        ]
+    )
+    before = np.concatenate([[0.0], np.cumsum(totals)[:-1]])
+    total = float(np.sum(totals))
+    step = total / m
+    start = float(np.random.default_rng(key).random()) * step
+    states = [(lab, float(b)) for lab, b in zip(label_blocks, before, strict=True)]
+    idx, rows, labels, counts = map_reduce(
+        blocks, _drawn_block, _drawn_combine, start, step, m, states=states
+    )
+    order = np.argsort(idx, kind="stable")
+    reps = counts[order]
+    return np.repeat(rows[order].astype(np.float64), reps, axis=0), np.repeat(labels[order], reps)
+
+
 def _silhouette(X: np.ndarray, labels: np.ndarray) -> float:
     """Exact mean silhouette of in-memory rows (scikit-learn's definition, Euclidean).
 
@@ -502,9 +582,10 @@ def silhouette_sample(
         Rows in the sample (all rows when ``n_samples`` is smaller). The exact silhouette of
         the sample costs O(sample_size^2 * n_features).
     sample_weight : array-like or dask.array.Array of shape (n_samples,), optional
-        Non-negative weights: rows are drawn without replacement with probability
-        proportional to their weight (Efraimidis-Spirakis), rows of weight zero never. The
-        silhouette of the drawn sample is then unweighted.
+        Non-negative weights acting as repeated rows: ``sample_size`` draws with probability
+        proportional to weight (systematic sampling), a row drawn ``c`` times counting ``c``
+        times, rows of weight zero never. So the unique colors of a histogram weighted by
+        their counts give the silhouette of a sample of the pixels themselves.
     random_state : int, numpy Generator or None
         Seed of the sample; the same seed draws the same rows for any chunking of the data.
 
@@ -522,10 +603,12 @@ def silhouette_sample(
 
     Notes
     -----
-    One ``compute`` draws the sample: each row gets the key ``-log(u) / w`` with ``u`` the
-    counter-based uniform of its global row index (:func:`kmflow.kernels._random.uniform`),
-    each block keeps its ``sample_size`` smallest keys, and a tree merge keeps the
-    ``sample_size`` smallest overall (ties broken by row index). The silhouette of the sample
+    Unweighted, one ``compute`` draws the sample: each row gets the key ``-log(u)`` with
+    ``u`` the counter-based uniform of its global row index
+    (:func:`kmflow.kernels._random.uniform`), each block keeps its ``sample_size`` smallest
+    keys, and a tree merge keeps the ``sample_size`` smallest overall (ties broken by row
+    index). Weighted, two: the blocks' total weights, then a systematic draw on the
+    cumulative-weight axis. The silhouette of the sample
     is then computed in memory with numpy, in row blocks of pairwise distances
     (O(sample_size * block) memory). As in scikit-learn, ``s(i) = (b - a) / max(a, b)`` and
     ``s(i) = 0`` for a row alone in its cluster. A dask array with unknown chunk sizes costs
@@ -546,9 +629,12 @@ def silhouette_sample(
     W = check_sample_weight(sample_weight, Xd)
     lab = _check_labels(labels, int(Xd.shape[0]), name="labels", other="X")
     blocks = Blocks(Xd, W)
-    _, rows, sampled = _sample(
-        blocks, _label_blocks(lab, Xd.chunks[0]), derive_key(random_state), int(sample_size)
-    )
+    key = derive_key(random_state)
+    label_blocks = _label_blocks(lab, Xd.chunks[0])
+    if W is None:
+        _, rows, sampled = _sample(blocks, label_blocks, key, int(sample_size))
+    else:
+        rows, sampled = _weighted_sample(blocks, label_blocks, key, int(sample_size))
     return _silhouette(rows, sampled)
 
 
