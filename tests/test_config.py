@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from kmflow.config import ClusterSettings, Settings, get_settings
+from kmflow.config import ClusterSettings, KubernetesSettings, Settings, get_settings
 
 
 def test_defaults() -> None:
@@ -22,6 +22,7 @@ def test_defaults() -> None:
     assert cluster.processes is True
     assert cluster.persist_fraction == 0.5
     assert cluster.connect_timeout == 5.0
+    assert cluster.kubernetes == KubernetesSettings()
 
 
 @pytest.mark.parametrize(
@@ -45,6 +46,15 @@ def test_environment_variable_sets_field(
 ) -> None:
     monkeypatch.setenv(variable, value)
     assert getattr(get_settings().cluster, field) == expected
+
+
+def test_kubernetes_mode_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KMFLOW_CLUSTER__MODE", "kubernetes")
+    monkeypatch.setenv("KMFLOW_CLUSTER__KUBERNETES__IMAGE", "registry.example.com/kmflow:0.1.0")
+    cluster = get_settings().cluster
+    assert cluster.mode == "kubernetes"
+    assert cluster.kubernetes.image == "registry.example.com/kmflow:0.1.0"
+    assert cluster.address is None
 
 
 def test_address_mode_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,7 +155,9 @@ def test_settings_are_frozen() -> None:
         cluster.n_workers = 3  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("model", [Settings, ClusterSettings])
-def test_every_field_is_described(model: type[Settings] | type[ClusterSettings]) -> None:
+@pytest.mark.parametrize("model", [Settings, ClusterSettings, KubernetesSettings])
+def test_every_field_is_described(
+    model: type[Settings] | type[ClusterSettings] | type[KubernetesSettings],
+) -> None:
     for name, field in model.model_fields.items():
         assert field.description, f"{model.__name__}.{name} has no description"

@@ -8,6 +8,8 @@ prefixed ``KMFLOW_``, with ``__`` between a group and its field::
     KMFLOW_CLUSTER__ADDRESS=tcp://scheduler:8786
     KMFLOW_CLUSTER__N_WORKERS=4
     KMFLOW_CLUSTER__MEMORY_LIMIT=4GiB
+    KMFLOW_CLUSTER__MODE=kubernetes
+    KMFLOW_CLUSTER__KUBERNETES__IMAGE=registry.example.com/kmflow:0.1.0
 
 Examples
 --------
@@ -18,9 +20,10 @@ Examples
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from dask.utils import parse_bytes
+from dask.utils import format_bytes, parse_bytes
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -31,9 +34,261 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["ClusterSettings", "Settings", "StorageSettings", "get_settings"]
+__all__ = [
+    "ClusterSettings",
+    "KubernetesSettings",
+    "RegistrySettings",
+    "Settings",
+    "StorageSettings",
+    "get_settings",
+]
 
 ClusterMode = Literal["local", "address", "kubernetes"]
+
+# Kubernetes names. A namespace is an RFC 1123 label. The cluster name also names the
+# scheduler Service "<name>-scheduler", and Service names are RFC 1035 labels (a letter first,
+# at most 63 characters), so the cluster name is one too, 10 characters shorter.
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_CLUSTER_NAME = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+_CLUSTER_NAME_MAX = 53
+_UNIQUE_SUFFIX_LENGTH = 9  # "-" and 8 hex digits, added per connection with unique_name
+_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# Kubernetes resource quantities as kmflow accepts them: plain or decimal-suffixed numbers
+# ("1", "0.5", "500m" for CPU; "4Gi", "512Mi", "4G" for memory).
+_CPU_QUANTITY = re.compile(r"^(?P<number>\d+(\.\d+)?|\.\d+)(?P<milli>m)?$")
+_MEMORY_QUANTITY = re.compile(
+    r"^(?P<number>\d+(\.\d+)?|\.\d+)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+)
+_MEMORY_FACTORS: dict[str | None, int] = {
+    None: 1,
+    **{suffix: 1024 ** (i + 1) for i, suffix in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+    **{suffix: 1000 ** (i + 1) for i, suffix in enumerate(("k", "M", "G", "T", "P", "E"))},
+}
+_MIN_POD_MEMORY = 256 * 2**20
+# Environment variable names as Kubernetes accepts them, less the two the operator sets.
+_ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+_OPERATOR_ENV = frozenset({"DASK_SCHEDULER_ADDRESS", "DASK_WORKER_NAME"})
+
+
+def _check_cpu(value: str) -> str:
+    """A positive CPU quantity such as '1', '0.5' or '500m', at most 1024 cores."""
+    match = _CPU_QUANTITY.fullmatch(value)
+    if match is None:
+        raise ValueError(
+            f"{value!r} is not a Kubernetes CPU quantity: write cores ('1', '0.5') or "
+            "millicores ('500m')"
+        )
+    cores = float(match["number"]) / (1000 if match["milli"] else 1)
+    if not 0 < cores <= 1024:
+        raise ValueError(f"{value!r} is {cores:g} cores; give more than 0 and at most 1024")
+    return value
+
+
+def _check_memory(value: str) -> str:
+    """A Kubernetes memory quantity of at least 256Mi, such as '4Gi', '512Mi' or '4G'."""
+    match = _MEMORY_QUANTITY.fullmatch(value)
+    if match is None:
+        hint = ""
+        if re.fullmatch(r"\d+(\.\d+)?\s*[KMGTPE]i?B", value, flags=re.IGNORECASE):
+            hint = " (Kubernetes has no 'B' suffix: '4Gi' is 4 GiB, '4G' is 4e9 bytes)"
+        raise ValueError(
+            f"{value!r} is not a Kubernetes memory quantity such as '4Gi', '512Mi' or '4G'{hint}"
+        )
+    size = float(match["number"]) * _MEMORY_FACTORS[match["suffix"]]
+    if size < _MIN_POD_MEMORY:
+        raise ValueError(
+            f"{value!r} is {format_bytes(int(size))}; a Dask scheduler or worker pod needs "
+            "at least 256Mi"
+        )
+    return value
+
+
+class KubernetesSettings(BaseModel):
+    """The Dask cluster kmflow creates in Kubernetes (cluster mode ``'kubernetes'``).
+
+    Read from ``KMFLOW_CLUSTER__KUBERNETES__<FIELD>`` environment variables when built
+    through :class:`Settings` / :func:`get_settings`; ``KMFLOW_CLUSTER__KUBERNETES__ENV``
+    holds JSON, e.g. ``'{"AWS_DEFAULT_REGION": "eu-west-1"}'``. The cluster is a
+    ``DaskCluster`` resource of the dask-kubernetes operator, which must be installed in the
+    Kubernetes cluster; :func:`kmflow.cluster.kubernetes.cluster_spec` builds it from these
+    settings.
+
+    Scheduler and worker containers get the same value as request and limit for CPU and
+    memory, so a worker's Dask memory limit (detected from its cgroup) is
+    ``worker_memory`` and its thread count follows ``worker_cpu``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    image: str = Field(
+        default="kmflow:latest",
+        min_length=1,
+        max_length=1024,
+        pattern=r"^\S+$",
+        description=(
+            "Container image of the scheduler and worker pods; it must contain kmflow and "
+            "the same dask/distributed versions as the process that connects "
+            "(deploy/Dockerfile builds it), e.g. 'registry.example.com/kmflow:0.1.0'."
+        ),
+    )
+    namespace: str = Field(
+        default="default",
+        max_length=63,
+        pattern=_DNS_LABEL,
+        description="Kubernetes namespace the DaskCluster and its pods are created in.",
+    )
+    name: str = Field(
+        default="kmflow",
+        max_length=_CLUSTER_NAME_MAX,
+        pattern=_CLUSTER_NAME,
+        description=(
+            "Name of the DaskCluster resource (its pods and the '<name>-scheduler' Service "
+            "are named after it), or with unique_name its prefix: lower-case letters, "
+            "digits and '-', a letter first, at most 53 characters (44 with unique_name)."
+        ),
+    )
+    unique_name: bool = Field(
+        default=True,
+        description=(
+            "Give each connection a cluster of its own, named '<name>-<8 hex digits>', so "
+            "that concurrent flow runs (on one worker or several) never share, or delete, "
+            "each other's cluster. False names it `name` exactly: a DaskCluster of that "
+            "name already in the namespace is then connected to instead of created, e.g. "
+            "one kept running across runs with shutdown_on_close=False (connect() still "
+            "waits for n_workers workers: keep n_workers at that cluster's size)."
+        ),
+    )
+    n_workers: int = Field(
+        default=2,
+        ge=0,
+        le=1024,
+        description=(
+            "Worker pods of the cluster; connect() returns once this many workers have "
+            "joined the scheduler."
+        ),
+    )
+    worker_cpu: str = Field(
+        default="1",
+        description=(
+            "CPU request and limit of each worker pod, e.g. '1', '0.5' or '500m'; the "
+            "worker runs max(1, ceil(cores)) threads."
+        ),
+    )
+    worker_memory: str = Field(
+        default="4Gi",
+        description=(
+            "Memory request and limit of each worker pod, e.g. '4Gi' or '512Mi' (at least "
+            "256Mi); it is also the worker's Dask memory limit."
+        ),
+    )
+    scheduler_cpu: str = Field(
+        default="1",
+        description="CPU request and limit of the scheduler pod, e.g. '1' or '500m'.",
+    )
+    scheduler_memory: str = Field(
+        default="2Gi",
+        description="Memory request and limit of the scheduler pod, e.g. '2Gi' (at least 256Mi).",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Extra environment variables of the scheduler and worker containers (JSON in "
+            "the environment variable). Values land in the DaskCluster resource in plain "
+            "text: put credentials in the Secret named by `settings_from` instead."
+        ),
+    )
+    settings_from: str | None = Field(
+        default="kmflow-settings",
+        max_length=253,
+        pattern=_DNS_SUBDOMAIN,
+        description=(
+            "Name of a ConfigMap and of a Secret in the namespace whose keys become "
+            "environment variables of the scheduler and worker containers (envFrom, both "
+            "optional: either may be absent). Put KMFLOW_STORAGE__* there so that code "
+            "running on the workers reads the same storage settings and credentials as the "
+            "flow. None or '' adds no envFrom."
+        ),
+    )
+    idle_timeout: int = Field(
+        default=0,
+        ge=0,
+        le=7 * 24 * 3600,
+        description=(
+            "Seconds of scheduler idleness after which the operator deletes the cluster; 0 "
+            "never does. A safety net for clusters whose client died without closing them."
+        ),
+    )
+    shutdown_on_close: bool = Field(
+        default=True,
+        description=(
+            "Closing the client deletes the DaskCluster and its pods (True), or leaves it "
+            "running for the next connection (False)."
+        ),
+    )
+    resource_timeout: int = Field(
+        default=60,
+        ge=1,
+        le=3600,
+        description=(
+            "Seconds to wait for the Kubernetes API to answer a request and for the "
+            "operator to act on the DaskCluster resource (dask-kubernetes' resource_timeout)."
+        ),
+    )
+    start_timeout: float = Field(
+        default=600.0,
+        gt=0,
+        le=7200,
+        description=(
+            "Seconds connect() waits for the whole cluster: the resource created, the "
+            "scheduler pod running (image pull included) and reachable, and n_workers "
+            "workers joined. On expiry the cluster is closed (deleted if "
+            "shutdown_on_close) and a ClusterError raised."
+        ),
+    )
+
+    @field_validator("settings_from", mode="before")
+    @classmethod
+    def _empty_settings_from_is_none(cls, value: Any) -> Any:
+        """An empty name (``KMFLOW_CLUSTER__KUBERNETES__SETTINGS_FROM=``) means none."""
+        return None if value == "" else value
+
+    @field_validator("worker_cpu", "scheduler_cpu")
+    @classmethod
+    def _check_cpu_quantity(cls, value: str) -> str:
+        """Reject CPU quantities Kubernetes would refuse, or zero."""
+        return _check_cpu(value)
+
+    @field_validator("worker_memory", "scheduler_memory")
+    @classmethod
+    def _check_memory_quantity(cls, value: str) -> str:
+        """Reject memory quantities Kubernetes would refuse, and pods too small for Dask."""
+        return _check_memory(value)
+
+    @field_validator("env")
+    @classmethod
+    def _check_env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        """Names Kubernetes accepts, and none of those the operator sets itself."""
+        for name in value:
+            if not _ENV_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a valid environment variable name")
+            if name in _OPERATOR_ENV:
+                raise ValueError(
+                    f"{name} is set by the dask-kubernetes operator on every pod; "
+                    "leave it out of env"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _check_unique_name_fits(self) -> KubernetesSettings:
+        """The unique suffix must still leave room for '-scheduler' in 63 characters."""
+        if self.unique_name and len(self.name) > _CLUSTER_NAME_MAX - _UNIQUE_SUFFIX_LENGTH:
+            raise ValueError(
+                f"name={self.name!r} has {len(self.name)} characters; with unique_name the "
+                f"cluster is named '<name>-<8 hex digits>', which must fit in "
+                f"{_CLUSTER_NAME_MAX}: shorten the name to "
+                f"{_CLUSTER_NAME_MAX - _UNIQUE_SUFFIX_LENGTH} or set unique_name=False"
+            )
+        return self
 
 
 class ClusterSettings(BaseModel):
@@ -51,7 +306,9 @@ class ClusterSettings(BaseModel):
         description=(
             "'local': start a multi-process Dask LocalCluster on this machine for the "
             "duration of the connection; 'address': connect to an existing Dask scheduler "
-            "at `address`; 'kubernetes': not available yet."
+            "at `address`; 'kubernetes': create a Dask cluster in Kubernetes with the "
+            "dask-kubernetes operator (a DaskCluster resource, see `kubernetes`) for the "
+            "duration of the connection."
         ),
     )
     address: str | None = Field(
@@ -116,6 +373,13 @@ class ClusterSettings(BaseModel):
         description=(
             "Fraction of the workers' total memory an input array may take and still be "
             "persisted; larger inputs are streamed from their source each pass."
+        ),
+    )
+    kubernetes: KubernetesSettings = Field(
+        default_factory=KubernetesSettings,
+        description=(
+            "The Dask cluster created in Kubernetes for mode='kubernetes' (image, namespace, "
+            "worker count and size); KMFLOW_CLUSTER__KUBERNETES__<FIELD>."
         ),
     )
 
@@ -240,6 +504,24 @@ class StorageSettings(BaseModel):
         return self
 
 
+class RegistrySettings(BaseModel):
+    """Where the model registry lives (``KMFLOW_REGISTRY__<FIELD>``).
+
+    Storage options and S3 credentials for the URL come from :class:`StorageSettings`.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str = Field(
+        default="kmflow-models",
+        min_length=1,
+        description=(
+            "Local path or fsspec URL of the model registry, e.g. 's3://bucket/models'. "
+            "Relative paths are relative to the working directory of the process."
+        ),
+    )
+
+
 class Settings(BaseSettings):
     """All kmflow settings, read from keyword arguments and ``KMFLOW_*`` variables.
 
@@ -262,6 +544,10 @@ class Settings(BaseSettings):
     storage: StorageSettings = Field(
         default_factory=StorageSettings,
         description="How files and URLs are reached (fsspec/S3 options) and image limits.",
+    )
+    registry: RegistrySettings = Field(
+        default_factory=RegistrySettings,
+        description="Where versioned models and champion pointers are kept.",
     )
 
 

@@ -145,11 +145,6 @@ def test_malformed_address_raises_cluster_error() -> None:
         connect(ClusterSettings(mode="address", address="nonsense", connect_timeout=1))
 
 
-def test_kubernetes_mode_is_not_available_yet() -> None:
-    with pytest.raises(ClusterError, match="'kubernetes' is not available yet"):
-        connect(ClusterSettings(mode="kubernetes"))
-
-
 def test_memory_budget_without_client_is_available_memory(fake_available_memory: int) -> None:
     assert not has_distributed_client()
     assert memory_budget() == fake_available_memory

@@ -9,7 +9,10 @@ This is the only part of kmflow that imports ``distributed``. Three modes, chose
 ``address``
     Connect to an already running Dask scheduler; closing the client leaves it running.
 ``kubernetes``
-    Not available yet (raises :class:`kmflow.errors.ClusterError`).
+    Create a Dask cluster in Kubernetes through the dask-kubernetes operator (a
+    ``DaskCluster`` resource built from :class:`kmflow.config.KubernetesSettings`, see
+    :mod:`kmflow.cluster.kubernetes`); closing the client deletes it unless
+    ``shutdown_on_close`` is False.
 
 Examples
 --------
@@ -24,6 +27,7 @@ import logging
 
 from distributed import Client
 
+from kmflow.cluster.kubernetes import start_kube_cluster
 from kmflow.cluster.local import start_local_cluster
 from kmflow.cluster.remote import connect_to_scheduler
 from kmflow.cluster.resources import has_distributed_client, memory_budget, scatter_rows
@@ -50,14 +54,18 @@ def connect(settings: Settings | ClusterSettings | None = None) -> Client:
         A connected client, set as Dask's default so ``.compute()`` runs on the cluster.
         Use it as a context manager, ``with connect() as client: ...``, or call
         ``client.close()``. For mode ``'local'`` closing the client also shuts down the
-        cluster it started; for mode ``'address'`` the remote cluster keeps running.
+        cluster it started; for mode ``'address'`` the remote cluster keeps running; for
+        mode ``'kubernetes'`` the ``DaskCluster`` and its pods are deleted when
+        ``kubernetes.shutdown_on_close`` is True (the default).
 
     Raises
     ------
     ClusterError
         If a local cluster cannot start, the scheduler at ``settings.address`` cannot be
-        reached within ``connect_timeout`` seconds, or the mode is ``'kubernetes'`` (not
-        available yet).
+        reached within ``connect_timeout`` seconds, or the Kubernetes cluster cannot be
+        created or is not ready within ``kubernetes.start_timeout`` seconds (no
+        credentials, API server unreachable, operator not installed, pods not starting: the
+        message says which and what to check).
 
     Notes
     -----
@@ -71,11 +79,7 @@ def connect(settings: Settings | ClusterSettings | None = None) -> Client:
     if mode == "address":
         return connect_to_scheduler(cluster_settings)
     if mode == "kubernetes":
-        raise ClusterError(
-            "cluster mode 'kubernetes' is not available yet in this version of kmflow; "
-            "use mode='local', or mode='address' with the scheduler address of a Dask "
-            "cluster already running in Kubernetes (KMFLOW_CLUSTER__ADDRESS)"
-        )
+        return start_kube_cluster(cluster_settings)
     raise ClusterError(f"unknown cluster mode {mode!r}")  # unreachable with valid settings
 
 
