@@ -406,6 +406,15 @@ def run_contender(
         "--chunk-pixels",
         str(args.chunk_pixels),
     ]
+    return run_subprocess(cmd, work, name, timeout)
+
+
+def run_subprocess(cmd: list[str], work: Path, name: str, timeout: float) -> dict[str, Any]:
+    """Run one contender's command in its own session; return its ``<work>/<name>.json``.
+
+    On a timeout the whole process group (the contender and its Dask processes) is ended and
+    ``{"timed_out": timeout}`` returned; without a result file, ``{"error": <log tail>}``.
+    """
     log_path = work / f"{name}.log"
     t0 = time.perf_counter()
     with open(log_path, "wb") as log:
@@ -480,7 +489,8 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def _fmt(x: float | None, spec: str) -> str:
+def fmt(x: float | None, spec: str) -> str:
+    """``format(x, spec)``, or "-" for a missing or non-finite value."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "-"
     return format(x, spec)
@@ -513,8 +523,8 @@ def build_report(
         peak = r["peak_rss"] / mib
         delta = (r["peak_rss"] - r["baseline_rss"]) / mib
         lines.append(
-            head + f"| {_fmt(r['s_per_iter'], '.3f')} | {_fmt(r['fit_s'], '.2f')} "
-            f"| {r['n_iter']} | {_fmt(r.get('inertia_per_pixel'), '.3f')} "
+            head + f"| {fmt(r['s_per_iter'], '.3f')} | {fmt(r['fit_s'], '.2f')} "
+            f"| {r['n_iter']} | {fmt(r.get('inertia_per_pixel'), '.3f')} "
             f"| {peak:,.0f} ({delta:+,.0f}) |"
         )
 
@@ -619,7 +629,7 @@ def build_report(
             extra.append(
                 f"- {r['name']}: "
                 + ", ".join(
-                    f"{key}={_fmt(v, '.3f') if isinstance(v, float) else v}" for key, v in d.items()
+                    f"{key}={fmt(v, '.3f') if isinstance(v, float) else v}" for key, v in d.items()
                 )
             )
     if extra:

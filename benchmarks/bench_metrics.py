@@ -26,8 +26,6 @@ import json
 import logging
 import math
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,10 +39,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_lloyd import (
     PeakRSS,
+    fmt,
     machine_info,
     make_init_centers,
     make_pixels,
     package_versions,
+    run_subprocess,
     write_markdown,
 )
 
@@ -333,36 +333,7 @@ def run_contender(
         "--silhouette-seeds",
         str(args.silhouette_seeds),
     ]
-    log_path = work / f"{name}.log"
-    t0 = time.perf_counter()
-    with open(log_path, "wb") as log:
-        # Own session: on a timeout the whole group (this child + its Dask processes) is ended.
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(timeout=10)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-            return {"name": name, "timed_out": timeout, "wall_s": time.perf_counter() - t0}
-    wall_s = time.perf_counter() - t0
-    res_path = work / f"{name}.json"
-    if not res_path.exists():
-        tail = log_path.read_text(errors="replace")[-4000:]
-        return {
-            "name": name,
-            "error": f"exit code {proc.returncode}, no result\n{tail}",
-            "wall_s": wall_s,
-        }
-    res: dict[str, Any] = json.loads(res_path.read_text())
-    res["wall_s"] = wall_s
+    res = run_subprocess(cmd, work, name, timeout)
     if "times" in res:
         res["total_s"] = sum(v for v in res["times"].values() if v is not None)
     return res
@@ -388,12 +359,6 @@ def compare(results: list[dict[str, Any]]) -> None:
         r["same_sizes"] = r["values"]["sizes"] == ref["values"]["sizes"]
 
 
-def _fmt(x: float | None, spec: str) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    return format(x, spec)
-
-
 def build_report(
     args: argparse.Namespace, results: list[dict[str, Any]], n: int, prep: dict[str, float]
 ) -> str:
@@ -417,9 +382,9 @@ def build_report(
         peak = r["peak_rss"] / mib
         delta = (r["peak_rss"] - r["baseline_rss"]) / mib
         lines.append(
-            head + f"| {_fmt(t['labels_s'], '.2f')} | {_fmt(t['histogram_s'], '.2f')} "
-            f"| {_fmt(t['metrics_s'], '.2f')} | {_fmt(t['silhouette_s'], '.2f')} "
-            f"| {_fmt(r['total_s'], '.2f')} | {peak:,.0f} ({delta:+,.0f}) |"
+            head + f"| {fmt(t['labels_s'], '.2f')} | {fmt(t['histogram_s'], '.2f')} "
+            f"| {fmt(t['metrics_s'], '.2f')} | {fmt(t['silhouette_s'], '.2f')} "
+            f"| {fmt(r['total_s'], '.2f')} | {peak:,.0f} ({delta:+,.0f}) |"
         )
 
     ok = [r for r in results if "values" in r]
@@ -438,9 +403,9 @@ def build_report(
         lines.append(
             f"| {LABELS[r['name']]} | {r['n_rows']:,} | {v['inertia']:.10e} "
             f"| {v['calinski_harabasz']:.10f} | {v['davies_bouldin']:.12f} "
-            f"| {_fmt(r.get('max_rel_diff'), '.1e')} "
+            f"| {fmt(r.get('max_rel_diff'), '.1e')} "
             f"| {'-' if same is None else ('yes' if same else 'NO')} "
-            f"| {v['silhouette']:.4f} | {sils.mean():.4f} ± {_fmt(sd, '.4f')} |"
+            f"| {v['silhouette']:.4f} | {sils.mean():.4f} ± {fmt(sd, '.4f')} |"
         )
 
     by = {r["name"]: r for r in ok}
@@ -535,7 +500,7 @@ def build_report(
             extra.append(
                 f"- {r['name']}: "
                 + ", ".join(
-                    f"{key}={_fmt(v, '.3f') if isinstance(v, float) else v}" for key, v in d.items()
+                    f"{key}={fmt(v, '.3f') if isinstance(v, float) else v}" for key, v in d.items()
                 )
             )
     if extra:

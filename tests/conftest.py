@@ -202,3 +202,36 @@ def prefect_api() -> Iterator[None]:
         mp.setenv("DO_NOT_TRACK", "1")
         with prefect_test_harness(server_startup_timeout=120):
             yield
+
+
+# --------------------------------------------------------------------------- synthetic images
+# Pixels drawn from a fixed mixture of six colors with Gaussian noise: a "fresh sample of the
+# training distribution" and a "drifted batch" are then exactly what a test says they are.
+
+MIXTURE_COLORS = np.array(
+    [[200, 40, 40], [40, 160, 60], [50, 70, 200], [230, 210, 80], [120, 120, 120], [20, 20, 30]],
+    dtype=np.float64,
+)
+MIXTURE_WEIGHTS = np.array([0.25, 0.2, 0.2, 0.15, 0.12, 0.08])
+
+
+def write_mixture_images(
+    folder: Any, n: int, seed: int, *, shift: tuple[int, int, int] = (0, 0, 0), size: int = 96
+) -> Any:
+    """Write ``n`` PNGs of ``size``² pixels from the six-color mixture (plus ``shift``)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        which = rng.choice(len(MIXTURE_COLORS), size=size * size, p=MIXTURE_WEIGHTS)
+        px = MIXTURE_COLORS[which] + rng.normal(0, 12, size=(size * size, 3)) + np.array(shift)
+        img = np.clip(np.rint(px), 0, 255).astype(np.uint8).reshape(size, size, 3)
+        Image.fromarray(img).save(folder / f"img-{seed}-{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def mixture_images() -> Any:
+    """:func:`write_mixture_images`, for tests that make synthetic image batches."""
+    return write_mixture_images

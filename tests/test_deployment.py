@@ -378,29 +378,6 @@ def images(sandbox: Sandbox) -> dict[str, tuple[int, int]]:
     return {relpath: (image.height, image.width) for relpath, image in photos.items()}
 
 
-# Synthetic images for the drift loop (as in tests/flows/test_drift_flows.py): pixels drawn
-# from a fixed mixture of six colors, so a fresh sample and a shifted batch are exactly that.
-COLORS = np.array(
-    [[200, 40, 40], [40, 160, 60], [50, 70, 200], [230, 210, 80], [120, 120, 120], [20, 20, 30]],
-    dtype=np.float64,
-)
-WEIGHTS = np.array([0.25, 0.2, 0.2, 0.15, 0.12, 0.08])
-
-
-def write_images(
-    folder: Path, n: int, seed: int, *, shift: tuple[int, int, int] = (0, 0, 0), size: int = 96
-) -> Path:
-    """``n`` PNGs of ``size``² pixels from the six-color mixture (plus ``shift``)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        which = rng.choice(len(COLORS), size=size * size, p=WEIGHTS)
-        px = COLORS[which] + rng.normal(0, 12, size=(size * size, 3)) + np.array(shift)
-        img = np.clip(np.rint(px), 0, 255).astype(np.uint8).reshape(size, size, 3)
-        Image.fromarray(img).save(folder / f"img-{seed}-{i}.png")
-    return folder
-
-
 # --------------------------------------------------------------------------- REST helpers
 
 
@@ -737,6 +714,7 @@ def test_drift_event_triggers_retrain_deployment(
     api: httpx.Client,
     worker: Service,
     deployed: str,
+    mixture_images: Any,
 ) -> None:
     root = sandbox.root / "drift-loop"
     store = str(root / "store.zarr")
@@ -753,7 +731,7 @@ def test_drift_event_triggers_retrain_deployment(
         server,
         "pipeline/kmflow-pipeline",
         {
-            "sources": [str(write_images(root / "train", 6, seed=0))],
+            "sources": [str(mixture_images(root / "train", 6, seed=0))],
             "store": store,
             "out": str(root / "out"),
             "model": DRIFT_MODEL,
@@ -776,7 +754,7 @@ def test_drift_event_triggers_retrain_deployment(
         worker,
         server,
         "monitor/kmflow-monitor",
-        {**monitor, "sources": [str(write_images(root / "calm", 4, seed=1))]},
+        {**monitor, "sources": [str(mixture_images(root / "calm", 4, seed=1))]},
         "undrifted monitor",
     )
     saved = _reports(reports)
@@ -799,7 +777,7 @@ def test_drift_event_triggers_retrain_deployment(
         "monitor/kmflow-monitor",
         {
             **monitor,
-            "sources": [str(write_images(root / "shifted", 4, seed=2, shift=(0, 0, 40)))],
+            "sources": [str(mixture_images(root / "shifted", 4, seed=2, shift=(0, 0, 40)))],
         },
         "drifted monitor",
     )

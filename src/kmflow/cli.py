@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -265,14 +267,10 @@ def pipeline(
     itself (ephemeral mode): nothing to start by hand. With PREFECT_API_URL set, the run is
     recorded on that server (artifacts, logs, subflow runs).
     """
-    from pydantic import ValidationError
-
     from kmflow.flows.pipeline import pipeline_flow
     from kmflow.params import PipelineParams, SplitParams
 
-    if workers is not None and scheduler:
-        raise typer.BadParameter("give --workers or --scheduler, not both")
-    try:
+    with _as_bad_parameter():
         params = PipelineParams(
             sources=list(source or []),
             store=store,
@@ -288,14 +286,7 @@ def pipeline(
             pattern=pattern,
             strict=strict,
         )
-    except ValidationError as exc:
-        raise typer.BadParameter(_validation_message(exc)) from exc
-    try:
-        with connect(_cluster_settings(workers, scheduler)):
-            result = pipeline_flow(params)
-    except KmflowError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    result = _run_flow(pipeline_flow, params, workers, scheduler)
     train = result["train"]
     table = Table(
         title=f"kmflow pipeline: {model} version {train['version']}", title_justify="left"
@@ -356,14 +347,10 @@ def monitor(
     Prefect event kmflow.drift.detected (which starts retraining where kmflow-retrain is
     deployed). Runs in Prefect's ephemeral mode unless PREFECT_API_URL is set.
     """
-    from pydantic import ValidationError
-
     from kmflow.flows.monitor import monitor_flow
     from kmflow.params import DriftThresholdParams, MonitorParams
 
-    if workers is not None and scheduler:
-        raise typer.BadParameter("give --workers or --scheduler, not both")
-    try:
+    with _as_bad_parameter():
         params = MonitorParams(
             sources=list(source),
             store=store,
@@ -374,14 +361,7 @@ def monitor(
                 psi=psi, js_distance=js, sqdist_ratio=sqdist_ratio, wasserstein=wasserstein
             ),
         )
-    except ValidationError as exc:
-        raise typer.BadParameter(_validation_message(exc)) from exc
-    try:
-        with connect(_cluster_settings(workers, scheduler)):
-            result = monitor_flow(params)
-    except KmflowError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    result = _run_flow(monitor_flow, params, workers, scheduler)
     if result["report"] is None:
         out_console.print("no new images: nothing to check")
         _write_report(report, {"drifted": False, "batch_id": None, "n_images": 0})
@@ -438,14 +418,10 @@ def retrain(
     scheduler: Annotated[str | None, typer.Option(help="Existing Dask scheduler address.")] = None,
 ) -> None:
     """Retrain the champion on the store now (the retrain flow), promote only if not worse."""
-    from pydantic import ValidationError
-
     from kmflow.flows.retrain import retrain_flow
     from kmflow.params import RetrainParams, SplitParams
 
-    if workers is not None and scheduler:
-        raise typer.BadParameter("give --workers or --scheduler, not both")
-    try:
+    with _as_bad_parameter():
         params = RetrainParams(
             store=store,
             model=model,
@@ -453,17 +429,35 @@ def retrain(
             holdout=SplitParams(fraction=holdout, by="row", seed=0),
             promote=promote,  # type: ignore[arg-type]
         )
-    except ValidationError as exc:
-        raise typer.BadParameter(_validation_message(exc)) from exc
-    try:
-        with connect(_cluster_settings(workers, scheduler)):
-            result = retrain_flow(params)
-    except KmflowError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    result = _run_flow(retrain_flow, params, workers, scheduler)
     state = "promoted to champion" if result["promoted"] else "registered, not promoted"
     out_console.print(f"{model} version {result['version']} (parent {result['parent']}): {state}")
     out_console.print(f"reason: {result['reason']}")
+
+
+@contextmanager
+def _as_bad_parameter() -> Iterator[None]:
+    """Parameter-model validation errors as a usage error (exit code 2) naming the fields."""
+    from pydantic import ValidationError
+
+    try:
+        yield
+    except ValidationError as exc:
+        raise typer.BadParameter(_validation_message(exc)) from exc
+
+
+def _run_flow(
+    flow: Callable[[Any], dict[str, Any]], params: Any, workers: int | None, scheduler: str | None
+) -> dict[str, Any]:
+    """Run a flow in this process on the cluster the options ask for; kmflow errors exit 2."""
+    if workers is not None and scheduler:
+        raise typer.BadParameter("give --workers or --scheduler, not both")
+    try:
+        with connect(_cluster_settings(workers, scheduler)):
+            return flow(params)
+    except KmflowError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
 
 
 def _validation_message(exc: Any) -> str:

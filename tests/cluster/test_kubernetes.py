@@ -325,6 +325,7 @@ def _fields_a_server_would_drop(value: Any, schema: dict[str, Any], path: str) -
 def test_spec_is_valid_under_the_operator_crd(settings: KubernetesSettings) -> None:
     """The DaskCluster CRD that ships with dask-kubernetes (the one its Helm chart installs)."""
     import jsonschema
+
     crd_file = (
         Path(dask_kubernetes.__file__).parent
         / "operator/deployment/helm/dask-kubernetes-operator/crds/daskcluster.yaml"

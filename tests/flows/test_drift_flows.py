@@ -12,10 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from distributed import LocalCluster
-from PIL import Image
 
 from kmflow.errors import ModelNotFoundError
 from kmflow.flows import ingest_flow, monitor_flow, retrain_flow, train_flow
@@ -24,26 +22,6 @@ from kmflow.params import IngestParams, MonitorParams, RetrainParams, TrainParam
 from kmflow.storage.registry import ModelRegistry
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
-
-COLORS = np.array(
-    [[200, 40, 40], [40, 160, 60], [50, 70, 200], [230, 210, 80], [120, 120, 120], [20, 20, 30]],
-    dtype=np.float64,
-)
-WEIGHTS = np.array([0.25, 0.2, 0.2, 0.15, 0.12, 0.08])
-
-
-def write_images(
-    folder: Path, n: int, seed: int, *, shift: tuple[int, int, int] = (0, 0, 0), size: int = 96
-) -> Path:
-    """``n`` PNGs of ``size``² pixels from the six-color mixture (plus ``shift``)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        which = rng.choice(len(COLORS), size=size * size, p=WEIGHTS)
-        px = COLORS[which] + rng.normal(0, 12, size=(size * size, 3)) + np.array(shift)
-        img = np.clip(np.rint(px), 0, 255).astype(np.uint8).reshape(size, size, 3)
-        Image.fromarray(img).save(folder / f"img-{seed}-{i}.png")
-    return folder
 
 
 @pytest.fixture
@@ -89,11 +67,11 @@ def _drift_events(resource_id: str, timeout: float = 30.0) -> list[dict[str, Any
 
 
 def test_monitor_detects_drift_and_retrain_replaces_the_champion(
-    env: dict[str, str], tmp_path: Path
+    env: dict[str, str], tmp_path: Path, mixture_images: Any
 ) -> None:
     store, reports = env["store"], env["reports"]
     ingest_flow(
-        IngestParams(sources=[str(write_images(tmp_path / "train", 6, seed=0))], store=store)
+        IngestParams(sources=[str(mixture_images(tmp_path / "train", 6, seed=0))], store=store)
     )
     trained = train_flow(TrainParams(store=store, model="pal", k=6, seed=0))
     assert trained["version"] == 1
@@ -103,7 +81,7 @@ def test_monitor_detects_drift_and_retrain_replaces_the_champion(
     # A fresh sample of the training distribution: no drift, no event.
     calm = monitor_flow(
         MonitorParams(
-            sources=[str(write_images(tmp_path / "calm", 4, seed=1))],
+            sources=[str(mixture_images(tmp_path / "calm", 4, seed=1))],
             store=store,
             model="pal",
             reports=reports,
@@ -130,7 +108,7 @@ def test_monitor_detects_drift_and_retrain_replaces_the_champion(
     assert again["batch_id"] is None
 
     # Colors shifted toward blue: drift, a report, and an event naming the dataset.
-    shifted = write_images(tmp_path / "shifted", 4, seed=2, shift=(0, 0, 40))
+    shifted = mixture_images(tmp_path / "shifted", 4, seed=2, shift=(0, 0, 40))
     drift = monitor_flow(
         MonitorParams(sources=[str(shifted)], store=store, model="pal", reports=reports)
     )
@@ -178,11 +156,13 @@ def test_monitor_detects_drift_and_retrain_replaces_the_champion(
     assert registry.champion("pal").version == 2  # type: ignore[union-attr]
 
 
-def test_monitor_without_a_champion_fails_clearly(env: dict[str, str], tmp_path: Path) -> None:
+def test_monitor_without_a_champion_fails_clearly(
+    env: dict[str, str], tmp_path: Path, mixture_images: Any
+) -> None:
     with pytest.raises(ModelNotFoundError, match="nobody"):
         monitor_flow(
             MonitorParams(
-                sources=[str(write_images(tmp_path / "x", 1, seed=0, size=16))],
+                sources=[str(mixture_images(tmp_path / "x", 1, seed=0, size=16))],
                 store=env["store"],
                 model="nobody",
                 reports=env["reports"],

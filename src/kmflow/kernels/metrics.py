@@ -404,16 +404,20 @@ def _sample_block(
     return _top_sample((keys[keep], offset + keep.astype(np.int64), x[keep], labels[keep]), m)
 
 
-def _sample_combine(a: _Sample, b: _Sample, m: int) -> _Sample:
-    return _top_sample(
-        (
-            np.concatenate([a[0], b[0]]),
-            np.concatenate([a[1], b[1]]),
-            np.concatenate([a[2], b[2]]),
-            np.concatenate([a[3], b[3]]),
-        ),
-        m,
+def _concat4(
+    a: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    b: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    return (
+        np.concatenate([a[0], b[0]]),
+        np.concatenate([a[1], b[1]]),
+        np.concatenate([a[2], b[2]]),
+        np.concatenate([a[3], b[3]]),
     )
+
+
+def _sample_combine(a: _Sample, b: _Sample, m: int) -> _Sample:
+    return _top_sample(_concat4(a, b), m)
 
 
 def _sample(
@@ -473,15 +477,6 @@ def _drawn_block(
     return offset + keep.astype(np.int64), x[keep], labels[keep], counts[keep]
 
 
-def _drawn_combine(a: _Drawn, b: _Drawn) -> _Drawn:
-    return (
-        np.concatenate([a[0], b[0]]),
-        np.concatenate([a[1], b[1]]),
-        np.concatenate([a[2], b[2]]),
-        np.concatenate([a[3], b[3]]),
-    )
-
-
 def _weighted_sample(
     blocks: Blocks, label_blocks: list[Any], key: int, m: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -511,7 +506,7 @@ def _weighted_sample(
     start = float(np.random.default_rng(key).random()) * step
     states = [(lab, float(b)) for lab, b in zip(label_blocks, before, strict=True)]
     idx, rows, labels, counts = map_reduce(
-        blocks, _drawn_block, _drawn_combine, start, step, m, states=states
+        blocks, _drawn_block, _concat4, start, step, m, states=states
     )
     order = np.argsort(idx, kind="stable")
     reps = counts[order]
