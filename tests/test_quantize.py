@@ -286,3 +286,21 @@ def test_palette_from_centers_validates() -> None:
         palette_from_centers(np.zeros((2, 2)))
     with pytest.raises(InvalidInputError, match="color_space must be 'rgb' or 'lab'"):
         palette_from_centers(np.zeros((2, 3)), "hsv")  # type: ignore[arg-type]
+
+
+def test_evaluate_a_single_cluster_gives_nan_scores_not_an_error(tmp_path: Path) -> None:
+    from kmflow.quantize import evaluate_palette, palette_from_centers
+
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    Image.fromarray(np.full((20, 30, 3), 90, dtype=np.uint8)).save(folder / "gray.png")
+    s = PixelStore(str(tmp_path / "flat.zarr"), chunk_pixels=4096)
+    s.ingest(discover_images(str(folder)), max_pixels=10**7)
+    palette = palette_from_centers(np.array([[90.0, 90, 90], [250, 10, 10]]))
+    ev = evaluate_palette(s, palette)
+    assert np.isnan(ev.metrics["calinski_harabasz"])
+    assert np.isnan(ev.metrics["davies_bouldin"])
+    assert np.isnan(ev.metrics["silhouette"])
+    assert ev.metrics["inertia"] == 0.0
+    assert ev.sizes == [600, 0]
+    assert ev.metrics["psnr"] == float("inf")  # every pixel is exactly its palette color

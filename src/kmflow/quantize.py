@@ -664,17 +664,22 @@ def evaluate_palette(
     chunk = max(1, min(len(X), 2**19))
     Xd = da.from_array(X, chunks=(chunk, X.shape[1]))
     wd = da.from_array(counts.astype(np.float64), chunks=(chunk,))
-    internal = internal_metrics(Xd, palette.centers, sample_weight=wd)
+    # A small held-out set may fill a single cluster: CH/DB/silhouette are then undefined
+    # (NaN), not an error; inertia, sizes and image quality are still measured.
+    internal = internal_metrics(Xd, palette.centers, sample_weight=wd, undefined="nan")
     labels = assign(Xd, palette.centers)
     silhouette = float("nan")
-    if silhouette_sample_size > 0 and internal.n_clusters > 1 and (internal.weights > 0).sum() > 1:
-        silhouette = silhouette_sample(
-            Xd,
-            labels,
-            sample_size=silhouette_sample_size,
-            sample_weight=wd,
-            random_state=random_state,
-        )
+    if silhouette_sample_size > 1 and not np.isnan(internal.davies_bouldin):
+        try:
+            silhouette = silhouette_sample(
+                Xd,
+                labels,
+                sample_size=silhouette_sample_size,
+                sample_weight=wd,
+                random_state=random_state,
+            )
+        except InvalidInputError as exc:  # the sample drew a single cluster
+            logger.warning("silhouette undefined on this sample: %s", exc)
     lab = labels.compute()
     sse, delta_e = _histogram_error(colors, counts, lab, palette.rgb)
     qualities: list[ImageQuality] = []

@@ -579,3 +579,16 @@ def test_same_numbers_on_a_multiprocess_cluster(dask_client, blobs, blob_centers
     np.testing.assert_allclose(remote["counts"], local["counts"], rtol=1e-12)
     assert local["internal"]["calinski_harabasz"] > 0
     assert -1 < local["silhouette"] < 1
+
+
+def test_undefined_scores_can_be_nan_instead_of_an_error() -> None:
+    X = np.array([[0.0, 0.0], [0.1, 0.0], [0.0, 0.1]])
+    centers = np.array([[0.0, 0.0], [9.0, 9.0]])  # every row nearest the first center
+    with pytest.raises(InvalidInputError, match="at least 2 non-empty clusters; got 1"):
+        internal_metrics(X, centers)
+    got = internal_metrics(X, centers, undefined="nan")
+    assert np.isnan(got.calinski_harabasz)
+    assert np.isnan(got.davies_bouldin)
+    assert got.inertia == pytest.approx(0.02)
+    assert got.sizes.tolist() == [3, 0]
+    assert got.weights.tolist() == [3.0, 0.0]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import dask
 import dask.array as da
@@ -260,6 +260,7 @@ def internal_metrics(
     *,
     sample_weight: Any = None,
     labels: Any = None,
+    undefined: Literal["raise", "nan"] = "raise",
 ) -> InternalMetrics:
     """Inertia, Calinski-Harabasz and Davies-Bouldin of a clustering of ``X``.
 
@@ -272,6 +273,11 @@ def internal_metrics(
         Non-negative weights; an integer weight ``w`` counts as ``w`` copies of the row.
     labels : array-like or dask.array.Array of int, shape (n_samples,), optional
         The cluster of each row, in ``[0, n_clusters)``. Default: the nearest center.
+    undefined : {"raise", "nan"}, default "raise"
+        What to do when Calinski-Harabasz and Davies-Bouldin are undefined (fewer than 2
+        non-empty clusters, or every row its own cluster): raise, as scikit-learn does, or
+        return them as NaN with the inertia and cluster sizes still measured (an evaluation
+        of a small held-out set should not fail for it).
 
     Returns
     -------
@@ -335,6 +341,17 @@ def internal_metrics(
         raise InvalidInputError("sample_weight sums to zero: no row has positive weight")
     nonempty = weights > 0
     k_used = int(nonempty.sum())
+    if undefined == "nan" and not 2 <= k_used < n_positive:
+        return InternalMetrics(
+            n_samples=n_samples,
+            total_weight=total,
+            n_clusters=k,
+            inertia=float(inertia),
+            calinski_harabasz=float("nan"),
+            davies_bouldin=float("nan"),
+            sizes=counts,
+            weights=weights,
+        )
     if k_used < 2:
         raise InvalidInputError(
             f"the metrics need at least 2 non-empty clusters; got {k_used} "
