@@ -655,7 +655,8 @@ def write_markdown(path: Path, key: str, header: str, body: str) -> None:
     if marker in text:
         start = text.index(marker)
         nxt = text.find("\n## ", start + len(marker))
-        text = text[:start] + section + ("" if nxt < 0 else text[nxt + 1 :])
+        rest = "" if nxt < 0 else "\n\n" + text[nxt + 1 :]
+        text = text[:start] + section.rstrip("\n") + rest
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text.rstrip("\n") + "\n")
