@@ -31,6 +31,7 @@ from kmflow.kernels.histogram import color_histogram, pack_rgb, unpack_rgb
 from kmflow.kernels.lloyd import Callback, assign, nearest
 from kmflow.kernels.metrics import internal_metrics, silhouette_sample
 from kmflow.kernels.split import holdout_items, holdout_rows
+from kmflow.model import Model
 from kmflow.storage.fs import join_url, write_bytes_atomic
 from kmflow.storage.images import encode_png, encode_png_indexed
 from kmflow.storage.pixelstore import ImageRecord, PixelStore
@@ -47,6 +48,7 @@ __all__ = [
     "evaluate_palette",
     "fit_palette",
     "palette_from_centers",
+    "palette_from_model",
     "palette_swatch",
     "select",
 ]
@@ -236,6 +238,29 @@ def palette_from_centers(
     )
 
 
+def palette_from_model(model: Model) -> Palette:
+    """The palette a registered image model paints with.
+
+    Raises
+    ------
+    InvalidInputError
+        If the model is not an image palette (its record has no color space).
+    """
+    record = model.record
+    if record.color_space is None:
+        raise InvalidInputError(
+            f"model {record.name} version {record.version} is not an image palette (no color space)"
+        )
+    return palette_from_centers(
+        model.centers,
+        record.color_space,
+        inertia=record.inertia,
+        n_iter=record.n_iter,
+        converged=record.converged,
+        seed=record.seed,
+    )
+
+
 def fit_palette(
     store: PixelStore,
     n_clusters: int,
@@ -296,7 +321,7 @@ def fit_palette(
     pixels = sel.pixels
     weight = None if sel.mask is None else sel.mask.astype(np.float64)
     n_pixels = int(pixels.shape[0])
-    if sel.mask is not None:
+    if sel.mask is not None and method == "pixels":  # the histogram path counts them itself
         n_pixels = int(sel.mask.sum().compute())
     if n_pixels == 0:
         raise InvalidInputError(
@@ -319,6 +344,12 @@ def fit_palette(
             if cacheable:
                 store.write_histogram(*hist)
         colors, counts = hist
+        n_pixels = int(counts.sum())
+        if n_pixels == 0:
+            raise InvalidInputError(
+                f"the training part of the pixel store {store.url} holds no pixels: lower the "
+                "holdout fraction or ingest more images"
+            )
         if len(colors) < n_clusters:
             raise TooFewDistinctPointsError(n_clusters, len(colors))
         logger.info(
@@ -639,9 +670,10 @@ def evaluate_palette(
     Notes
     -----
     The internal metrics run on the color histogram of the evaluated pixels (unique colors
-    weighted by their counts, exactly the same values as on every pixel): one ``compute``
-    for the histogram (unless cached), two for Calinski-Harabasz / Davies-Bouldin, one for
-    the silhouette sample, then one ``compute`` for the per-image figures (a task per image).
+    weighted by their counts, exactly the same values as on every pixel), labelled once in
+    memory: one ``compute`` for the histogram (unless cached), two for Calinski-Harabasz /
+    Davies-Bouldin, two for the silhouette sample, then one ``compute`` for the per-image
+    figures (a task per image).
     """
     t0 = time.perf_counter()
     part: Part = "all" if split is None else "eval"
@@ -666,8 +698,11 @@ def evaluate_palette(
     wd = da.from_array(counts.astype(np.float64), chunks=(chunk,))
     # A small held-out set may fill a single cluster: CH/DB/silhouette are then undefined
     # (NaN), not an error; inertia, sizes and image quality are still measured.
-    internal = internal_metrics(Xd, palette.centers, sample_weight=wd, undefined="nan")
-    labels = assign(Xd, palette.centers)
+    lab = nearest(X, palette.centers)  # one assignment, shared by every metric below
+    labels = da.from_array(lab, chunks=(chunk,))
+    internal = internal_metrics(
+        Xd, palette.centers, sample_weight=wd, labels=labels, undefined="nan"
+    )
     silhouette = float("nan")
     if silhouette_sample_size > 1 and not np.isnan(internal.davies_bouldin):
         try:
@@ -680,14 +715,14 @@ def evaluate_palette(
             )
         except InvalidInputError as exc:  # the sample drew a single cluster
             logger.warning("silhouette undefined on this sample: %s", exc)
-    lab = labels.compute()
     sse, delta_e = _histogram_error(colors, counts, lab, palette.rgb)
     qualities: list[ImageQuality] = []
     if per_image:
         quality = dask.delayed(_image_quality, pure=True)
+        all_pixels = store.pixels()
         tasks = [
             quality(
-                store.pixels()[r.offset : r.offset + r.n_pixels],
+                all_pixels[r.offset : r.offset + r.n_pixels],
                 m,
                 r,
                 palette.centers,

@@ -19,6 +19,7 @@ from kmflow.kernels.metrics import (
     ExternalMetrics,
     InternalMetrics,
     _sample,
+    _weighted_sample,
     contingency_table,
     external_metrics,
     feature_histograms,
@@ -250,7 +251,23 @@ def test_silhouette_sample_is_seeded_and_chunk_invariant(blobs) -> None:
         assert got == pytest.approx(ref, rel=1e-12, abs=1e-15)
 
 
-def test_sample_rows_depend_only_on_seed_and_weights(blobs) -> None:
+def test_sample_rows_depend_only_on_seed(blobs) -> None:
+    X, y = blobs
+    n = len(X)
+    drawn = []
+    for rows in _chunkings(n):
+        Xd = _rows(X, rows)
+        lab = list(da.from_array(y, chunks=(rows,)).to_delayed().ravel())
+        idx, sample_rows, sample_labels = _sample(Blocks(Xd, None), lab, key=5, m=200)
+        np.testing.assert_array_equal(sample_rows, X[idx])
+        np.testing.assert_array_equal(sample_labels, y[idx])
+        drawn.append(idx)
+    for idx in drawn[1:]:
+        np.testing.assert_array_equal(idx, drawn[0])
+    assert len(np.unique(drawn[0])) == 200
+
+
+def test_weighted_draws_follow_the_weights(blobs) -> None:
     X, y = blobs
     n = len(X)
     w = np.where(np.arange(n) < n // 2, 1.0, 99.0)
@@ -258,21 +275,20 @@ def test_sample_rows_depend_only_on_seed_and_weights(blobs) -> None:
     drawn = []
     for rows in _chunkings(n):
         Xd = _rows(X, rows)
-        blocks = Blocks(Xd, check_sample_weight(w, Xd))
         lab = list(da.from_array(y, chunks=(rows,)).to_delayed().ravel())
-        idx, sample_rows, sample_labels = _sample(blocks, lab, key=5, m=200)
-        np.testing.assert_array_equal(sample_rows, X[idx])
-        np.testing.assert_array_equal(sample_labels, y[idx])
-        drawn.append(idx)
-    for idx in drawn[1:]:
-        np.testing.assert_array_equal(idx, drawn[0])
-    idx = drawn[0]
-    assert len(idx) == 200
-    assert len(np.unique(idx)) == 200
+        blocks = Blocks(Xd, check_sample_weight(w, Xd))
+        drawn.append(_weighted_sample(blocks, lab, key=5, m=500))
+    for sample_rows, sample_labels in drawn[1:]:
+        np.testing.assert_array_equal(sample_rows, drawn[0][0])
+        np.testing.assert_array_equal(sample_labels, drawn[0][1])
+    sample_rows, _ = drawn[0]
+    assert len(sample_rows) == 500
+    # Which rows were drawn: match each sampled row back to its index in X.
+    index = {tuple(r): i for i, r in enumerate(X)}
+    idx = np.array([index[tuple(r)] for r in sample_rows])
     assert np.all(w[idx] > 0)
-    # Efraimidis-Spirakis: each draw takes a light row with probability about 1/99 of a heavy
-    # one's, so about 2 of 200 rows are light; 10 would be a 5-sigma event.
-    assert np.count_nonzero(w[idx] == 1.0) < 10
+    # Light rows carry 2000 of the ~198,000 total weight: about 5 of 500 draws.
+    assert np.count_nonzero(w[idx] == 1.0) < 15
 
 
 def test_silhouette_weights_act_as_repeated_rows(blobs) -> None:

@@ -9,8 +9,8 @@ from prefect import flow
 
 from kmflow.cluster.session import cluster_session, describe
 from kmflow.flows._report import publish_links, publish_metrics, publish_report
-from kmflow.flows.train import palette_of
 from kmflow.params import ApplyParams
+from kmflow.quantize import palette_from_model
 from kmflow.tasks.apply import apply_palette_task
 from kmflow.tasks.registry import load_model_task
 
@@ -24,7 +24,9 @@ def apply_flow(params: ApplyParams = ApplyParams()) -> dict[str, Any]:  # noqa: 
     with cluster_session() as client:
         cluster = describe(client)
         model = load_model_task(params.model, params.version)
-        report = apply_palette_task(params.store, palette_of(model), params.out, params.model)
+        report = apply_palette_task(
+            params.store, palette_from_model(model), params.out, params.model
+        )
     version = model.record.version
     publish_metrics(
         params.model,

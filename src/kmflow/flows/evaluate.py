@@ -9,8 +9,8 @@ from prefect import flow
 
 from kmflow.cluster.session import cluster_session, describe
 from kmflow.flows._report import publish_metrics, publish_report
-from kmflow.flows.train import palette_of
 from kmflow.params import EvaluateParams
+from kmflow.quantize import palette_from_model
 from kmflow.tasks.evaluate import evaluate_palette_task
 from kmflow.tasks.registry import load_model_task
 
@@ -25,7 +25,7 @@ def evaluate_flow(params: EvaluateParams = EvaluateParams()) -> dict[str, Any]: 
         cluster = describe(client)
         model = load_model_task(params.model, params.version)
         evaluation = evaluate_palette_task(
-            params.store, palette_of(model), params.holdout, params.silhouette_sample_size
+            params.store, palette_from_model(model), params.holdout, params.silhouette_sample_size
         )
     version = model.record.version
     publish_metrics(params.model, "evaluate", evaluation.metrics)

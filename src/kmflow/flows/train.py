@@ -13,7 +13,7 @@ from kmflow.errors import InvalidInputError
 from kmflow.flows._report import publish_metrics, publish_report
 from kmflow.model import Model, ModelRecord
 from kmflow.params import TrainParams
-from kmflow.quantize import Evaluation, Palette, palette_from_centers
+from kmflow.quantize import Evaluation, palette_from_model
 from kmflow.tasks.evaluate import evaluate_palette_task
 from kmflow.tasks.registry import (
     find_champion_task,
@@ -24,24 +24,7 @@ from kmflow.tasks.registry import (
 )
 from kmflow.tasks.train import fit_palette_task, training_fingerprint_task
 
-__all__ = ["palette_of", "promotion_decision", "train_flow"]
-
-
-def palette_of(model: Model) -> Palette:
-    """The palette a registered image model paints with."""
-    record = model.record
-    if record.color_space is None:
-        raise InvalidInputError(
-            f"model {record.name} version {record.version} is not an image palette (no color space)"
-        )
-    return palette_from_centers(
-        model.centers,
-        record.color_space,
-        inertia=record.inertia,
-        n_iter=record.n_iter,
-        converged=record.converged,
-        seed=record.seed,
-    )
+__all__ = ["promotion_decision", "train_flow"]
 
 
 def promotion_decision(
@@ -140,7 +123,7 @@ def train_flow(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: 
         if champion is not None and params.promote == "if-better":
             champion_eval = evaluate_palette_task(
                 params.store,
-                palette_of(champion),
+                palette_from_model(champion),
                 params.holdout,
                 0,
                 per_image=False,

@@ -397,26 +397,19 @@ def _top_sample(s: _Sample, m: int) -> _Sample:
 def _sample_block(
     x: np.ndarray, w: np.ndarray | None, offset: int, lab: np.ndarray, key: int, m: int
 ) -> _Sample:
-    """The ``m`` rows of this block with the smallest keys ``-log(u) / w`` (ties: lowest index).
+    """The ``m`` rows of this block with the smallest keys ``-log(u)`` (ties: lowest index).
 
-    ``-log(u) / w`` orders rows as Efraimidis-Spirakis' ``u ** (1 / w)`` does (largest
-    first); rows of weight zero never win.
+    Unweighted data only (weighted data is drawn by :func:`_weighted_sample`).
     """
     _require_finite(x)
     n = x.shape[0]
-    u = uniform(key, _STREAM_SILHOUETTE, offset, n)
-    if w is None:
-        keys = -np.log(u)
-    else:
-        wv = _block_weights(w, n, offset)
-        with np.errstate(divide="ignore"):
-            keys = np.where(wv > 0, -np.log(u) / wv, np.inf)
-    keep = np.flatnonzero(np.isfinite(keys))
-    if keep.size > m:
+    keys = -np.log(uniform(key, _STREAM_SILHOUETTE, offset, n))
+    keep = np.arange(n)
+    if n > m:
         # Everything up to the m-th smallest key, ties included, so the block never drops a
         # row that the global (key, index) order would keep.
-        kth = np.partition(keys[keep], m - 1)[m - 1]
-        keep = keep[keys[keep] <= kth]
+        kth = np.partition(keys, m - 1)[m - 1]
+        keep = np.flatnonzero(keys <= kth)
     labels = np.asarray(lab)
     return _top_sample((keys[keep], offset + keep.astype(np.int64), x[keep], labels[keep]), m)
 
@@ -440,13 +433,14 @@ def _sample_combine(a: _Sample, b: _Sample, m: int) -> _Sample:
 def _sample(
     blocks: Blocks, label_blocks: list[Any], key: int, m: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Seeded sample of up to ``m`` rows: (global indices, rows as float64, labels), by index.
+    """Seeded uniform sample of up to ``m`` rows of unweighted data: (global indices, rows as
+    float64, labels), by index.
 
     Notes
     -----
-    One ``compute``. The sample depends only on ``key``, the data and the weights, not on
-    the chunking: keys come from the global row index, each block keeps its ``m`` smallest,
-    and the tree merge keeps the ``m`` smallest of the union.
+    One ``compute``. The sample depends only on ``key`` and the data, not on the chunking:
+    keys come from the global row index, each block keeps its ``m`` smallest, and the tree
+    merge keeps the ``m`` smallest of the union.
     """
     _, idx, rows, labels = map_reduce(
         blocks,
@@ -630,8 +624,6 @@ def silhouette_sample(
     ----------
     .. [1] P. J. Rousseeuw, "Silhouettes: a graphical aid to the interpretation and
        validation of cluster analysis", J. Comput. Appl. Math., 1987.
-    .. [2] P. S. Efraimidis and P. G. Spirakis, "Weighted random sampling with a reservoir",
-       Information Processing Letters, 2006.
     """
     if isinstance(sample_size, bool) or not isinstance(sample_size, int | np.integer):
         raise InvalidInputError(f"sample_size must be an integer; got {sample_size!r}")

@@ -12,7 +12,7 @@ from kmflow.config import get_settings
 from kmflow.kernels.drift import DriftThresholds
 from kmflow.model import Model
 from kmflow.params import DriftThresholdParams
-from kmflow.quantize import batch_drift, palette_from_centers
+from kmflow.quantize import batch_drift, palette_from_model
 from kmflow.storage.fs import join_url, storage_options_for, write_bytes_atomic
 from kmflow.storage.pixelstore import ImageRecord
 from kmflow.tasks._common import open_store, retry_on_transient_io, run_logger
@@ -33,7 +33,7 @@ def check_drift_task(
     ``batch`` holds the images as the ingest task reports them (ImageRecord fields).
     """
     record = model.record
-    palette = palette_from_centers(model.centers, record.color_space or "rgb")
+    palette = palette_from_model(model)
     images = [ImageRecord(**image) for image in batch]
     report = batch_drift(
         open_store(store_url),
