@@ -65,11 +65,13 @@ def test_help_reads_well() -> None:
         assert option in sub.stdout
 
 
-def test_default_runs_on_bundled_sample_photos(tmp_path: Path) -> None:
+def test_shared_palette_on_bundled_sample_photos(tmp_path: Path) -> None:
     out = tmp_path / "out"
     report = tmp_path / "report.json"
     r = run_cli(
         "quantize",
+        "--palette",
+        "shared",
         "--k",
         "8",
         "--out",
@@ -218,8 +220,10 @@ def test_quantize_from_s3_to_s3(tmp_path: Path, mixed_folder: Path, s3_bucket) -
     fs.invalidate_cache()
     assert fs.exists(f"{bucket}/out/flower.png")
     assert fs.exists(f"{bucket}/out/trip/temple.png")
-    assert fs.exists(f"{bucket}/out/palette.png")
+    assert not fs.exists(f"{bucket}/out/palette.png")  # per-image palettes: no shared swatch
     with fs.open(f"{bucket}/out/flower.png", "rb") as f:
         img = np.asarray(Image.open(f).convert("RGB"))
     assert img.shape == (100, 100, 3)
-    assert {tuple(c) for c in img.reshape(-1, 3)} <= {tuple(c) for c in data["palette_rgb"]}
+    flower = next(i for i in data["images"] if i["relpath"] == "flower.png")
+    assert flower["output"] == f"{bucket}/out/flower.png"
+    assert {tuple(c) for c in img.reshape(-1, 3)} <= {tuple(c) for c in flower["palette"]}

@@ -11,7 +11,7 @@ from sklearn.datasets import load_sample_images
 
 from kmflow import InvalidInputError
 from kmflow.kernels.color import ciede2000, lab_to_srgb, psnr, srgb_to_lab
-from kmflow.quantize import apply_palette, fit_palette, output_url
+from kmflow.quantize import apply_palette, fit_palette
 from kmflow.storage.images import discover_images
 from kmflow.storage.pixelstore import PixelStore
 
@@ -52,7 +52,8 @@ def test_fit_and_apply_write_quantized_images(
     assert palette.n_pixels == store.n_pixels
     assert palette.n_colors < palette.n_pixels
     out = tmp_path / "out"
-    report = apply_palette(store, palette, str(out))
+    report = apply_palette(store, palette, str(out), write_labels=True)
+    assert report.labels_written
     assert {r.relpath for r in report.images} == {
         "a/china_crop.png",
         "a/b/flower_crop.png",
@@ -90,7 +91,7 @@ def test_fit_and_apply_write_quantized_images(
     assert labels is not None
     assert labels.shape == (n,)
     first = store.images()[0]
-    rendered = _read_png(output_url(str(out), first.relpath)).reshape(-1, 3)
+    rendered = _read_png(str(out / first.relpath)).reshape(-1, 3)
     np.testing.assert_array_equal(
         palette.rgb[labels[first.offset : first.offset + first.height * first.width].compute()],
         rendered,
@@ -156,7 +157,9 @@ def test_s3_images_store_and_outputs(s3_bucket, photo_dir: Path, tmp_path: Path)
     assert len(report.added) == 3
     init = np.array([[20, 30, 40], [200, 180, 160], [90, 120, 60], [250, 250, 250]], float)
     palette = fit_palette(store, 4, init=init)
-    applied = apply_palette(store, palette, f"{bucket}/out", storage_options=options)
+    applied = apply_palette(
+        store, palette, f"{bucket}/out", storage_options=options, write_labels=True
+    )
     assert applied.palette_url == f"{bucket}/out/palette.png"
 
     # The same run on local files gives the same palette and the same PNGs.
@@ -164,7 +167,7 @@ def test_s3_images_store_and_outputs(s3_bucket, photo_dir: Path, tmp_path: Path)
     local.ingest(discover_images(str(photo_dir)), max_pixels=10**7)
     local_palette = fit_palette(local, 4, init=init)
     np.testing.assert_array_equal(local_palette.rgb, palette.rgb)
-    apply_palette(local, local_palette, str(tmp_path / "out"))
+    apply_palette(local, local_palette, str(tmp_path / "out"), write_labels=True)
     for rel in ("a/china_crop.png", "a/b/flower_crop.png", "sky.png"):
         with fs.open(f"{bucket}/out/{rel}", "rb") as f:
             remote = np.asarray(Image.open(f).convert("RGB"))

@@ -15,14 +15,33 @@ from kmflow.errors import (
     ModelCorruptError,
     ModelNotFoundError,
     NotFittedError,
+    OutputConflictError,
     SourceNotFoundError,
     StorageError,
     StoreCorruptError,
     StoreNotFoundError,
     TooFewDistinctPointsError,
 )
-from kmflow.estimator import KMeans
-from kmflow.kernels.lloyd import IterationInfo
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from kmflow.estimator import KMeans
+    from kmflow.kernels.lloyd import IterationInfo
+
+# The estimator (scikit-learn, dask.array) is imported on first use, so that a command that
+# does not need it (``kmflow quantize`` of one photo) does not pay for it.
+_LAZY = {"KMeans": "kmflow.estimator", "IterationInfo": "kmflow.kernels.lloyd"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'kmflow' has no attribute {name!r}")
+
 
 try:
     __version__ = version("kmflow")
@@ -39,6 +58,7 @@ __all__ = [
     "ModelCorruptError",
     "ModelNotFoundError",
     "NotFittedError",
+    "OutputConflictError",
     "SourceNotFoundError",
     "StorageError",
     "StoreCorruptError",

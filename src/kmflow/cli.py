@@ -8,26 +8,21 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from kmflow.cluster import connect
 from kmflow.config import ClusterSettings, get_settings
 from kmflow.errors import KmflowError
-from kmflow.kernels.lloyd import IterationInfo
-from kmflow.quantize import apply_palette, fit_palette
-from kmflow.storage.fs import join_url, storage_options_for, write_bytes_atomic
-from kmflow.storage.images import discover_images
-from kmflow.storage.pixelstore import IngestProgress, PixelStore
-from kmflow.storage.samples import sample_images_dir
+from kmflow.storage.fs import join_url, storage_options_for
 
 app = typer.Typer(
     name="kmflow",
@@ -86,6 +81,13 @@ def quantize(
     out: Annotated[
         str, typer.Option("--out", "-o", help="Output folder or URL for the quantized PNGs.")
     ] = "kmflow-out",
+    palette: Annotated[
+        str,
+        typer.Option(
+            help="'per-image': each image its own K colors (what pngquant and Pillow do); "
+            "'shared': one palette fitted to all the images given."
+        ),
+    ] = "per-image",
     store: Annotated[
         str | None,
         typer.Option(
@@ -98,14 +100,35 @@ def quantize(
     method: Annotated[
         str,
         typer.Option(
-            help="'histogram' (unique colors weighted by counts) or 'pixels' (every pixel)."
+            help="Shared palette: 'histogram' (unique colors weighted by counts) or 'pixels'."
         ),
     ] = "histogram",
-    seed: Annotated[int | None, typer.Option(help="Random seed (reproducible palettes).")] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="Random seed (per-image palettes use 0 unless given)."),
+    ] = None,
+    n_init: Annotated[
+        int, typer.Option("--n-init", min=1, max=100, help="Per-image: seeded starts per image.")
+    ] = 4,
     max_iter: Annotated[int, typer.Option(min=1, help="Maximum Lloyd iterations.")] = 300,
+    dither: Annotated[
+        bool, typer.Option(help="Floyd-Steinberg dithering (PSNR/ΔE describe the dithered PNG).")
+    ] = False,
+    labels: Annotated[
+        bool,
+        typer.Option(help="Shared palette: also store labels(pixel) for every stored pixel."),
+    ] = False,
     pattern: Annotated[
         str | None, typer.Option(help="Only files matching this glob (e.g. '*.tif') in folders.")
     ] = None,
+    out_inside_source: Annotated[
+        bool,
+        typer.Option(
+            "--out-inside-source",
+            help="Allow --out inside a source folder (the next run would ingest the outputs). "
+            "Overwriting a source file is never allowed.",
+        ),
+    ] = False,
     workers: Annotated[
         int | None, typer.Option(min=1, help="Local Dask worker processes (default: CPU cores).")
     ] = None,
@@ -119,111 +142,176 @@ def quantize(
         bool, typer.Option(help="Fail (exit 1) if any image cannot be ingested.")
     ] = False,
 ) -> None:
-    """Quantize images to K colors: ingest into a Zarr store, fit a palette, write PNGs."""
+    """Quantize images to K colors: each its own palette by default, PNGs under OUT.
+
+    Sources, outputs and the store are checked before any cluster starts; small jobs run in
+    this process without one. The store keeps every image's pixels and per-image palette, so
+    a later run over the same images re-renders without fitting again.
+    """
+    from kmflow.quantize.job import QuantizeOptions, plan, run
+
     if workers is not None and scheduler:
         raise typer.BadParameter("give --workers or --scheduler, not both")
-    if color_space not in ("rgb", "lab"):
-        raise typer.BadParameter("--color-space must be 'rgb' or 'lab'")
-    if method not in ("histogram", "pixels"):
-        raise typer.BadParameter("--method must be 'histogram' or 'pixels'")
+    for name, value, allowed in (
+        ("--palette", palette, ("per-image", "shared")),
+        ("--color-space", color_space, ("rgb", "lab")),
+        ("--method", method, ("histogram", "pixels")),
+    ):
+        if value not in allowed:
+            raise typer.BadParameter(f"{name} must be one of {', '.join(map(repr, allowed))}")
     settings = get_settings()
-    sources = list(source) if source else [sample_images_dir()]
-    store_url = store or join_url(out, "store.zarr")
     t0 = time.perf_counter()
     try:
-        with connect(_cluster_settings(workers, scheduler)), _progress() as bar:
-            src_options = storage_options_for(sources[0], settings.storage)
-            images = [
-                img
-                for s in sources
-                for img in discover_images(
-                    s, pattern=pattern, storage_options=storage_options_for(s, settings.storage)
-                )
-            ]
-            pixel_store = PixelStore(
-                store_url,
-                storage_options=storage_options_for(store_url, settings.storage),
-                chunk_pixels=settings.storage.chunk_pixels,
-            )
-            ingest_task = bar.add_task("ingest", total=len(images), info="")
+        from kmflow.storage.fs import storage_options_for
+        from kmflow.storage.pixelstore import PixelStore
 
-            def on_ingest(p: IngestProgress) -> None:
+        options = QuantizeOptions(
+            n_colors=k,
+            palette=palette,  # type: ignore[arg-type]
+            color_space=color_space,  # type: ignore[arg-type]
+            method=method,  # type: ignore[arg-type]
+            seed=seed,
+            n_init=n_init,
+            max_iter=max_iter,
+            dither=dither,
+            write_labels=labels,
+            pattern=pattern,
+            out_inside_source=out_inside_source,
+        )
+        if source:
+            sources = list(source)
+        else:
+            from kmflow.storage.samples import sample_images_dir
+
+            sources = [sample_images_dir()]
+        store_url = store or join_url(out, "store.zarr")
+        pixel_store = PixelStore(
+            store_url,
+            storage_options=storage_options_for(store_url, settings.storage),
+            chunk_pixels=settings.storage.chunk_pixels,
+        )
+        checked = plan(
+            sources,
+            out,
+            pixel_store,
+            options,
+            storage_options_for=lambda url: storage_options_for(url, settings.storage),
+        )
+        cluster = _job_cluster(workers, scheduler, checked.local_bytes)
+        with cluster, _progress() as bar:
+            ingest_task = bar.add_task("ingest", total=len(checked.sources), info="")
+            write_task = bar.add_task("quantize", total=len(checked.sources), info="", start=False)
+
+            def on_ingest(p: Any) -> None:
                 bar.update(
                     ingest_task, completed=p.images_done, info=f"{p.pixels_done / 1e6:.1f} MP"
                 )
 
-            ingest = pixel_store.ingest(
-                images,
+            def on_render(done: int, total: int) -> None:
+                bar.start_task(write_task)
+                bar.update(write_task, completed=done, total=total)
+
+            def on_iteration(info: Any) -> None:
+                bar.update(write_task, info=f"fit: iteration {info.iteration}")
+
+            result = run(
+                checked,
+                options,
                 max_pixels=settings.storage.max_image_pixels,
-                storage_options=src_options,
-                progress=on_ingest,
+                source_storage_options=storage_options_for(sources[0], settings.storage),
+                out_storage_options=storage_options_for(out, settings.storage),
+                on_ingest=on_ingest,
+                on_render=on_render,
+                on_iteration=on_iteration,
+                strict=strict,
             )
-            bar.update(ingest_task, completed=len(images))
-            if ingest.errors:
-                _print_errors(ingest.errors)
-            if strict and ingest.errors:
-                _write_report(report, {"ingest": ingest.to_dict()})
-                console.print(f"[red]--strict: {len(ingest.errors)} image(s) could not be ingested")
-                raise typer.Exit(1)
-            if not ingest.added and not ingest.duplicates:
-                _write_report(report, {"ingest": ingest.to_dict()})
-                console.print("[red]nothing could be ingested: no image to quantize")
-                raise typer.Exit(1)
-            fit_task = bar.add_task("fit", total=max_iter, info="")
-
-            def on_iteration(info: IterationInfo) -> None:
-                bar.update(fit_task, completed=info.iteration, info=f"inertia {info.inertia:.4g}")
-
-            palette = fit_palette(
-                pixel_store,
-                k,
-                color_space=color_space,  # type: ignore[arg-type]
-                method=method,  # type: ignore[arg-type]
-                random_state=seed,
-                max_iter=max_iter,
-                callback=on_iteration,
-            )
-            bar.update(fit_task, total=palette.n_iter, completed=palette.n_iter)
-            write_task = bar.add_task("write", total=len(pixel_store.images()), info="")
-            applied = apply_palette(
-                pixel_store,
-                palette,
-                out,
-                storage_options=storage_options_for(out, settings.storage),
-                progress=lambda done, total: bar.update(write_task, completed=done, total=total),
-            )
+            bar.update(ingest_task, completed=len(checked.sources))
     except KmflowError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        _fail(exc)
+    ingest = result.ingest
+    if ingest.errors:
+        _print_errors(ingest.errors)
+    if strict and ingest.errors:
+        _write_report(report, {"ingest": ingest.to_dict()})
+        console.print(f"[red]--strict: {len(ingest.errors)} image(s) could not be ingested")
+        raise typer.Exit(1)
+    if not result.images:
+        _write_report(report, {"ingest": ingest.to_dict()})
+        console.print("[red]nothing could be ingested: no image to quantize")
+        raise typer.Exit(1)
     seconds = time.perf_counter() - t0
+    shared = result.palette
     summary = {
-        "images": len(applied.images),
-        "megapixels": round(applied.n_pixels / 1e6, 3),
+        "images": len(result.images),
+        "megapixels": round(result.n_pixels / 1e6, 3),
         "k": k,
+        "palette": palette,
         "color_space": color_space,
-        "method": method,
-        "iterations": palette.n_iter,
-        "converged": palette.converged,
-        "inertia": palette.inertia,
-        "inertia_per_pixel": palette.inertia / max(1, palette.n_pixels),
-        "psnr_db": applied.psnr,
-        "delta_e": applied.delta_e,
+        "method": method if shared is not None else "histogram",
+        "dither": dither,
+        "psnr_db": result.psnr,
+        "delta_e": result.delta_e,
+        "palettes_fitted": result.n_fitted,
+        "exact_images": sum(1 for r in result.images if r.exact),
         "seconds": round(seconds, 3),
+        "stage_seconds": {k_: round(v, 3) for k_, v in result.seconds.items()},
         "store": store_url,
         "out": out,
-        "palette": applied.palette_url,
-        "seed": palette.seed,
+        "seed": shared.seed if shared is not None else options.per_image_params().seed,
     }
-    _print_summary(summary)
-    _write_report(
-        report,
-        {
-            "summary": summary,
-            "palette_rgb": palette.rgb.tolist(),
-            "images": [{k_: v for k_, v in vars(r).items() if k_ != "sse"} for r in applied.images],
-            "ingest": ingest.to_dict(),
-        },
+    if shared is not None:
+        summary.update(
+            {
+                "iterations": shared.n_iter,
+                "converged": shared.converged,
+                "inertia": shared.inertia,
+                "inertia_per_pixel": shared.inertia / max(1, shared.n_pixels),
+                "palette_url": result.palette_url,
+            }
+        )
+    _print_quantize_summary(summary, result.images)
+    payload: dict[str, Any] = {
+        "summary": summary,
+        "images": [
+            {k_: v for k_, v in vars(r).items() if k_ not in ("sse",)} for r in result.images
+        ],
+        "ingest": ingest.to_dict(),
+    }
+    if shared is not None:
+        payload["palette_rgb"] = shared.rgb.tolist()
+        for image in payload["images"]:
+            image.pop("palette", None)  # the shared palette, once above
+    _write_report(report, payload)
+
+
+def _job_cluster(workers: int | None, scheduler: str | None, local_bytes: int | None) -> Any:
+    """The Dask context of a job: a cluster, or this process's threads for a small local job."""
+    from contextlib import nullcontext
+
+    settings = get_settings()
+    small = (
+        settings.cluster.mode == "local"
+        and workers is None
+        and not scheduler
+        and local_bytes is not None
+        and local_bytes <= settings.cluster.small_job_bytes
     )
+    if small:
+        logging.getLogger(__name__).info(
+            "%d bytes of local images: computing in this process", local_bytes
+        )
+        return nullcontext()
+    from kmflow.cluster import connect
+
+    return connect(_cluster_settings(workers, scheduler))
+
+
+def _fail(exc: BaseException) -> NoReturn:
+    """A kmflow error as one line on stderr and exit code 2 (the traceback with -v)."""
+    if logging.getLogger().isEnabledFor(logging.INFO):
+        console.print_exception()
+    console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+    raise typer.Exit(2) from exc
 
 
 @app.command()
@@ -452,12 +540,13 @@ def _run_flow(
     """Run a flow in this process on the cluster the options ask for; kmflow errors exit 2."""
     if workers is not None and scheduler:
         raise typer.BadParameter("give --workers or --scheduler, not both")
+    from kmflow.cluster import connect
+
     try:
         with connect(_cluster_settings(workers, scheduler)):
             return flow(params)
     except KmflowError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        _fail(exc)
 
 
 def _validation_message(exc: Any) -> str:
@@ -502,8 +591,7 @@ def models_list(registry: RegistryOption = None) -> None:
                 latest.created_at.strftime("%Y-%m-%d %H:%M:%S"),
             )
     except KmflowError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        _fail(exc)
     out_console.print(table)
 
 
@@ -522,8 +610,7 @@ def models_show(
     try:
         model = _registry(registry).load(name, which)
     except KmflowError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        _fail(exc)
     payload = json.loads(model.record.to_json())
     payload["centers"] = model.centers.tolist()
     out_console.print_json(json.dumps(payload))
@@ -539,8 +626,7 @@ def models_promote(
     try:
         record = _registry(registry).promote(name, version)
     except KmflowError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        _fail(exc)
     out_console.print(f"{record.name} version {record.version} is now the champion")
 
 
@@ -553,30 +639,73 @@ def _print_errors(errors: list[Any]) -> None:
     console.print(table)
 
 
-def _print_summary(summary: dict[str, Any]) -> None:
-    table = Table(title="kmflow quantize", title_justify="left")
-    for col in ("images", "MP", "k", "iterations", "SSE/px", "PSNR dB", "ΔE00", "seconds"):
-        table.add_column(col, justify="right")
-    table.add_row(
+_MAX_ROWS = 20
+
+
+def _fmt_db(value: float) -> str:
+    return "exact" if value == float("inf") else f"{value:.2f}"
+
+
+def _print_quantize_summary(summary: dict[str, Any], images: list[Any]) -> None:
+    """Per-image PSNR/ΔE (the first rows, then a count), then the totals."""
+    rows = Table(title=f"kmflow quantize: {summary['palette']} palette", title_justify="left")
+    for col in ("image", "size", "colors", "PSNR dB", "ΔE00", "output"):
+        rows.add_column(col, justify="left" if col in ("image", "output") else "right")
+    for r in images[:_MAX_ROWS]:
+        colors = f"{len(r.palette)}{'*' if r.exact else ''}" if r.palette else "-"
+        rows.add_row(
+            r.relpath,
+            f"{r.width}x{r.height}",
+            colors,
+            _fmt_db(r.psnr),
+            f"{r.delta_e:.2f}",
+            r.output,
+        )
+    if len(images) > _MAX_ROWS:
+        rows.add_row(f"… and {len(images) - _MAX_ROWS} more (all in --report)", "", "", "", "", "")
+    out_console.print(rows)
+    if summary["exact_images"]:
+        out_console.print(
+            f"* {summary['exact_images']} image(s) have no more than {summary['k']} colors and "
+            "keep them exactly"
+        )
+    total = Table(show_header=True, box=None)
+    for col in ("images", "MP", "k", "PSNR dB", "ΔE00", "fitted", "seconds"):
+        total.add_column(col, justify="right")
+    total.add_row(
         str(summary["images"]),
         f"{summary['megapixels']:.2f}",
         str(summary["k"]),
-        str(summary["iterations"]),
-        f"{summary['inertia_per_pixel']:.2f}",
-        f"{summary['psnr_db']:.2f}",
+        _fmt_db(summary["psnr_db"]),
         f"{summary['delta_e']:.2f}",
+        str(summary["palettes_fitted"]),
         f"{summary['seconds']:.1f}",
     )
-    out_console.print(table)
+    out_console.print(total)
     out_console.print(f"outputs: {summary['out']}")
-    out_console.print(f"palette: {summary['palette']}")
+    if "palette_url" in summary:
+        out_console.print(f"palette: {summary['palette_url']}")
     out_console.print(f"store:   {summary['store']}")
+
+
+def _json_ready(value: Any) -> Any:
+    """Non-finite floats become null (JSON has no inf/NaN), recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(v) for v in value]
+    return value
 
 
 def _write_report(path: Path | None, payload: dict[str, Any]) -> None:
     if path is None:
         return
-    write_bytes_atomic(str(path), json.dumps(payload, indent=2, default=str).encode(), None)
+    from kmflow.storage.fs import write_bytes_atomic
+
+    data = json.dumps(_json_ready(payload), indent=2, default=str, allow_nan=False).encode()
+    write_bytes_atomic(str(path), data, None)
 
 
 def main() -> None:

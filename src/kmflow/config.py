@@ -366,6 +366,16 @@ class ClusterSettings(BaseModel):
             "process (False)."
         ),
     )
+    small_job_bytes: int = Field(
+        default=32 * 2**20,
+        ge=0,
+        description=(
+            "In 'local' mode, a job whose local source files add up to at most this many "
+            "bytes runs in this process on Dask's threads instead of starting a cluster "
+            "(starting and stopping one costs seconds); 0 always starts one. Remote sources, "
+            "--workers and --scheduler always use a cluster."
+        ),
+    )
     persist_fraction: float = Field(
         default=0.5,
         gt=0,

@@ -14,6 +14,7 @@ __all__ = [
     "ModelCorruptError",
     "ModelNotFoundError",
     "NotFittedError",
+    "OutputConflictError",
     "SourceNotFoundError",
     "StorageError",
     "StoreCorruptError",
@@ -40,6 +41,10 @@ class TooFewDistinctPointsError(InvalidInputError):
             f"n_clusters={n_clusters} but only {n_distinct} distinct points "
             "(with positive weight) in X; lower n_clusters"
         )
+
+
+class OutputConflictError(InvalidInputError):
+    """An output would overwrite a source, or sit where the next run would ingest it."""
 
 
 class NotFittedError(KmflowError, AttributeError):

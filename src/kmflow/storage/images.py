@@ -52,6 +52,7 @@ __all__ = [
     "discover_images",
     "encode_png",
     "encode_png_indexed",
+    "image_matcher",
     "read_image",
 ]
 
@@ -194,6 +195,15 @@ def _compile_pattern(pattern: str | None) -> _Matcher:
     except (ValueError, re.error) as exc:
         raise InvalidInputError(f"pattern={pattern!r} is not a valid glob: {exc}") from exc
     return _Matcher(regex, on_relpath="/" in cleaned)
+
+
+def image_matcher(pattern: str | None) -> _Matcher:
+    """What :func:`discover_images` keeps of a folder listing with this ``pattern``.
+
+    ``image_matcher(p).keep(relpath, from_glob=False)`` tells whether a file at ``relpath``
+    below a source folder would be ingested.
+    """
+    return _compile_pattern(pattern)
 
 
 def _discover_one(

@@ -134,6 +134,9 @@ class IngestReport:
         in the same call.
     errors : list of IngestError
         Images that could not be read or decoded; nothing of them was stored.
+    hashes : dict of str to str
+        Content hash (sha256) of every source that is now in the store, added or duplicate:
+        how a caller finds the stored image of each source it gave.
     n_pixels_added : int
     seconds : float
         Wall time of the call.
@@ -144,6 +147,7 @@ class IngestReport:
     errors: list[IngestError] = field(default_factory=list)
     n_pixels_added: int = 0
     seconds: float = 0.0
+    hashes: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (lists of plain dicts, ints, floats and strings)."""
@@ -151,6 +155,7 @@ class IngestReport:
             "added": [asdict(r) for r in self.added],
             "duplicates": list(self.duplicates),
             "errors": [asdict(e) for e in self.errors],
+            "hashes": dict(self.hashes),
             "n_pixels_added": int(self.n_pixels_added),
             "seconds": float(self.seconds),
         }
@@ -165,6 +170,7 @@ class _Tally:
     added: list[ImageRecord] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     errors: list[IngestError] = field(default_factory=list)
+    hashes: dict[str, str] = field(default_factory=dict)
     n_pixels: int = 0
 
 
@@ -724,6 +730,108 @@ class PixelStore:
         group["counts"].attrs.update({"fingerprint": record.fingerprint})
         logger.info("%s: wrote a histogram of %d colors", self._shown, colors.shape[0])
 
+    # ----------------------------------------------------------------------- image palettes
+
+    def image_palettes(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """Palettes stored for these keys (those found; the others are absent).
+
+        Parameters
+        ----------
+        keys : sequence of str
+            32-hex-digit palette keys (an image's content hash and the fitting parameters
+            hashed together, see :meth:`kmflow.quantize.per_image.PerImageParams.palette_key`).
+
+        Returns
+        -------
+        dict of str to ndarray of float64, shape (m, 3)
+            The centers of each palette found, in the space they were fitted in.
+
+        Notes
+        -----
+        Reads the committed part of the ``palettes`` subgroup (keys, offsets, sizes, then the
+        rows of the palettes asked for). A store without palettes returns ``{}``.
+        """
+        group = self._group("r")
+        self._record(group)
+        table = _palette_table(group)
+        if table is None or not keys:
+            return {}
+        n, rows = _palette_commit(table)
+        if n == 0:
+            return {}
+        stored = np.asarray(_array(table, "key")[:n])
+        offsets = np.asarray(_array(table, "offset")[:n])
+        sizes = np.asarray(_array(table, "size")[:n])
+        index = {_key_text(stored[i]): i for i in range(n)}  # later entries win
+        found = {k: index[k] for k in keys if k in index}
+        if not found:
+            return {}
+        centers = np.asarray(_array(table, "centers")[:rows])
+        return {
+            k: centers[offsets[i] : offsets[i] + sizes[i]].astype(np.float64)
+            for k, i in found.items()
+        }
+
+    def write_image_palettes(self, palettes: dict[str, np.ndarray]) -> None:
+        """Append per-image palettes to the store's ``palettes`` subgroup.
+
+        Parameters
+        ----------
+        palettes : dict of str to ndarray of float, shape (m, 3)
+            Palette key (32 hex digits) to its centers.
+
+        Raises
+        ------
+        InvalidInputError
+            A malformed key, or centers that are not finite (m, 3) arrays with m >= 1.
+
+        Notes
+        -----
+        Rows, then keys, sizes and offsets are appended past the committed ones, then the
+        commit (an attribute of the subgroup) is replaced: a crash leaves the earlier
+        palettes readable and the partial append invisible.
+        """
+        if not palettes:
+            return
+        keys: list[np.ndarray] = []
+        blocks: list[np.ndarray] = []
+        for key, centers in palettes.items():
+            keys.append(_key_words(key))
+            c = np.asarray(centers, dtype=np.float64)
+            if c.ndim != 2 or c.shape[1] != 3 or c.shape[0] < 1 or not np.isfinite(c).all():
+                raise InvalidInputError(
+                    f"a palette needs finite centers of shape (m, 3); got shape {c.shape}"
+                )
+            blocks.append(c)
+        group, _ = self._prepare_write(create=False)
+        table = _palette_table(group)
+        if table is None:
+            table = group.create_group("palettes")
+            for name, shape, chunks, dtype in (
+                ("key", (0, 2), (65536, 2), np.uint64),
+                ("size", (0,), (65536,), np.int32),
+                ("offset", (0,), (65536,), np.int64),
+                ("centers", (0, 3), (262144, 3), np.float64),
+            ):
+                table.create_array(name, shape=shape, chunks=chunks, dtype=dtype)
+            table.attrs.update({"committed": {"n": 0, "rows": 0}})
+        n, rows = _palette_commit(table)
+        sizes = np.array([len(b) for b in blocks], dtype=np.int32)
+        offsets = rows + np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        new_rows = int(sizes.sum())
+        for name, values, start in (
+            ("centers", np.concatenate(blocks), rows),
+            ("key", np.stack(keys), n),
+            ("size", sizes, n),
+            ("offset", offsets, n),
+        ):
+            arr = _array(table, name)
+            end = start + len(values)
+            arr.resize((end, *arr.shape[1:]))
+            arr[start:end] = values
+        table.attrs.update({"committed": {"n": n + len(blocks), "rows": rows + new_rows}})
+        logger.info("%s: stored %d image palettes", self._shown, len(blocks))
+
     # ----------------------------------------------------------------------- ingest
 
     def ingest(
@@ -808,6 +916,7 @@ class PixelStore:
             added=tally.added,
             duplicates=tally.duplicates,
             errors=tally.errors,
+            hashes=tally.hashes,
             n_pixels_added=tally.n_pixels,
             seconds=time.perf_counter() - t0,
         )
@@ -856,8 +965,10 @@ class PixelStore:
                 logger.warning("%s: cannot ingest %s: %s", self._shown, redact_url(src.url), error)
             elif sha in tally.seen:
                 tally.duplicates.append(src.url)
+                tally.hashes[src.url] = sha
             else:
                 tally.seen.add(sha)
+                tally.hashes[src.url] = sha
                 new.append((src, sha, h, w, image))
         if not new:
             return record, largest
@@ -917,6 +1028,37 @@ class PixelStore:
         """Append the per-image metadata, then publish the new commit record."""
         self._to_zarr(meta, record, append_dim="image")
         self._write_record(group, new_record)
+
+
+def _palette_table(group: zarr.Group) -> zarr.Group | None:
+    if "palettes" not in set(group.group_keys()):
+        return None
+    table = group["palettes"]
+    if not isinstance(table, zarr.Group):
+        raise StoreCorruptError("'palettes' in the pixel store is an array, not a group")
+    return table
+
+
+def _palette_commit(table: zarr.Group) -> tuple[int, int]:
+    raw = table.attrs.asdict().get("committed")
+    if not (
+        isinstance(raw, dict) and isinstance(raw.get("n"), int) and isinstance(raw.get("rows"), int)
+    ):
+        raise StoreCorruptError(f"the palettes of the pixel store have a malformed commit {raw}")
+    return int(raw["n"]), int(raw["rows"])
+
+
+def _key_words(key: str) -> np.ndarray:
+    if not isinstance(key, str) or len(key) != 32:
+        raise InvalidInputError(f"a palette key is 32 hex digits; got {key!r}")
+    try:
+        return np.array([int(key[:16], 16), int(key[16:], 16)], dtype=np.uint64)
+    except ValueError as exc:
+        raise InvalidInputError(f"a palette key is 32 hex digits; got {key!r}") from exc
+
+
+def _key_text(words: np.ndarray) -> str:
+    return f"{int(words[0]):016x}{int(words[1]):016x}"
 
 
 def _checked_int32(block: np.ndarray) -> np.ndarray:

@@ -14,6 +14,8 @@ from kmflow.storage.images import encode_png
 
 __all__ = ["sample_images_dir"]
 
+_NAMES = ("china.png", "flower.png")
+
 
 def _cache_dir() -> Path:
     base = os.environ.get("KMFLOW_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME")
@@ -28,9 +30,11 @@ def sample_images_dir() -> str:
     Existing files are kept, so repeated runs ingest byte-identical images (and the pixel
     store's content hashes recognise them).
     """
+    folder = _cache_dir()
+    if all((folder / name).is_file() for name in _NAMES):
+        return str(folder)  # written by an earlier run: no need to load scikit-learn
     from sklearn.datasets import load_sample_images
 
-    folder = _cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
     bunch = load_sample_images()
     for name, image in zip(bunch.filenames, bunch.images, strict=True):

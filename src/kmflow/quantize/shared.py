@@ -23,24 +23,24 @@ import dask
 import dask.array as da
 import numpy as np
 
-from kmflow.errors import InvalidInputError, StoreCorruptError, TooFewDistinctPointsError
-from kmflow.estimator import KMeans
-from kmflow.kernels.color import ciede2000, lab_to_srgb, psnr, srgb_to_lab
+from kmflow.errors import InvalidInputError, TooFewDistinctPointsError
+from kmflow.kernels.color import psnr, srgb_to_lab
 from kmflow.kernels.drift import DriftReport, DriftThresholds, batch_statistics, drift_report
-from kmflow.kernels.histogram import color_histogram, pack_rgb, unpack_rgb
+from kmflow.kernels.histogram import color_histogram
 from kmflow.kernels.lloyd import Callback, assign, nearest
 from kmflow.kernels.metrics import internal_metrics, silhouette_sample
 from kmflow.kernels.split import holdout_items, holdout_rows
 from kmflow.model import Model
+from kmflow.quantize.per_image import QuantizedImage, palette_rgb
+from kmflow.quantize.render import ColorHistogram, histogram_error, to_fit_space
 from kmflow.storage.fs import join_url, write_bytes_atomic
-from kmflow.storage.images import encode_png, encode_png_indexed
+from kmflow.storage.images import encode_png
 from kmflow.storage.pixelstore import ImageRecord, PixelStore
 
 __all__ = [
     "ApplyReport",
     "Evaluation",
     "ImageQuality",
-    "ImageResult",
     "Palette",
     "Split",
     "apply_palette",
@@ -95,21 +95,11 @@ class Palette:
         return int(self.centers.shape[0])
 
 
-def _to_fit_space(rgb: np.ndarray, color_space: ColorSpace) -> np.ndarray:
-    return srgb_to_lab(rgb) if color_space == "lab" else rgb
-
-
 def _pixels_in(pixels: da.Array, color_space: ColorSpace) -> da.Array:
     """Pixels in the fit space: uint8 RGB as stored, or float64 Lab converted per block."""
     if color_space == "rgb":
         return pixels
     return da.map_blocks(srgb_to_lab, pixels, dtype=np.float64, meta=np.empty((0, 3)))
-
-
-def _palette_rgb(centers: np.ndarray, color_space: ColorSpace) -> np.ndarray:
-    if color_space == "lab":
-        return lab_to_srgb(centers)
-    return np.clip(np.rint(centers), 0, 255).astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -225,7 +215,7 @@ def palette_from_centers(
         )
     return Palette(
         centers=c,
-        rgb=_palette_rgb(c, color_space),
+        rgb=palette_rgb(c, color_space),
         color_space=color_space,
         method=method,
         inertia=inertia,
@@ -328,6 +318,8 @@ def fit_palette(
             f"the training part of the pixel store {store.url} holds no pixels: lower the "
             "holdout fraction or ingest more images"
         )
+    from kmflow.estimator import KMeans
+
     km = KMeans(
         n_clusters,
         init=init,
@@ -355,7 +347,7 @@ def fit_palette(
         logger.info(
             "fitting %d colors on %d unique colors of %d pixels", n_clusters, len(colors), n_pixels
         )
-        km.fit(_to_fit_space(colors, color_space), sample_weight=counts)
+        km.fit(to_fit_space(colors, color_space), sample_weight=counts)
         n_rows = len(colors)
     else:
         logger.info("fitting %d colors on all %d pixels", n_clusters, n_pixels)
@@ -364,7 +356,7 @@ def fit_palette(
     centers = np.asarray(km.cluster_centers_, dtype=np.float64)
     return Palette(
         centers=centers,
-        rgb=_palette_rgb(centers, color_space),
+        rgb=palette_rgb(centers, color_space),
         color_space=color_space,
         method=method,
         inertia=float(km.inertia_),
@@ -378,89 +370,24 @@ def fit_palette(
 
 
 @dataclass(frozen=True)
-class ImageResult:
-    """One rendered image and how close it is to its original."""
-
-    source: str
-    relpath: str
-    output: str
-    height: int
-    width: int
-    psnr: float
-    delta_e: float
-    sse: float
-
-
-@dataclass(frozen=True)
 class ApplyReport:
     """Outcome of :func:`apply_palette`: per-image figures and the overall ones.
 
     ``psnr`` pools the squared error of all pixels; ``delta_e`` is the pixel-weighted mean
-    CIEDE2000 difference between each original pixel and its palette color.
+    CIEDE2000 difference between each original pixel and the color it was painted with.
     """
 
-    images: list[ImageResult]
+    images: list[QuantizedImage]
     palette_url: str
     psnr: float
     delta_e: float
     n_pixels: int
     seconds: float
+    labels_written: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def output_url(out: str, relpath: str) -> str:
-    """Where an image's rendering goes: its relative folder and stem under ``out``, as PNG."""
-    stem = relpath.rsplit(".", 1)[0] if "." in relpath.rsplit("/", 1)[-1] else relpath
-    return join_url(out, stem + ".png")
-
-
-def _image_error(
-    pixels: np.ndarray, labels: np.ndarray, palette_rgb: np.ndarray
-) -> tuple[float, float]:
-    """Squared error (sum over pixels and channels) and mean CIEDE2000 ΔE of a rendering."""
-    n = pixels.shape[0]
-    if n == 0:
-        return 0.0, 0.0
-    quant = palette_rgb[labels]
-    diff = pixels.astype(np.int32) - quant.astype(np.int32)
-    sse = float(np.einsum("ij,ij->", diff, diff))
-    # ΔE per unique (original color): its label is fixed by its color, so weight by count.
-    packed, first, counts = np.unique(pack_rgb(pixels), return_index=True, return_counts=True)
-    de = ciede2000(srgb_to_lab(unpack_rgb(packed)), srgb_to_lab(quant[first]))
-    return sse, float((de * counts).sum() / n)
-
-
-def _render_image(
-    pixels: np.ndarray,
-    labels: np.ndarray,
-    record: ImageRecord,
-    palette_rgb: np.ndarray,
-    url: str,
-    storage_options: dict[str, Any] | None,
-) -> ImageResult:
-    """Paint one image with the palette, write it as PNG, measure PSNR and mean ΔE."""
-    sse, delta_e = _image_error(pixels, labels, palette_rgb)
-    n = pixels.shape[0]
-    quant = palette_rgb[labels]
-    shape = (record.height, record.width)
-    if len(palette_rgb) <= 256:
-        data = encode_png_indexed(labels.reshape(shape), palette_rgb)
-    else:
-        data = encode_png(quant.reshape(*shape, 3))
-    write_bytes_atomic(url, data, storage_options)
-    return ImageResult(
-        source=record.source,
-        relpath=record.relpath,
-        output=url,
-        height=record.height,
-        width=record.width,
-        psnr=psnr(sse / (3 * n)),
-        delta_e=delta_e,
-        sse=sse,
-    )
 
 
 def palette_swatch(rgb: np.ndarray, *, size: int = 64) -> np.ndarray:
@@ -475,26 +402,34 @@ def apply_palette(
     *,
     storage_options: dict[str, Any] | None = None,
     images: Sequence[ImageRecord] | None = None,
+    outputs: Sequence[str] | None = None,
+    write_labels: bool = False,
+    dither: bool = False,
     progress: Callable[[int, int], None] | None = None,
-    group_size: int = 32,
 ) -> ApplyReport:
-    """Label every stored pixel with its palette color and render the images.
+    """Render stored images with one palette, in one pass over each image's pixels.
 
     Parameters
     ----------
     store : PixelStore
     palette : Palette
     out : str
-        Output folder or URL; each image goes to ``out/<relpath stem>.png`` and the palette
-        swatch to ``out/palette.png``.
+        Output folder or URL; the palette swatch goes to ``out/palette.png`` and each image
+        to the name :func:`kmflow.quantize.outputs.output_names` gives it, unless
+        ``outputs`` says otherwise.
     storage_options : dict, optional
         fsspec options for ``out``.
     images : sequence of ImageRecord, optional
-        Render only these (default: every image in the store). Labels are written for all.
+        Render only these (default: every image in the store).
+    outputs : sequence of str, optional
+        The URL of each image's PNG, aligned with ``images``.
+    write_labels : bool, default False
+        Also store ``labels(pixel)`` for every stored pixel (pixel classification; an extra
+        assignment pass over the whole store).
+    dither : bool, default False
+        Floyd–Steinberg error diffusion; PSNR and ΔE then describe the dithered image.
     progress : callable, optional
-        Called as ``progress(done, total)`` after each group of images.
-    group_size : int
-        Images rendered per ``compute``.
+        Called as ``progress(done, total)`` after each wave of render tasks.
 
     Returns
     -------
@@ -502,48 +437,44 @@ def apply_palette(
 
     Notes
     -----
-    One ``compute`` writes ``labels(pixel)`` to the store (an assignment pass), then one
-    ``compute`` per group of images reads pixels and labels back and writes the PNGs; the
-    driver only receives the small per-image figures.
+    Rendering reads each image's pixels once, labels its unique colors (not every pixel),
+    encodes and writes the PNG in the same task, a batch of images per task: one ``compute``
+    per wave of tasks. With ``write_labels``, one more ``compute`` writes the labels.
     """
+    from kmflow.quantize.outputs import PALETTE_NAME, output_urls
+    from kmflow.quantize.per_image import PerImageParams, quantize_images
+
     t0 = time.perf_counter()
-    pixels = store.pixels()
-    labels = assign(_pixels_in(pixels, palette.color_space), palette.centers)
-    store.write_labels(labels)
-    stored_labels = store.labels()
-    if stored_labels is None:  # written just above: only a concurrent ingest can cause this
-        raise StoreCorruptError(f"{store.url}: labels vanished right after being written")
+    if write_labels:
+        labels = assign(_pixels_in(store.pixels(), palette.color_space), palette.centers)
+        store.write_labels(labels)
     records = list(store.images() if images is None else images)
-    render = dask.delayed(_render_image, pure=False)
-    results: list[ImageResult] = []
-    for start in range(0, len(records), group_size):
-        group = records[start : start + group_size]
-        tasks = [
-            render(
-                pixels[r.offset : r.offset + r.height * r.width],
-                stored_labels[r.offset : r.offset + r.height * r.width],
-                r,
-                palette.rgb,
-                output_url(out, r.relpath),
-                storage_options,
-            )
-            for r in group
-        ]
-        results.extend(dask.compute(*tasks))
-        if progress is not None:
-            progress(len(results), len(records))
-    palette_url = join_url(out, "palette.png")
+    if outputs is None:
+        outputs = output_urls(out, [r.relpath for r in records])
+    if len(outputs) != len(records):
+        raise InvalidInputError(f"outputs has {len(outputs)} entries for {len(records)} images")
+    rendered = quantize_images(
+        store,
+        list(zip(records, outputs, strict=True)),
+        PerImageParams(
+            n_colors=max(1, palette.n_clusters),
+            color_space=palette.color_space,
+            dither=dither,
+        ),
+        centers=palette.centers,
+        storage_options=storage_options,
+        progress=progress,
+    )
+    palette_url = join_url(out, PALETTE_NAME)
     write_bytes_atomic(palette_url, encode_png(palette_swatch(palette.rgb)), storage_options)
-    n = sum(r.height * r.width for r in results)
-    total_sse = sum(r.sse for r in results)
-    overall_de = sum(r.delta_e * r.height * r.width for r in results) / n if n else float("nan")
     return ApplyReport(
-        images=results,
+        images=rendered.images,
         palette_url=palette_url,
-        psnr=psnr(total_sse / (3 * n)) if n else float("nan"),
-        delta_e=overall_de,
-        n_pixels=n,
+        psnr=rendered.psnr,
+        delta_e=rendered.delta_e,
+        n_pixels=rendered.n_pixels,
         seconds=time.perf_counter() - t0,
+        labels_written=write_labels,
     )
 
 
@@ -622,15 +553,18 @@ def _image_quality(
 ) -> ImageQuality:
     if mask is not None:
         pixels = pixels[mask]
-    labels = nearest(_to_fit_space(pixels, color_space), centers)
-    sse, delta_e = _image_error(pixels, labels, palette_rgb)
     n = int(pixels.shape[0])
+    if n == 0:
+        return ImageQuality(record.relpath, record.sha256, 0, float("nan"), float("nan"))
+    hist = ColorHistogram.of(pixels)
+    labels = nearest(hist.in_space(color_space), centers)
+    sse, delta_e = histogram_error(hist.colors, hist.counts, labels, palette_rgb, hist.lab)
     return ImageQuality(
         relpath=record.relpath,
         sha256=record.sha256,
         n_pixels=n,
-        psnr=psnr(sse / (3 * n)) if n else float("nan"),
-        delta_e=delta_e if n else float("nan"),
+        psnr=psnr(sse / (3 * n)),
+        delta_e=delta_e,
     )
 
 
@@ -692,7 +626,7 @@ def evaluate_palette(
         raise InvalidInputError(
             f"the held-out part of {store.url} holds no pixels: raise the holdout fraction"
         )
-    X = _to_fit_space(colors, palette.color_space)
+    X = to_fit_space(colors, palette.color_space)
     chunk = max(1, min(len(X), 2**19))
     Xd = da.from_array(X, chunks=(chunk, X.shape[1]))
     wd = da.from_array(counts.astype(np.float64), chunks=(chunk,))
@@ -715,7 +649,7 @@ def evaluate_palette(
             )
         except InvalidInputError as exc:  # the sample drew a single cluster
             logger.warning("silhouette undefined on this sample: %s", exc)
-    sse, delta_e = _histogram_error(colors, counts, lab, palette.rgb)
+    sse, delta_e = histogram_error(colors, counts, lab, palette.rgb)
     qualities: list[ImageQuality] = []
     if per_image:
         quality = dask.delayed(_image_quality, pure=True)
@@ -757,18 +691,6 @@ def evaluate_palette(
     )
 
 
-def _histogram_error(
-    colors: np.ndarray, counts: np.ndarray, labels: np.ndarray, palette_rgb: np.ndarray
-) -> tuple[float, float]:
-    """Pooled squared error and count-weighted mean ΔE of unique colors painted by label."""
-    quant = palette_rgb[labels]
-    diff = colors.astype(np.float64) - quant.astype(np.float64)
-    w = counts.astype(np.float64)
-    sse = float(w @ np.einsum("ij,ij->i", diff, diff))
-    de = ciede2000(srgb_to_lab(colors), srgb_to_lab(quant))
-    return sse, float((w @ de) / w.sum())
-
-
 def batch_drift(
     store: PixelStore,
     palette: Palette,
@@ -800,7 +722,7 @@ def batch_drift(
     """
     sel = select(store, None, "all", images)
     colors, counts = color_histogram(sel.pixels)
-    X = _to_fit_space(colors, palette.color_space)
+    X = to_fit_space(colors, palette.color_space)
     chunk = max(1, min(len(X), 2**19))
     stats = batch_statistics(
         da.from_array(X, chunks=(chunk, X.shape[1])),

@@ -1,0 +1,559 @@
+"""A palette per image: each image quantized to its own k colors.
+
+What pngquant, Pillow and ImageMagick's ``-colors`` do, and what "quantize these photos"
+means. Each fit is a weighted k-means on that image's color histogram (unique colors weighted
+by their counts: the same objective as k-means on every pixel):
+
+1. the unique colors are pooled into cells of 4 and of 5 bits per sRGB channel (at most
+   4,096 and 32,768 cells), each cell their weighted mean color and total count;
+2. ``n_init`` seeded k-means++ starts, each followed by Lloyd iterations on the 4-bit
+   cells; the start with the lowest inertia is kept;
+3. Lloyd iterations from there on the 5-bit cells, then on the exact unique colors, each
+   until the centers move less than ``tol`` (scaled by the colors' variance) or
+   ``max_iter``. Small images skip the levels they do not need.
+
+An image with no more distinct colors than k keeps its exact colors. Randomness is keyed on
+the seed and the image's content hash, so a palette does not depend on the batch an image
+lands in, the number of workers, or the other images of the run.
+
+:func:`quantize_images` runs thousands of such fits as Dask tasks, a batch of images per task
+(about ``batch_pixels`` each) so that scheduling costs little against the work; each task
+reads its images' pixels once, fits, paints, encodes and writes the PNGs, and returns only
+small per-image figures. An image larger than ``max_task_pixels`` gets its histogram and its
+fit from the distributed estimator instead, then is painted in a task of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import dask
+import numpy as np
+
+from kmflow.errors import InvalidInputError
+from kmflow.kernels import _numba
+from kmflow.kernels.color import lab_to_srgb
+from kmflow.kernels.lloyd import tolerance
+from kmflow.quantize.render import ColorHistogram, ColorSpace, paint
+from kmflow.storage.fs import write_bytes_atomic
+from kmflow.storage.pixelstore import ImageRecord, PixelStore
+
+__all__ = [
+    "ImagePalette",
+    "PerImageParams",
+    "PerImageReport",
+    "QuantizedImage",
+    "fit_image_palette",
+    "quantize_images",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Version of the per-image fitting procedure; part of every stored palette's key, so a
+#: changed procedure never reuses palettes fitted by an older one.
+ALGORITHM_VERSION = 1
+_COARSE_BITS, _COARSE_LIMIT = 4, 4096
+_FINE_BITS, _FINE_LIMIT = 5, 32768
+_DEFAULT_BATCH_PIXELS = 4_000_000
+_DEFAULT_MAX_TASK_PIXELS = 64_000_000
+
+
+@dataclass(frozen=True)
+class PerImageParams:
+    """How each image's palette is fitted and painted.
+
+    Attributes
+    ----------
+    n_colors : int
+        k, the palette size of every image (fewer for an image with fewer colors).
+    color_space : {"rgb", "lab"}
+        Space the distances are measured in; output colors are sRGB.
+    seed : int
+        With the image's content hash, seeds its k-means++ starts.
+    n_init : int
+        Seeded starts per image; the best one (lowest inertia) is kept.
+    max_iter : int
+        Lloyd iterations at most, per start and for the final refinement.
+    tol : float
+        Relative tolerance on the center shift (scaled by the colors' variance).
+    dither : bool
+        Floyd–Steinberg error diffusion when painting.
+    """
+
+    n_colors: int
+    color_space: ColorSpace = "rgb"
+    seed: int = 0
+    n_init: int = 4
+    max_iter: int = 300
+    tol: float = 1e-4
+    dither: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n_colors, bool) or not isinstance(self.n_colors, int):
+            raise InvalidInputError(f"n_colors must be an int; got {self.n_colors!r}")
+        if not 1 <= self.n_colors <= 65536:
+            raise InvalidInputError(f"n_colors must be in [1, 65536]; got {self.n_colors}")
+        if self.color_space not in ("rgb", "lab"):
+            raise InvalidInputError(f"color_space must be 'rgb' or 'lab'; got {self.color_space!r}")
+        if self.n_init < 1 or self.max_iter < 1 or self.tol < 0:
+            raise InvalidInputError(
+                f"need n_init >= 1, max_iter >= 1 and tol >= 0; got n_init={self.n_init}, "
+                f"max_iter={self.max_iter}, tol={self.tol}"
+            )
+
+    def palette_key(self, sha256: str) -> str:
+        """Identity of an image's fitted palette: its content and every fitting knob."""
+        text = (
+            f"{sha256}:{self.n_colors}:{self.color_space}:{self.seed}:{self.n_init}:"
+            f"{self.max_iter}:{self.tol!r}:v{ALGORITHM_VERSION}"
+        )
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class ImagePalette:
+    """One image's fitted palette.
+
+    Attributes
+    ----------
+    centers : ndarray of float64, shape (m, 3)
+        In the fit color space; ``m`` is k, or the number of distinct colors when smaller.
+    rgb : ndarray of uint8, shape (m, 3)
+    inertia : float
+        Sum over the image's pixels of the squared distance to the nearest center.
+    n_iter : int
+        Lloyd iterations of the final refinement on the exact colors.
+    exact : bool
+        True when the image has no more distinct colors than k (kept exactly).
+    """
+
+    centers: np.ndarray
+    rgb: np.ndarray
+    inertia: float
+    n_iter: int
+    exact: bool
+
+
+def palette_rgb(centers: np.ndarray, color_space: ColorSpace) -> np.ndarray:
+    """The sRGB colors (uint8) that centers in ``color_space`` are painted as."""
+    if color_space == "lab":
+        return lab_to_srgb(centers)
+    return np.clip(np.rint(centers), 0, 255).astype(np.uint8)
+
+
+def _rng(seed: int, sha256: str) -> np.random.Generator:
+    return np.random.default_rng([int(seed), int(sha256[:16], 16), int(sha256[16:32], 16)])
+
+
+def _cells(
+    colors: np.ndarray, X: np.ndarray, w: np.ndarray, bits: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pool unique colors into cells of ``bits`` per sRGB channel: weighted means, weights."""
+    c = colors.astype(np.int64) >> (8 - bits)
+    key = (c[:, 0] << (2 * bits)) | (c[:, 1] << bits) | c[:, 2]
+    n_cells = 1 << (3 * bits)
+    weight = np.bincount(key, weights=w, minlength=n_cells)
+    used = np.flatnonzero(weight)
+    means = (
+        np.stack(
+            [np.bincount(key, weights=w * X[:, f], minlength=n_cells)[used] for f in range(3)],
+            axis=1,
+        )
+        / weight[used, None]
+    )
+    return means, weight[used]
+
+
+def _sqdist(X: np.ndarray, c: np.ndarray) -> np.ndarray:
+    d = X - c
+    return np.einsum("ij,ij->i", d, d)
+
+
+def _kmeans_plusplus(X: np.ndarray, w: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Weighted greedy k-means++ (2 + log k candidates per center, as scikit-learn does)."""
+    n = X.shape[0]
+    trials = 2 + int(math.log(k))
+    first = int(np.searchsorted(np.cumsum(w), rng.random() * w.sum(), side="right"))
+    centers = np.empty((k, X.shape[1]))
+    centers[0] = X[min(first, n - 1)]
+    d2 = _sqdist(X, centers[0])
+    for c in range(1, k):
+        cum = np.cumsum(w * d2)
+        if cum[-1] <= 0:  # every point sits on a center already
+            centers[c:] = centers[0]
+            break
+        picks = np.minimum(np.searchsorted(cum, rng.random(trials) * cum[-1], side="right"), n - 1)
+        best_pot, best_d2, best_i = np.inf, d2, int(picks[0])
+        for i in picks:
+            cand = np.minimum(d2, _sqdist(X, X[i]))
+            pot = float(w @ cand)
+            if pot < best_pot:
+                best_pot, best_d2, best_i = pot, cand, int(i)
+        centers[c] = X[best_i]
+        d2 = best_d2
+    return centers
+
+
+def _lloyd(
+    X: np.ndarray, w: np.ndarray, centers: np.ndarray, max_iter: int, tol_abs: float
+) -> tuple[np.ndarray, float, int]:
+    """Weighted Lloyd iterations in memory; empty clusters move to the farthest points."""
+    k, d = centers.shape
+    centers = centers.copy()
+    n_iter = 0
+    for n_iter in range(1, max_iter + 1):  # noqa: B007 - n_iter is returned
+        sums = np.zeros((k, d))
+        counts = np.zeros(k)
+        _numba.accumulate(X, w, True, np.ascontiguousarray(centers.T), sums, counts)
+        empty = counts <= 0
+        new = sums / np.where(empty, 1.0, counts)[:, None]
+        if empty.any():
+            labels = np.empty(X.shape[0], dtype=np.int32)
+            d2 = np.empty(X.shape[0])
+            _numba.assign(X, np.ascontiguousarray(centers.T), labels, d2)
+            far = np.argsort(-(w * d2), kind="stable")[: int(empty.sum())]
+            new[empty] = X[far]
+        shift = float(((new - centers) ** 2).sum())
+        centers = new
+        if shift <= tol_abs:
+            break
+    labels = np.empty(X.shape[0], dtype=np.int32)
+    d2 = np.empty(X.shape[0])
+    _numba.assign(X, np.ascontiguousarray(centers.T), labels, d2)
+    return centers, float(w @ d2), n_iter
+
+
+def _variance(X: np.ndarray, w: np.ndarray) -> np.ndarray:
+    mean = (w @ X) / w.sum()
+    return (w @ (X - mean) ** 2) / w.sum()
+
+
+def fit_image_palette(hist: ColorHistogram, params: PerImageParams, sha256: str) -> ImagePalette:
+    """Fit one image's palette: weighted k-means on its color histogram.
+
+    Parameters
+    ----------
+    hist : ColorHistogram
+        The image's unique colors and counts.
+    params : PerImageParams
+    sha256 : str
+        The image's content hash (hex); with ``params.seed`` it seeds the starts.
+
+    Returns
+    -------
+    ImagePalette
+        ``exact`` when the image has no more than k distinct colors.
+
+    Notes
+    -----
+    In memory, no Dask: meant to run inside a task. Cost: the k-means++ starts and their
+    Lloyd iterations on at most 32,768 cells, then a few iterations on the unique colors.
+    """
+    k = params.n_colors
+    X = np.asarray(hist.in_space(params.color_space), dtype=np.float64)
+    w = hist.counts.astype(np.float64)
+    if X.shape[0] <= k:
+        return ImagePalette(
+            centers=X.copy(),
+            rgb=hist.colors.copy(),
+            inertia=0.0,
+            n_iter=0,
+            exact=True,
+        )
+    rng = _rng(params.seed, sha256)
+    tol_abs = tolerance(_variance(X, w), params.tol)
+    # Three resolutions: starts on <= 4,096 cells, convergence on <= 32,768, then the exact
+    # unique colors from there (a few iterations: the cells' optimum is already close).
+    if X.shape[0] > _FINE_LIMIT:
+        fine_x, fine_w = _cells(hist.colors, X, w, _FINE_BITS)
+    else:
+        fine_x, fine_w = X, w
+    if fine_x.shape[0] > _COARSE_LIMIT:
+        coarse_x, coarse_w = _cells(hist.colors, X, w, _COARSE_BITS)
+    else:
+        coarse_x, coarse_w = fine_x, fine_w
+    if coarse_x.shape[0] <= k:
+        start = _kmeans_plusplus(fine_x, fine_w, k, rng)
+    else:
+        best = (np.inf, np.empty((0, 3)))
+        for _ in range(params.n_init):
+            seeded = _kmeans_plusplus(coarse_x, coarse_w, k, rng)
+            centers, inertia, _ = _lloyd(coarse_x, coarse_w, seeded, params.max_iter, tol_abs)
+            if inertia < best[0]:
+                best = (inertia, centers)
+        start = best[1]
+    centers, inertia, n_iter = _lloyd(fine_x, fine_w, start, params.max_iter, tol_abs)
+    if fine_x is not X:
+        centers, inertia, n_iter = _lloyd(X, w, centers, params.max_iter, tol_abs)
+    return ImagePalette(
+        centers=centers,
+        rgb=palette_rgb(centers, params.color_space),
+        inertia=inertia,
+        n_iter=n_iter,
+        exact=False,
+    )
+
+
+# --------------------------------------------------------------------------- many images
+
+
+@dataclass(frozen=True)
+class QuantizedImage:
+    """One image written with its own palette, and how close it is to the original."""
+
+    source: str
+    relpath: str
+    sha256: str
+    output: str
+    height: int
+    width: int
+    n_colors: int
+    palette: list[list[int]]
+    exact: bool
+    refitted: bool
+    psnr: float
+    delta_e: float
+    sse: float
+
+
+@dataclass(frozen=True)
+class PerImageReport:
+    """Outcome of :func:`quantize_images`.
+
+    ``psnr`` pools the squared error of every pixel written; ``delta_e`` is the pixel-
+    weighted mean CIEDE2000 difference. ``n_fitted`` palettes were fitted, the others were
+    found in the store (same image content, same parameters).
+    """
+
+    images: list[QuantizedImage]
+    psnr: float
+    delta_e: float
+    n_pixels: int
+    n_fitted: int
+    n_tasks: int
+    seconds: float
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Job:
+    record: ImageRecord
+    output: str
+    centers: np.ndarray | None  # a stored (or distributed-fitted) palette, else fit here
+
+
+def _quantize_batch(
+    pixels: list[np.ndarray],
+    jobs: list[_Job],
+    params: PerImageParams,
+    storage_options: dict[str, Any] | None,
+) -> list[tuple[QuantizedImage, np.ndarray]]:
+    """Fit, paint, encode and write a batch of images (one Dask task)."""
+    results = []
+    for px, job in zip(pixels, jobs, strict=True):
+        r = job.record
+        hist = ColorHistogram.of(px)
+        if job.centers is None:
+            pal = fit_image_palette(hist, params, r.sha256)
+            centers, rgb, exact, refitted = pal.centers, pal.rgb, pal.exact, True
+        else:
+            centers = job.centers
+            rgb = palette_rgb(centers, params.color_space)
+            exact, refitted = len(centers) < params.n_colors, False
+        painted = paint(
+            hist, r.height, r.width, centers, rgb, params.color_space, dither=params.dither
+        )
+        write_bytes_atomic(job.output, painted.png, storage_options)
+        results.append(
+            (
+                QuantizedImage(
+                    source=r.source,
+                    relpath=r.relpath,
+                    sha256=r.sha256,
+                    output=job.output,
+                    height=r.height,
+                    width=r.width,
+                    n_colors=len(hist.colors),
+                    palette=rgb.tolist(),
+                    exact=exact,
+                    refitted=refitted,
+                    psnr=painted.psnr,
+                    delta_e=painted.delta_e,
+                    sse=painted.sse,
+                ),
+                centers,
+            )
+        )
+    return results
+
+
+def _fit_large(store: PixelStore, record: ImageRecord, params: PerImageParams) -> np.ndarray:
+    """Centers for an image too large for one task: the distributed histogram and estimator."""
+    from kmflow.estimator import KMeans
+    from kmflow.kernels.color import srgb_to_lab
+    from kmflow.kernels.histogram import color_histogram
+
+    pixels = store.pixels()[record.offset : record.offset + record.n_pixels]
+    colors, counts = color_histogram(pixels)
+    if len(colors) <= params.n_colors:
+        return (srgb_to_lab(colors) if params.color_space == "lab" else colors).astype(np.float64)
+    X = srgb_to_lab(colors) if params.color_space == "lab" else colors
+    seed = int(_rng(params.seed, record.sha256).integers(2**31))
+    km = KMeans(params.n_colors, random_state=seed, max_iter=params.max_iter, tol=params.tol)
+    km.fit(X, sample_weight=counts)
+    return np.asarray(km.cluster_centers_, dtype=np.float64)
+
+
+def _batches(jobs: Sequence[_Job], batch_pixels: int, max_images: int = 256) -> list[list[_Job]]:
+    out: list[list[_Job]] = []
+    current: list[_Job] = []
+    size = 0
+    for job in jobs:
+        if current and (size + job.record.n_pixels > batch_pixels or len(current) >= max_images):
+            out.append(current)
+            current, size = [], 0
+        current.append(job)
+        size += job.record.n_pixels
+    if current:
+        out.append(current)
+    return out
+
+
+def quantize_images(
+    store: PixelStore,
+    images: Sequence[tuple[ImageRecord, str]],
+    params: PerImageParams,
+    *,
+    centers: np.ndarray | None = None,
+    storage_options: dict[str, Any] | None = None,
+    reuse_palettes: bool = True,
+    batch_pixels: int = _DEFAULT_BATCH_PIXELS,
+    max_task_pixels: int = _DEFAULT_MAX_TASK_PIXELS,
+    progress: Callable[[int, int], None] | None = None,
+) -> PerImageReport:
+    """Quantize stored images, each to its own palette, and write them as PNG.
+
+    Parameters
+    ----------
+    store : PixelStore
+        Holds the images' pixels, and the palettes fitted by earlier runs.
+    images : sequence of (ImageRecord, str)
+        Each stored image with the URL its PNG goes to (see
+        :func:`kmflow.quantize.outputs.output_urls`).
+    params : PerImageParams
+    centers : ndarray of shape (k, 3), optional
+        One palette (in ``params.color_space``) for every image instead of a fit per
+        image: how a shared palette is rendered. Nothing is then fitted or stored.
+    storage_options : dict, optional
+        fsspec options for the outputs.
+    reuse_palettes : bool, default True
+        Paint with a palette the store already holds for the same image content and
+        parameters instead of fitting again; new palettes are stored either way.
+    batch_pixels : int, default 4,000,000
+        Pixels of images fitted per task.
+    max_task_pixels : int, default 64,000,000
+        Larger images are fitted with the distributed estimator on their histogram.
+    progress : callable, optional
+        ``progress(done, total)`` after each wave of tasks.
+
+    Returns
+    -------
+    PerImageReport
+
+    Notes
+    -----
+    One ``compute`` per wave of tasks (a few per worker thread); every task reads its
+    images' pixel rows from the store once. Large images cost one histogram ``compute`` and
+    one distributed fit each.
+    """
+    t0 = time.perf_counter()
+    if batch_pixels < 1 or max_task_pixels < 1:
+        raise InvalidInputError(
+            f"batch_pixels and max_task_pixels must be positive; got {batch_pixels}, "
+            f"{max_task_pixels}"
+        )
+    items = list(images)
+    shared = centers is not None
+    keys = {r.sha256: params.palette_key(r.sha256) for r, _ in items}
+    known: dict[str, np.ndarray] = {}
+    if reuse_palettes and items and not shared:
+        known = store.image_palettes(list(keys.values()))
+    jobs: list[_Job] = []
+    fitted_large: dict[str, np.ndarray] = {}
+    for record, output in items:
+        given = centers if shared else known.get(keys[record.sha256])
+        if given is None and record.n_pixels > max_task_pixels:
+            if record.sha256 not in fitted_large:
+                logger.info(
+                    "fitting %s (%d pixels) on the cluster", record.relpath, record.n_pixels
+                )
+                fitted_large[record.sha256] = _fit_large(store, record, params)
+            given = fitted_large[record.sha256]
+        jobs.append(_Job(record, output, given))
+
+    pixels = store.pixels() if items else None
+    batches = _batches(jobs, batch_pixels)
+    task = dask.delayed(_quantize_batch, pure=False)
+    wave = max(4, 4 * _n_threads())
+    results: list[tuple[QuantizedImage, np.ndarray]] = []
+    for start in range(0, len(batches), wave):
+        group = batches[start : start + wave]
+        assert pixels is not None
+        tasks = [
+            task(
+                [pixels[j.record.offset : j.record.offset + j.record.n_pixels] for j in batch],
+                batch,
+                params,
+                storage_options,
+            )
+            for batch in group
+        ]
+        for out in dask.compute(*tasks):
+            results.extend(out)
+        if progress is not None:
+            progress(len(results), len(jobs))
+
+    new = {keys[q.sha256]: c for q, c in results if q.refitted}
+    new.update({keys[s]: c for s, c in fitted_large.items()})
+    if new and not shared:
+        store.write_image_palettes(new)
+    quantized = [q for q, _ in results]
+    n = sum(q.height * q.width for q in quantized)
+    sse = sum(q.sse for q in quantized)
+    de = sum(q.delta_e * q.height * q.width for q in quantized)
+    from kmflow.kernels.color import psnr
+
+    return PerImageReport(
+        images=quantized,
+        psnr=psnr(sse / (3 * n)) if n else float("nan"),
+        delta_e=de / n if n else float("nan"),
+        n_pixels=n,
+        n_fitted=sum(1 for q in quantized if q.refitted) + len(fitted_large),
+        n_tasks=len(batches),
+        seconds=time.perf_counter() - t0,
+        params=asdict(params),
+    )
+
+
+def _n_threads() -> int:
+    """Worker threads of the current Dask client, or this machine's cores without one."""
+    import os
+    import sys
+
+    client = None
+    if "distributed" in sys.modules:  # never import distributed just to ask
+        from kmflow.cluster.resources import current_client
+
+        client = current_client()
+    if client is None:
+        return os.cpu_count() or 1
+    return max(1, sum(client.nthreads().values()))

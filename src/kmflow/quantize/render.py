@@ -1,0 +1,170 @@
+"""Painting one image with a palette, in one pass, and measuring what was written.
+
+An image is read once: its color histogram (unique colors, counts and each pixel's color
+index) gives the palette index of every pixel by labelling the unique colors only, the
+indexed PNG is encoded from that, and PSNR and the mean CIEDE2000 ΔE come from the unique
+colors weighted by their counts in float64, exactly as a per-pixel sum would give them.
+With Floyd–Steinberg dithering the index of a pixel no longer follows from its color alone,
+so the figures are then summed over (color, index) pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from kmflow.kernels.color import ciede2000, psnr, srgb_to_lab
+from kmflow.kernels.lloyd import nearest
+from kmflow.quantize._compiled import floyd_steinberg, image_histogram
+from kmflow.storage.images import encode_png, encode_png_indexed
+
+__all__ = ["ColorHistogram", "Painted", "histogram_error", "paint", "to_fit_space"]
+
+ColorSpace = Literal["rgb", "lab"]
+
+
+def to_fit_space(rgb: np.ndarray, color_space: ColorSpace) -> np.ndarray:
+    """sRGB colors in the space a palette is fitted in (RGB as is, or CIE Lab)."""
+    return srgb_to_lab(rgb) if color_space == "lab" else rgb
+
+
+@dataclass(frozen=True, eq=False)
+class ColorHistogram:
+    """One image's unique colors, their counts, each pixel's color index, and their Lab.
+
+    Attributes
+    ----------
+    colors : ndarray of uint8, shape (n_colors, 3)
+    counts : ndarray of int64, shape (n_colors,)
+    inverse : ndarray of int32, shape (n_pixels,)
+        ``colors[inverse]`` is the image's pixels.
+    lab : ndarray of float64, shape (n_colors, 3)
+        ``srgb_to_lab(colors)``: the ΔE needs it, and so does a fit in Lab.
+    """
+
+    colors: np.ndarray
+    counts: np.ndarray
+    inverse: np.ndarray
+    lab: np.ndarray
+
+    @classmethod
+    def of(cls, pixels: np.ndarray) -> ColorHistogram:
+        colors, counts, inverse = image_histogram(pixels)
+        return cls(colors, counts, inverse, srgb_to_lab(colors))
+
+    @property
+    def n_pixels(self) -> int:
+        return int(self.inverse.shape[0])
+
+    def in_space(self, color_space: ColorSpace) -> np.ndarray:
+        """The unique colors in the fit space (float64 Lab, or the uint8 RGB rows)."""
+        return self.lab if color_space == "lab" else self.colors
+
+
+def histogram_error(
+    colors: np.ndarray,
+    counts: np.ndarray,
+    labels: np.ndarray,
+    palette_rgb: np.ndarray,
+    colors_lab: np.ndarray | None = None,
+) -> tuple[float, float]:
+    """Pooled squared error and count-weighted mean ΔE00 of unique colors painted by label.
+
+    Parameters
+    ----------
+    colors : ndarray of uint8, shape (n_colors, 3)
+    counts : ndarray of int, shape (n_colors,)
+    labels : ndarray of int, shape (n_colors,)
+        Palette index each color is painted with.
+    palette_rgb : ndarray of uint8, shape (k, 3)
+    colors_lab : ndarray of float64, shape (n_colors, 3), optional
+        ``srgb_to_lab(colors)`` if already known.
+
+    Returns
+    -------
+    sse : float
+        Sum over pixels and channels of the squared difference (float64: no overflow).
+    delta_e : float
+        Mean CIEDE2000 difference per pixel (NaN for no pixels).
+    """
+    quant = palette_rgb[labels]
+    diff = colors.astype(np.float64) - quant.astype(np.float64)
+    w = counts.astype(np.float64)
+    sse = float(w @ np.einsum("ij,ij->i", diff, diff))
+    lab = srgb_to_lab(colors) if colors_lab is None else colors_lab
+    pal_lab = srgb_to_lab(palette_rgb)
+    de = ciede2000(lab, pal_lab[labels])
+    total = w.sum()
+    return sse, float((w @ de) / total) if total else float("nan")
+
+
+@dataclass(frozen=True)
+class Painted:
+    """An image painted with a palette: the encoded PNG and how close it is to the original."""
+
+    png: bytes
+    n_pixels: int
+    sse: float
+    delta_e: float
+    colors_used: int
+
+    @property
+    def psnr(self) -> float:
+        return psnr(self.sse / (3 * self.n_pixels)) if self.n_pixels else float("nan")
+
+
+def paint(
+    hist: ColorHistogram,
+    height: int,
+    width: int,
+    centers: np.ndarray,
+    palette_rgb: np.ndarray,
+    color_space: ColorSpace,
+    *,
+    dither: bool = False,
+) -> Painted:
+    """Paint one image with a palette and encode it as PNG (indexed up to 256 colors).
+
+    Parameters
+    ----------
+    hist : ColorHistogram
+        The image's histogram (:meth:`ColorHistogram.of` its pixels).
+    height, width : int
+    centers : ndarray of float64, shape (k, 3)
+        The palette in ``color_space``; each color goes to its nearest center.
+    palette_rgb : ndarray of uint8, shape (k, 3)
+        What each center is painted as.
+    color_space : {"rgb", "lab"}
+    dither : bool, default False
+        Floyd–Steinberg error diffusion (in sRGB) instead of the nearest center.
+
+    Returns
+    -------
+    Painted
+    """
+    n = hist.n_pixels
+    if not dither:
+        labels = nearest(hist.in_space(color_space), centers)
+        sse, delta_e = histogram_error(hist.colors, hist.counts, labels, palette_rgb, hist.lab)
+        index = labels[hist.inverse]
+        used = int(np.unique(labels).size)
+    else:
+        image = hist.colors[hist.inverse].reshape(height, width, 3)
+        index = floyd_steinberg(image, palette_rgb).reshape(-1)
+        # A pixel's index depends on its neighbours: sum over distinct (color, index) pairs.
+        pairs, counts = np.unique(
+            hist.inverse.astype(np.int64) * len(palette_rgb) + index, return_counts=True
+        )
+        color_of, label_of = np.divmod(pairs, len(palette_rgb))
+        sse, delta_e = histogram_error(
+            hist.colors[color_of], counts, label_of, palette_rgb, hist.lab[color_of]
+        )
+        used = int(np.unique(label_of).size)
+    shape = (height, width)
+    if len(palette_rgb) <= 256:
+        png = encode_png_indexed(index.reshape(shape), palette_rgb)
+    else:
+        png = encode_png(palette_rgb[index].reshape(*shape, 3))
+    return Painted(png=png, n_pixels=n, sse=sse, delta_e=delta_e, colors_used=used)
