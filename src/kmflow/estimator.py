@@ -28,8 +28,8 @@ from kmflow.kernels.init import _kmeans_parallel, _kmeans_plusplus, _random_cent
 from kmflow.kernels.lloyd import (
     Callback,
     IterationInfo,
+    _cost_pass,
     _lloyd,
-    _lloyd_pass,
     assign,
     distances,
     tolerance,
@@ -301,7 +301,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):  # type: ignore[mis
         Xd = check_array(X, n_features=self.n_features_in_)
         blocks = Blocks(Xd, check_sample_weight(sample_weight, Xd))
         data_stats(blocks)
-        return -float(_lloyd_pass(blocks, self.cluster_centers_.astype(np.float64))[2])
+        return -_cost_pass(blocks, self.cluster_centers_.astype(np.float64))
 
 
 def _init_name(init: Any) -> str:

@@ -160,3 +160,35 @@ def test_inertia_never_increases_and_labels_in_range(seed: int, n: int, k: int, 
     labels = assign(da.from_array(X), r.centers).compute()
     assert labels.min() >= 0
     assert labels.max() < k
+
+
+@pytest.mark.parametrize("d", [1, 3, 5])
+@pytest.mark.parametrize("k", [1, 3, 4, 6, 9])
+def test_compiled_kernels_match_a_numpy_reference(d: int, k: int) -> None:
+    # Small integers: every distance is exact, so ties are real ties and must go to the lowest
+    # center index (k = 4, 6, 9 cover the four-centers-at-a-time sweep and its remainder).
+    from kmflow.kernels import _numba
+
+    rng = np.random.default_rng(10 * d + k)
+    X = rng.integers(0, 6, size=(1500, d)).astype(np.uint8)
+    C = rng.integers(0, 6, size=(k, d)).astype(np.float64)
+    C[-1] = C[0]
+    ct = np.ascontiguousarray(C.T)
+    d2 = ((X[:, None, :].astype(np.float64) - C[None]) ** 2).sum(-1)
+    ref_labels = d2.argmin(1)
+    labels = np.empty(len(X), np.int32)
+    dist = np.empty(len(X))
+    _numba.assign(X, ct, labels, dist)
+    np.testing.assert_array_equal(labels, ref_labels)
+    np.testing.assert_array_equal(dist, d2.min(1))
+    w = rng.random(len(X))
+    for has_w, weights in [(False, np.ones(len(X))), (True, w)]:
+        sums, counts = np.zeros((k, d)), np.zeros(k)
+        got = _numba.accumulate(X, w if has_w else np.empty(0), has_w, ct, sums, counts)
+        np.testing.assert_allclose(counts, np.bincount(ref_labels, weights, minlength=k))
+        ref_sums = np.zeros((k, d))
+        np.add.at(ref_sums, ref_labels, weights[:, None] * X)
+        np.testing.assert_allclose(sums, ref_sums, rtol=1e-12)
+        assert got == pytest.approx(float(weights @ d2.min(1)), rel=1e-12)
+        # The inertia-only kernel adds the same numbers in the same order: bit for bit.
+        assert _numba.cost(X, w if has_w else np.empty(0), has_w, ct) == got

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-__all__ = ["accumulate", "assign", "round_thresholds", "uniform_fill", "update_nearest"]
+__all__ = ["accumulate", "assign", "cost", "round_thresholds", "uniform_fill", "update_nearest"]
 
 
 #: Rows per tile: a tile is copied to a small float64 structure-of-arrays buffer, then the
@@ -25,11 +25,64 @@ TILE = 512
 @nb.njit(nogil=True, cache=True)
 def _load_tile(X, s, m, xs, best, lab, init_best, init_lab):  # type: ignore[no-untyped-def]
     d = X.shape[1]
+    if d == 3:  # RGB pixels: unrolled, so the strided uint8 loads and casts vectorise
+        for i in range(m):
+            xs[0, i] = X[s + i, 0]
+            xs[1, i] = X[s + i, 1]
+            xs[2, i] = X[s + i, 2]
+    else:
+        for i in range(m):
+            for f in range(d):
+                xs[f, i] = X[s + i, f]
     for i in range(m):
-        for f in range(d):
-            xs[f, i] = X[s + i, f]
         best[i] = init_best
         lab[i] = init_lab
+
+
+@nb.njit(nogil=True, cache=True, inline="always")
+def _fold3(x0, x1, x2, c0, c1, c2, lj, b, lb):  # type: ignore[no-untyped-def]
+    """One center into one row's (best, label): strict ``<``, so ties keep the earlier one."""
+    t0 = x0 - c0
+    t1 = x1 - c1
+    t2 = x2 - c2
+    v = t0 * t0 + t1 * t1 + t2 * t2
+    better = v < b
+    return (v if better else b), (lj if better else lb)
+
+
+@nb.njit(nogil=True, cache=True)
+def _tile_nearest3(xs, m, centers_t, base, best, lab):  # type: ignore[no-untyped-def]
+    """``_tile_nearest`` for 3 features, four centers per sweep of the tile.
+
+    A row's running (best, label) stays in registers across four centers, in the same order
+    and with the same arithmetic as one center at a time, so the result is identical; the tile
+    is read and written a quarter as often.
+    """
+    k = centers_t.shape[1]
+    j = 0
+    while j + 4 <= k:
+        a0, a1, a2 = centers_t[0, j], centers_t[1, j], centers_t[2, j]
+        b0, b1, b2 = centers_t[0, j + 1], centers_t[1, j + 1], centers_t[2, j + 1]
+        c0, c1, c2 = centers_t[0, j + 2], centers_t[1, j + 2], centers_t[2, j + 2]
+        e0, e1, e2 = centers_t[0, j + 3], centers_t[1, j + 3], centers_t[2, j + 3]
+        lj = base + j
+        for i in range(m):
+            x0 = xs[0, i]
+            x1 = xs[1, i]
+            x2 = xs[2, i]
+            b, lb = _fold3(x0, x1, x2, a0, a1, a2, lj, best[i], lab[i])
+            b, lb = _fold3(x0, x1, x2, b0, b1, b2, lj + 1, b, lb)
+            b, lb = _fold3(x0, x1, x2, c0, c1, c2, lj + 2, b, lb)
+            b, lb = _fold3(x0, x1, x2, e0, e1, e2, lj + 3, b, lb)
+            best[i] = b
+            lab[i] = lb
+        j += 4
+    while j < k:
+        a0, a1, a2 = centers_t[0, j], centers_t[1, j], centers_t[2, j]
+        lj = base + j
+        for i in range(m):
+            best[i], lab[i] = _fold3(xs[0, i], xs[1, i], xs[2, i], a0, a1, a2, lj, best[i], lab[i])
+        j += 1
 
 
 @nb.njit(nogil=True, cache=True)
@@ -38,19 +91,7 @@ def _tile_nearest(xs, m, centers_t, base, best, lab, dd):  # type: ignore[no-unt
     d = xs.shape[0]
     k = centers_t.shape[1]
     if d == 3:  # RGB pixels: the main job, fully unrolled
-        for j in range(k):
-            c0 = centers_t[0, j]
-            c1 = centers_t[1, j]
-            c2 = centers_t[2, j]
-            lj = base + j
-            for i in range(m):
-                t0 = xs[0, i] - c0
-                t1 = xs[1, i] - c1
-                t2 = xs[2, i] - c2
-                v = t0 * t0 + t1 * t1 + t2 * t2
-                better = v < best[i]
-                best[i] = v if better else best[i]
-                lab[i] = lj if better else lab[i]
+        _tile_nearest3(xs, m, centers_t, base, best, lab)
         return
     for j in range(k):
         c = centers_t[0, j]
@@ -97,22 +138,72 @@ def accumulate(X, w, has_w, centers_t, sums, counts):  # type: ignore[no-untyped
         m = min(TILE, n - s)
         _load_tile(X, s, m, xs, best, lab, np.inf, 0)
         _tile_nearest(xs, m, centers_t, 0, best, lab, dd)
-        for i in range(m):
-            bj = lab[i]
-            wi = np.float64(w[s + i]) if has_w else 1.0
-            counts[bj] += wi
-            for f in range(d):
-                sums[bj, f] += wi * xs[f, i]
-            inertia += wi * best[i]
+        # One loop per case, each adding the same values in the same order (an unweighted
+        # row adds ``x`` where the weighted formula would add ``1.0 * x``: the same number).
+        if has_w:
+            for i in range(m):
+                bj = lab[i]
+                wi = np.float64(w[s + i])
+                counts[bj] += wi
+                for f in range(d):
+                    sums[bj, f] += wi * xs[f, i]
+                inertia += wi * best[i]
+        elif d == 3:
+            for i in range(m):
+                bj = lab[i]
+                counts[bj] += 1.0
+                sums[bj, 0] += xs[0, i]
+                sums[bj, 1] += xs[1, i]
+                sums[bj, 2] += xs[2, i]
+                inertia += best[i]
+        else:
+            for i in range(m):
+                bj = lab[i]
+                counts[bj] += 1.0
+                for f in range(d):
+                    sums[bj, f] += xs[f, i]
+                inertia += best[i]
     return inertia
 
 
 @nb.njit(nogil=True, cache=True)
 def assign(X, centers_t, labels, d2):  # type: ignore[no-untyped-def]
     """Nearest center of every row: ``labels[i]`` and its squared distance ``d2[i]``."""
-    d2[:] = np.inf
-    labels[:] = 0
-    update_nearest(X, centers_t, 0, d2, labels)
+    n, d = X.shape
+    xs = np.empty((d, TILE))
+    best = np.empty(TILE)
+    lab = np.empty(TILE, np.int64)
+    dd = np.empty(TILE)
+    for s in range(0, n, TILE):
+        m = min(TILE, n - s)
+        _load_tile(X, s, m, xs, best, lab, np.inf, 0)
+        _tile_nearest(xs, m, centers_t, 0, best, lab, dd)
+        for i in range(m):
+            d2[s + i] = best[i]
+            labels[s + i] = lab[i]
+
+
+@nb.njit(nogil=True, cache=True)
+def cost(X, w, has_w, centers_t):  # type: ignore[no-untyped-def]
+    """Weighted sum of squared distances to the nearest center: what :func:`accumulate`
+    returns, added in the same order (so the same number), without the per-center sums."""
+    n, d = X.shape
+    xs = np.empty((d, TILE))
+    best = np.empty(TILE)
+    lab = np.empty(TILE, np.int64)
+    dd = np.empty(TILE)
+    inertia = 0.0
+    for s in range(0, n, TILE):
+        m = min(TILE, n - s)
+        _load_tile(X, s, m, xs, best, lab, np.inf, 0)
+        _tile_nearest(xs, m, centers_t, 0, best, lab, dd)
+        if has_w:
+            for i in range(m):
+                inertia += np.float64(w[s + i]) * best[i]
+        else:
+            for i in range(m):
+                inertia += best[i]
+    return inertia
 
 
 @nb.njit(nogil=True, cache=True)
@@ -130,9 +221,8 @@ def update_nearest(X, centers_t, base, d2, labels):  # type: ignore[no-untyped-d
     dd = np.empty(TILE)
     for s in range(0, n, TILE):
         m = min(TILE, n - s)
+        _load_tile(X, s, m, xs, best, lab, np.inf, 0)
         for i in range(m):
-            for f in range(d):
-                xs[f, i] = X[s + i, f]
             best[i] = d2[s + i]
             lab[i] = labels[s + i]
         _tile_nearest(xs, m, centers_t, base, best, lab, dd)

@@ -122,6 +122,15 @@ def _lloyd_combine(a: _Partial, b: _Partial) -> _Partial:
     return a[0] + b[0], a[1] + b[1], a[2] + b[2]
 
 
+def _cost_block(x: np.ndarray, w: np.ndarray | None, offset: int, centers_t: np.ndarray) -> float:
+    has_w = w is not None
+    return float(_numba.cost(x, w if has_w else _NO_WEIGHTS, has_w, centers_t))
+
+
+def _add(a: float, b: float) -> float:
+    return a + b
+
+
 # Far points: (d2, global index, label, weight, rows), sorted by d2 descending then index.
 _Far = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
@@ -156,6 +165,12 @@ def _far_combine(a: _Far, b: _Far) -> _Far:
 # --------------------------------------------------------------------------- passes
 def _lloyd_pass(blocks: Blocks, centers: np.ndarray) -> _Partial:
     return map_reduce(blocks, _lloyd_block, _lloyd_combine, np.ascontiguousarray(centers.T))
+
+
+def _cost_pass(blocks: Blocks, centers: np.ndarray) -> float:
+    """Inertia under ``centers``: the third value of :func:`_lloyd_pass`, the same number
+    (same per-block order, same reduction tree), without accumulating the sums."""
+    return map_reduce(blocks, _cost_block, _add, np.ascontiguousarray(centers.T))
 
 
 def _relocate_empty(
@@ -253,7 +268,7 @@ def _lloyd(
                 "converged at iteration %d: center shift %.3g <= tol %.3g", n_iter, shift, tol_abs
             )
             break
-    final_inertia = float(last_inertia) if shift == 0.0 else float(_lloyd_pass(blocks, centers)[2])
+    final_inertia = float(last_inertia) if shift == 0.0 else _cost_pass(blocks, centers)
     return LloydResult(
         centers=centers,
         inertia=final_inertia,
@@ -320,7 +335,7 @@ def inertia(X: Any, centers: Any, *, sample_weight: Any = None) -> float:
     Xd = check_array(X)
     W = check_sample_weight(sample_weight, Xd)
     c = check_centers(centers, np.asarray(centers).shape[0], Xd.shape[1])
-    return float(_lloyd_pass(Blocks(Xd, W), c)[2])
+    return _cost_pass(Blocks(Xd, W), c)
 
 
 def _require_finite(x: np.ndarray) -> None:
