@@ -227,3 +227,123 @@ def test_quantize_from_s3_to_s3(tmp_path: Path, mixed_folder: Path, s3_bucket) -
     flower = next(i for i in data["images"] if i["relpath"] == "flower.png")
     assert flower["output"] == f"{bucket}/out/flower.png"
     assert {tuple(c) for c in img.reshape(-1, 3)} <= {tuple(c) for c in flower["palette"]}
+
+
+# --------------------------------------------------------------------------- per-image mode
+
+
+def _photo(path: Path, crop: tuple[slice, slice], which: int = 0) -> None:
+    Image.fromarray(load_sample_images().images[which][crop]).save(path)
+
+
+def test_per_image_is_the_default_and_lists_each_image(tmp_path: Path) -> None:
+    src = tmp_path / "photos"
+    src.mkdir()
+    for i in range(23):
+        _photo(src / f"p{i:02d}.png", (slice(i * 10, i * 10 + 40), slice(0, 50)), i % 2)
+    report = tmp_path / "r.json"
+    r = run_cli(
+        "quantize", str(src), "--k", "6", "--out", str(tmp_path / "out"), "--report", str(report)
+    )
+    assert r.returncode == 0, r.stderr
+    assert "per-image palette" in r.stdout
+    assert "p00.png" in r.stdout
+    assert "p19.png" in r.stdout
+    assert "p20.png" not in r.stdout  # truncated after 20 rows, with a count
+    assert "and 3 more" in r.stdout
+    data = json.loads(report.read_text())
+    assert data["summary"]["palette"] == "per-image"
+    assert data["summary"]["palettes_fitted"] == 23
+    for image in data["images"]:
+        rendered = np.asarray(Image.open(image["output"]).convert("RGB")).reshape(-1, 3)
+        assert {tuple(c) for c in rendered} <= {tuple(c) for c in image["palette"]}
+        assert len(image["palette"]) == 6
+    assert not (tmp_path / "out" / "palette.png").exists()
+    # A second run finds every palette in the store and fits none.
+    again = run_cli(
+        "quantize", str(src), "--k", "6", "--out", str(tmp_path / "out"), "--report", str(report)
+    )
+    assert again.returncode == 0, again.stderr
+    assert json.loads(report.read_text())["summary"]["palettes_fitted"] == 0
+
+
+def test_out_on_the_source_folder_is_refused_and_nothing_changes(tmp_path: Path) -> None:
+    src = tmp_path / "photos"
+    src.mkdir()
+    _photo(src / "a.png", (slice(0, 60), slice(0, 80)))
+    before = (src / "a.png").read_bytes()
+    r = run_cli("quantize", str(src), "--k", "4", "--out", str(src))
+    assert r.returncode == 2
+    assert "would overwrite the source image" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) <= 2
+    assert (src / "a.png").read_bytes() == before
+    assert not (src / "store.zarr").exists()  # refused before anything was written
+    inside = run_cli("quantize", str(src), "--k", "4", "--out", str(src / "q"))
+    assert inside.returncode == 2
+    assert "inside the source folder" in inside.stderr
+    allowed = run_cli(
+        "quantize", str(src), "--k", "4", "--out", str(src / "q"), "--out-inside-source"
+    )
+    assert allowed.returncode == 0, allowed.stderr
+    assert (src / "q" / "a.png").exists()
+    assert (src / "a.png").read_bytes() == before
+
+
+def test_same_stem_two_formats_both_written(tmp_path: Path) -> None:
+    src = tmp_path / "photos"
+    src.mkdir()
+    _photo(src / "a.png", (slice(0, 60), slice(0, 80)), 0)
+    _photo(src / "a.jpg", (slice(0, 60), slice(0, 80)), 1)
+    out = tmp_path / "out"
+    r = run_cli("quantize", str(src), "--k", "4", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.glob("*.png")) == ["a.jpg.png", "a.png.png"]
+    jpg = np.asarray(Image.open(out / "a.jpg.png").convert("RGB"))
+    png = np.asarray(Image.open(out / "a.png.png").convert("RGB"))
+    assert not np.array_equal(jpg, png)  # two images, not one written twice
+
+
+def test_only_the_images_given_are_rendered(tmp_path: Path) -> None:
+    src = tmp_path / "photos"
+    src.mkdir()
+    _photo(src / "a.png", (slice(0, 60), slice(0, 80)), 0)
+    _photo(src / "b.png", (slice(0, 60), slice(0, 80)), 1)
+    store = str(tmp_path / "store.zarr")
+    first = run_cli(
+        "quantize", str(src), "--k", "4", "--out", str(tmp_path / "o1"), "--store", store
+    )
+    assert first.returncode == 0, first.stderr
+    for palette in ("per-image", "shared"):
+        out = tmp_path / f"o-{palette}"
+        report = tmp_path / f"{palette}.json"
+        r = run_cli(
+            "quantize", str(src / "b.png"), "--k", "4", "--palette", palette, "--out", str(out),
+            "--store", store, "--report", str(report),
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert [p.name for p in out.glob("*.png") if p.name != "palette.png"] == ["b.png"]
+        assert json.loads(report.read_text())["summary"]["images"] == 1
+    from kmflow.storage.pixelstore import PixelStore
+
+    assert PixelStore(store).n_images == 2  # the store keeps the other image
+
+
+def test_mistyped_source_fails_before_any_cluster_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    import kmflow.cluster
+    from kmflow.cli import app
+
+    def no_cluster(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a cluster was started for a command that cannot run")
+
+    monkeypatch.setattr(kmflow.cluster, "connect", no_cluster)
+    result = CliRunner().invoke(
+        app, ["quantize", str(tmp_path / "nope.jpg"), "--workers", "2", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 2
+    assert "nope.jpg" in result.output
+    assert "AssertionError" not in result.output

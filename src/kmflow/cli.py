@@ -310,7 +310,9 @@ def _fail(exc: BaseException) -> NoReturn:
     """A kmflow error as one line on stderr and exit code 2 (the traceback with -v)."""
     if logging.getLogger().isEnabledFor(logging.INFO):
         console.print_exception()
-    console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+    from rich.markup import escape
+
+    console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
     raise typer.Exit(2) from exc
 
 

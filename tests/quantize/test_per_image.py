@@ -1,0 +1,183 @@
+"""A palette per image: each image's own colors, deterministic, as good as scikit-learn's."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.cluster import KMeans as SKKMeans
+from sklearn.datasets import load_sample_images
+
+from kmflow import InvalidInputError
+from kmflow.kernels.color import psnr
+from kmflow.quantize.outputs import output_urls
+from kmflow.quantize.per_image import PerImageParams, fit_image_palette, quantize_images
+from kmflow.quantize.render import ColorHistogram, paint
+from kmflow.storage.images import discover_images
+from kmflow.storage.pixelstore import PixelStore
+
+# Four colors per image, each image its own: a shared palette of 4 would lose most of them.
+_COLORS = {
+    "reds.png": [[200, 20, 20], [120, 10, 10], [250, 120, 120], [60, 0, 0]],
+    "blues.png": [[20, 20, 200], [10, 60, 120], [120, 160, 250], [0, 0, 60]],
+    "greens.png": [[20, 180, 20], [90, 220, 60], [10, 80, 30], [160, 250, 160]],
+}
+
+
+def _blocks(colors: list[list[int]], rng: np.random.Generator, noise: int) -> np.ndarray:
+    image = np.zeros((60, 80, 3), np.int16)
+    for i, c in enumerate(colors):
+        image[(i // 2) * 30 : (i // 2 + 1) * 30, (i % 2) * 40 : (i % 2 + 1) * 40] = c
+    image += rng.integers(-noise, noise + 1, size=image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def known_colors(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("known")
+    rng = np.random.default_rng(0)
+    for name, colors in _COLORS.items():
+        Image.fromarray(_blocks(colors, rng, noise=3)).save(root / name)
+    # An image with 3 distinct colors: fewer than k, kept exactly.
+    few = np.zeros((20, 30, 3), np.uint8)
+    few[:, 10:20] = [255, 255, 0]
+    few[:, 20:] = [0, 255, 255]
+    Image.fromarray(few).save(root / "few.png")
+    return root
+
+
+def _ingest(root: Path, url: str) -> tuple[PixelStore, list]:
+    store = PixelStore(url, chunk_pixels=3000)
+    sources = discover_images(str(root))
+    store.ingest(sources, max_pixels=10**7)
+    by_sha = {r.sha256: r for r in store.images()}
+    records = [by_sha[hashlib.sha256(Path(s.url).read_bytes()).hexdigest()] for s in sources]
+    return store, records
+
+
+def _read(path: str) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def test_each_image_recovers_its_own_colors(known_colors: Path, tmp_path: Path) -> None:
+    store, records = _ingest(known_colors, str(tmp_path / "s.zarr"))
+    outs = output_urls(str(tmp_path / "out"), [r.relpath for r in records])
+    report = quantize_images(
+        store, list(zip(records, outs, strict=True)), PerImageParams(4, seed=0)
+    )
+    by_name = {q.relpath: q for q in report.images}
+    for name, colors in _COLORS.items():
+        q = by_name[name]
+        got = np.array(sorted(map(tuple, q.palette)))
+        want = np.array(sorted(map(tuple, colors)))
+        assert np.abs(got - want).max() <= 2, (name, got, want)
+        assert not q.exact
+        assert q.psnr > 40  # only the ±3 noise is lost
+    few = by_name["few.png"]
+    assert few.exact
+    assert sorted(map(tuple, few.palette)) == [(0, 0, 0), (0, 255, 255), (255, 255, 0)]
+    assert few.psnr == float("inf")
+    np.testing.assert_array_equal(_read(few.output), _read(str(known_colors / "few.png")))
+    assert report.n_fitted == 4
+    assert report.n_tasks >= 1
+
+
+def test_same_palettes_for_any_batching_and_scheduler(
+    known_colors: Path, tmp_path: Path, dask_client
+) -> None:
+    """One image per task or all in one task on the 2-worker cluster, or threads: same bytes."""
+    store, records = _ingest(known_colors, str(tmp_path / "s.zarr"))
+    params = PerImageParams(3, seed=5)
+    runs = []
+    for name, batch in (("one", 1), ("all", 10**9)):
+        outs = output_urls(str(tmp_path / name), [r.relpath for r in records])
+        report = quantize_images(
+            store,
+            list(zip(records, outs, strict=True)),
+            params,
+            batch_pixels=batch,
+            reuse_palettes=False,
+        )
+        runs.append(report)
+    assert runs[0].n_tasks == len(records)
+    assert runs[1].n_tasks == 1
+    for a, b in zip(runs[0].images, runs[1].images, strict=True):
+        assert a.palette == b.palette
+        assert Path(a.output).read_bytes() == Path(b.output).read_bytes()
+    # Dask's threads (no cluster) agree too.
+    import dask
+
+    with dask.config.set(scheduler="threads"):
+        outs = output_urls(str(tmp_path / "threads"), [r.relpath for r in records])
+        threaded = quantize_images(
+            store, list(zip(records, outs, strict=True)), params, reuse_palettes=False
+        )
+    assert [q.palette for q in threaded.images] == [q.palette for q in runs[0].images]
+
+
+def test_palettes_are_stored_and_reused(known_colors: Path, tmp_path: Path) -> None:
+    store, records = _ingest(known_colors, str(tmp_path / "s.zarr"))
+    outs = output_urls(str(tmp_path / "out"), [r.relpath for r in records])
+    items = list(zip(records, outs, strict=True))
+    first = quantize_images(store, items, PerImageParams(4, seed=0))
+    assert first.n_fitted == len(records)
+    again = quantize_images(store, items, PerImageParams(4, seed=0))
+    assert again.n_fitted == 0  # every palette came from the store
+    assert [q.palette for q in again.images] == [q.palette for q in first.images]
+    assert not any(q.refitted for q in again.images)
+    # Other parameters are other palettes.
+    other = quantize_images(store, items, PerImageParams(3, seed=0))
+    assert other.n_fitted == len(records)
+    keys = [PerImageParams(4, seed=0).palette_key(r.sha256) for r in records]
+    stored = PixelStore(store.url).image_palettes(keys)
+    assert set(stored) == set(keys)
+    assert stored[keys[0]].shape[1] == 3
+
+
+def test_large_images_are_fitted_with_the_distributed_estimator(
+    known_colors: Path, tmp_path: Path
+) -> None:
+    store, records = _ingest(known_colors, str(tmp_path / "s.zarr"))
+    outs = output_urls(str(tmp_path / "out"), [r.relpath for r in records])
+    report = quantize_images(
+        store,
+        list(zip(records, outs, strict=True)),
+        PerImageParams(4, seed=0),
+        max_task_pixels=1000,
+    )
+    by_name = {q.relpath: q for q in report.images}
+    for name, colors in _COLORS.items():
+        got = np.array(sorted(map(tuple, by_name[name].palette)))
+        assert np.abs(got - np.array(sorted(map(tuple, colors)))).max() <= 2
+    assert by_name["few.png"].exact
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("k", [8, 16])
+def test_quality_matches_scikit_learn_on_the_sample_photos(k: int) -> None:
+    """PSNR >= scikit-learn KMeans(k, n_init=1) fitted on all of the image's pixels - 0.05 dB."""
+    for photo in load_sample_images().images:
+        px = photo.reshape(-1, 3)
+        hist = ColorHistogram.of(px)
+        pal = fit_image_palette(hist, PerImageParams(k), hashlib.sha256(px.tobytes()).hexdigest())
+        ours = paint(hist, *photo.shape[:2], pal.centers, pal.rgb, "rgb").psnr
+        km = SKKMeans(k, n_init=1, random_state=0).fit(px.astype(np.float64))
+        rgb = np.clip(np.rint(km.cluster_centers_), 0, 255).astype(np.uint8)
+        diff = px.astype(np.float64) - rgb[km.labels_]
+        theirs = psnr(float((diff * diff).sum()) / diff.size)
+        assert ours >= theirs - 0.05, (k, ours, theirs)
+
+
+def test_parameters_are_checked() -> None:
+    for bad in (
+        {"n_colors": 0},
+        {"n_colors": 4, "color_space": "hsv"},
+        {"n_colors": 4, "n_init": 0},
+        {"n_colors": 4.5},
+    ):
+        with pytest.raises(InvalidInputError):
+            PerImageParams(**bad)  # type: ignore[arg-type]
