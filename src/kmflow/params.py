@@ -146,7 +146,7 @@ class EvaluateParams(_Params):
 
 
 class ApplyParams(_Params):
-    """Quantize every stored image with a registered model."""
+    """Quantize every stored image: with a registered model, or each with its own palette."""
 
     store: str = StoreUrl
     model: str = ModelName
@@ -157,6 +157,20 @@ class ApplyParams(_Params):
         default="kmflow-out",
         min_length=1,
         description="Output folder or URL for the quantized PNGs and the palette swatch.",
+    )
+    palette: Literal["shared", "per-image"] = Field(
+        default="shared",
+        description=(
+            "'shared': paint every image with the model's palette (and store labels(pixel)); "
+            "'per-image': give each image its own k colors (the model is not used)."
+        ),
+    )
+    k: int = Field(default=16, ge=1, le=65536, description="Colors per image in 'per-image' mode.")
+    seed: int = Field(default=0, ge=0, description="Seed of the per-image palettes.")
+    dither: bool = Field(default=False, description="Floyd-Steinberg dithering.")
+    labels: bool = Field(
+        default=True,
+        description="'shared' mode: also store labels(pixel) for every stored pixel.",
     )
 
 

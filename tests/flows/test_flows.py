@@ -157,7 +157,7 @@ def test_pipeline_runs_every_stage_on_the_cluster(
             }
         )
     # (Dask names a task prefix after its function, leading underscores stripped.)
-    for prefix in ("decode_image", "hist_block", "lloyd_block", "moments_block", "render_image"):
+    for prefix in ("decode_image", "hist_block", "lloyd_block", "moments_block", "quantize_batch"):
         assert done.get(prefix, 0.0) > 0.0, f"no {prefix} task ran on the cluster: {sorted(done)}"
 
 
@@ -220,6 +220,21 @@ def test_held_out_evaluation_and_the_evaluate_and_apply_flows(
     assert applied["version"] == trained["version"]
     assert len(applied["images"]) == 3
     assert all(len(_colors(Path(i["output"]))) <= 4 for i in applied["images"])
+
+    assert PixelStore(env["store"]).labels() is not None  # shared mode stores labels(pixel)
+
+    # Each image with its own palette: no model needed, each PNG its own 3 colors.
+    own = apply_flow(
+        ApplyParams(
+            store=env["store"], model="nope", out=env["out"] + "-own", palette="per-image", k=3
+        )
+    )
+    assert own["version"] is None
+    assert len(own["images"]) == 3
+    for image in own["images"]:
+        assert _colors(Path(image["output"])) <= {tuple(c) for c in image["palette"]}
+        assert len(image["palette"]) == 3
+    assert len({tuple(map(tuple, i["palette"])) for i in own["images"]}) == 3  # not one palette
 
     # An unknown model fails the run with a clear error and writes nothing.
     missing = Path(env["out"]) / "never"

@@ -11,7 +11,8 @@ from kmflow.cluster.session import cluster_session, describe
 from kmflow.flows._report import publish_links, publish_metrics, publish_report
 from kmflow.params import ApplyParams
 from kmflow.quantize import palette_from_model
-from kmflow.tasks.apply import apply_palette_task
+from kmflow.quantize.per_image import PerImageParams
+from kmflow.tasks.apply import apply_palette_task, quantize_per_image_task
 from kmflow.tasks.registry import load_model_task
 
 __all__ = ["apply_flow"]
@@ -19,25 +20,45 @@ __all__ = ["apply_flow"]
 
 @flow(name="apply", description="Quantize the stored images with a registered palette.")
 def apply_flow(params: ApplyParams = ApplyParams()) -> dict[str, Any]:  # noqa: B008
-    """Render every image of ``params.store`` with ``params.model`` under ``params.out``."""
+    """Render every image of ``params.store`` under ``params.out``.
+
+    With ``palette="shared"`` every image is painted with ``params.model``'s palette; with
+    ``"per-image"`` each gets its own ``params.k`` colors and the model is not used.
+    """
     t0 = time.perf_counter()
     with cluster_session() as client:
         cluster = describe(client)
-        model = load_model_task(params.model, params.version)
-        report = apply_palette_task(
-            params.store, palette_from_model(model), params.out, params.model
-        )
-    version = model.record.version
+        if params.palette == "per-image":
+            per_image = PerImageParams(n_colors=params.k, seed=params.seed, dither=params.dither)
+            report = quantize_per_image_task(params.store, params.out, per_image, params.model)
+            report["palette_url"] = None
+            version = None
+        else:
+            model = load_model_task(params.model, params.version)
+            report = apply_palette_task(
+                params.store,
+                palette_from_model(model),
+                params.out,
+                params.model,
+                write_labels=params.labels,
+                dither=params.dither,
+            )
+            version = model.record.version
     publish_metrics(
         params.model,
         "apply",
         {"images": len(report["images"]), "psnr": report["psnr"], "delta_e": report["delta_e"]},
     )
-    publish_links(params.model, {"outputs": params.out, "palette": report["palette_url"]})
+    links = {"outputs": params.out}
+    if report["palette_url"]:
+        links["palette"] = report["palette_url"]
+    publish_links(params.model, links)
     publish_report(
         params.model,
         "apply",
-        f"{params.model} version {version} applied to {params.store}",
+        f"{params.model} version {version} applied to {params.store}"
+        if version is not None
+        else f"{params.store}: every image with its own {params.k} colors",
         {
             "Outputs": {"folder": params.out, "palette": report["palette_url"]},
             "Images": [

@@ -10,7 +10,7 @@ Retries only where I/O can fail transiently (:func:`~kmflow.tasks._common.retry_
 every cache policy is explicit; every task is idempotent under retry.
 """
 
-from kmflow.tasks.apply import apply_palette_task
+from kmflow.tasks.apply import apply_palette_task, quantize_per_image_task
 from kmflow.tasks.drift import check_drift_task, save_drift_report_task
 from kmflow.tasks.evaluate import evaluate_palette_task
 from kmflow.tasks.ingest import ingest_images
@@ -31,6 +31,7 @@ __all__ = [
     "ingest_images",
     "load_model_task",
     "promote_model_task",
+    "quantize_per_image_task",
     "register_model_task",
     "save_drift_report_task",
     "training_fingerprint_task",
