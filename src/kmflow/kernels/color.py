@@ -32,6 +32,14 @@ _WHITE_D65 = _XYZ_FROM_RGB.sum(axis=1)  # XYZ of RGB (1, 1, 1)
 _DELTA = 6.0 / 29.0
 
 
+def _linearize(c: np.ndarray) -> np.ndarray:
+    """sRGB companding undone: values in [0, 1] to linear light."""
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
+_LINEAR_OF_UINT8 = _linearize(np.arange(256, dtype=np.float64) / 255.0)
+
+
 def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """sRGB to CIE L*a*b* (D65).
 
@@ -45,8 +53,11 @@ def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     ndarray of float64, shape (..., 3)
         L* in [0, 100], a* and b* roughly in [-128, 127].
     """
-    c = np.asarray(rgb, dtype=np.float64) / 255.0
-    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    rgb = np.asarray(rgb)
+    if rgb.dtype == np.uint8:  # 256 possible values: the same numbers from a table
+        lin = _LINEAR_OF_UINT8[rgb]
+    else:
+        lin = _linearize(rgb.astype(np.float64) / 255.0)
     xyz = lin @ _XYZ_FROM_RGB.T / _WHITE_D65
     f = np.where(xyz > _DELTA**3, np.cbrt(xyz), xyz / (3 * _DELTA**2) + 4.0 / 29.0)
     L = 116.0 * f[..., 1] - 16.0
@@ -81,7 +92,9 @@ def lab_to_srgb(lab: np.ndarray) -> np.ndarray:
 def _ciede2000(L1, a1, b1, L2, a2, b2):  # type: ignore[no-untyped-def]
     C1 = math.hypot(a1, b1)
     C2 = math.hypot(a2, b2)
-    Cbar7 = ((C1 + C2) / 2.0) ** 7
+    Cbar = (C1 + C2) / 2.0
+    Cbar2 = Cbar * Cbar
+    Cbar7 = Cbar2 * Cbar2 * Cbar2 * Cbar
     G = 0.5 * (1.0 - math.sqrt(Cbar7 / (Cbar7 + 25.0**7)))
     a1p = (1.0 + G) * a1
     a2p = (1.0 + G) * a2
@@ -119,7 +132,8 @@ def _ciede2000(L1, a1, b1, L2, a2, b2):  # type: ignore[no-untyped-def]
         - 0.20 * math.cos(math.radians(4.0 * hbp - 63.0))
     )
     dtheta = 30.0 * math.exp(-(((hbp - 275.0) / 25.0) ** 2))
-    Cbp7 = Cbp**7
+    Cbp2 = Cbp * Cbp
+    Cbp7 = Cbp2 * Cbp2 * Cbp2 * Cbp
     Rc = 2.0 * math.sqrt(Cbp7 / (Cbp7 + 25.0**7))
     Sl = 1.0 + 0.015 * (Lbp - 50.0) ** 2 / math.sqrt(20.0 + (Lbp - 50.0) ** 2)
     Sc = 1.0 + 0.045 * Cbp

@@ -8,9 +8,9 @@ by their counts: the same objective as k-means on every pixel):
    4,096 and 32,768 cells), each cell their weighted mean color and total count;
 2. ``n_init`` seeded k-means++ starts, each followed by Lloyd iterations on the 4-bit
    cells; the start with the lowest inertia is kept;
-3. Lloyd iterations from there on the 5-bit cells, then on the exact unique colors, each
-   until the centers move less than ``tol`` (scaled by the colors' variance) or
-   ``max_iter``. Small images skip the levels they do not need.
+3. Lloyd iterations from there on the 5-bit cells until the centers move less than ``tol``
+   (scaled by the colors' variance) or ``max_iter``, then at most 10 on the exact unique
+   colors. Small images skip the levels they do not need.
 
 An image with no more distinct colors than k keeps its exact colors. Randomness is keyed on
 the seed and the image's content hash, so a palette does not depend on the batch an image
@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import dask
+import numba as nb
 import numpy as np
 
 from kmflow.errors import InvalidInputError
@@ -60,6 +61,8 @@ logger = logging.getLogger(__name__)
 ALGORITHM_VERSION = 1
 _COARSE_BITS, _COARSE_LIMIT = 4, 4096
 _FINE_BITS, _FINE_LIMIT = 5, 32768
+#: Lloyd iterations on the exact colors after convergence on the 5-bit cells.
+_EXACT_ITER = 10
 _DEFAULT_BATCH_PIXELS = 4_000_000
 _DEFAULT_MAX_TASK_PIXELS = 64_000_000
 
@@ -151,23 +154,39 @@ def _rng(seed: int, sha256: str) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(sha256[:16], 16), int(sha256[16:32], 16)])
 
 
+@nb.njit(nogil=True, cache=True)
+def _pool(codes, X, w, n_cells, sums, weight):  # type: ignore[no-untyped-def]
+    for i in range(codes.shape[0]):
+        c = codes[i]
+        weight[c] += w[i]
+        for f in range(X.shape[1]):
+            sums[c, f] += w[i] * X[i, f]
+
+
 def _cells(
-    colors: np.ndarray, X: np.ndarray, w: np.ndarray, bits: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pool unique colors into cells of ``bits`` per sRGB channel: weighted means, weights."""
-    c = colors.astype(np.int64) >> (8 - bits)
+    codes: np.ndarray, X: np.ndarray, w: np.ndarray, bits: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pool rows into cells of ``bits`` per sRGB channel: weighted means, weights, codes.
+
+    ``codes`` are the rows' sRGB colors as three ``int64`` columns (``bits`` or more per
+    channel); the returned codes are the occupied cells' own, for pooling them further.
+    """
+    c = codes >> (8 - bits) if codes.max(initial=0) > (1 << bits) - 1 else codes
     key = (c[:, 0] << (2 * bits)) | (c[:, 1] << bits) | c[:, 2]
     n_cells = 1 << (3 * bits)
-    weight = np.bincount(key, weights=w, minlength=n_cells)
+    sums = np.zeros((n_cells, X.shape[1]))
+    weight = np.zeros(n_cells)
+    _pool(key, np.ascontiguousarray(X, dtype=np.float64), w, n_cells, sums, weight)
     used = np.flatnonzero(weight)
-    means = (
-        np.stack(
-            [np.bincount(key, weights=w * X[:, f], minlength=n_cells)[used] for f in range(3)],
-            axis=1,
-        )
-        / weight[used, None]
+    cell_codes = np.stack(
+        [
+            (used >> (2 * bits)) & ((1 << bits) - 1),
+            (used >> bits) & ((1 << bits) - 1),
+            used & ((1 << bits) - 1),
+        ],
+        axis=1,
     )
-    return means, weight[used]
+    return sums[used] / weight[used, None], weight[used], cell_codes
 
 
 def _sqdist(X: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -230,6 +249,7 @@ def _lloyd(
 
 
 def _variance(X: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted per-feature variance (of the cells: it only scales the tolerance)."""
     mean = (w @ X) / w.sum()
     return (w @ (X - mean) ** 2) / w.sum()
 
@@ -267,17 +287,23 @@ def fit_image_palette(hist: ColorHistogram, params: PerImageParams, sha256: str)
             exact=True,
         )
     rng = _rng(params.seed, sha256)
-    tol_abs = tolerance(_variance(X, w), params.tol)
-    # Three resolutions: starts on <= 4,096 cells, convergence on <= 32,768, then the exact
-    # unique colors from there (a few iterations: the cells' optimum is already close).
+    # Three resolutions: starts on <= 4,096 cells, convergence on <= 32,768, then at most
+    # a few iterations on the exact unique colors (the cells' optimum is already close).
+    codes = hist.colors.astype(np.int64)
     if X.shape[0] > _FINE_LIMIT:
-        fine_x, fine_w = _cells(hist.colors, X, w, _FINE_BITS)
+        fine_x, fine_w, fine_codes = _cells(codes, X, w, _FINE_BITS)
     else:
-        fine_x, fine_w = X, w
+        fine_x, fine_w, fine_codes = X, w, codes
     if fine_x.shape[0] > _COARSE_LIMIT:
-        coarse_x, coarse_w = _cells(hist.colors, X, w, _COARSE_BITS)
+        coarse_x, coarse_w, _ = _cells(
+            fine_codes << (8 - _FINE_BITS) if fine_x is not X else codes,
+            fine_x,
+            fine_w,
+            _COARSE_BITS,
+        )
     else:
         coarse_x, coarse_w = fine_x, fine_w
+    tol_abs = tolerance(_variance(fine_x, fine_w), params.tol)
     if coarse_x.shape[0] <= k:
         start = _kmeans_plusplus(fine_x, fine_w, k, rng)
     else:
@@ -290,7 +316,8 @@ def fit_image_palette(hist: ColorHistogram, params: PerImageParams, sha256: str)
         start = best[1]
     centers, inertia, n_iter = _lloyd(fine_x, fine_w, start, params.max_iter, tol_abs)
     if fine_x is not X:
-        centers, inertia, n_iter = _lloyd(X, w, centers, params.max_iter, tol_abs)
+        refine = min(params.max_iter, _EXACT_ITER)
+        centers, inertia, n_iter = _lloyd(X, w, centers, refine, tol_abs)
     return ImagePalette(
         centers=centers,
         rgb=palette_rgb(centers, params.color_space),
