@@ -13,7 +13,15 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-__all__ = ["accumulate", "assign", "cost", "round_thresholds", "uniform_fill", "update_nearest"]
+__all__ = [
+    "accumulate",
+    "assign",
+    "block_stats",
+    "cost",
+    "round_thresholds",
+    "uniform_fill",
+    "update_nearest",
+]
 
 
 #: Rows per tile: a tile is copied to a small float64 structure-of-arrays buffer, then the
@@ -229,6 +237,94 @@ def update_nearest(X, centers_t, base, d2, labels):  # type: ignore[no-untyped-d
         for i in range(m):
             d2[s + i] = best[i]
             labels[s + i] = lab[i]
+
+
+@nb.njit(nogil=True, cache=True)
+def block_stats(X, w, has_w, check_finite, mean, m2):  # type: ignore[no-untyped-def]
+    """One block's validation counts and weighted per-feature mean and sum of squares.
+
+    With ``check_finite`` (float data), rows holding NaN or infinity are counted; if there
+    are any, nothing else is measured (the caller rejects the data). A NaN or infinite weight
+    counts as bad, a negative one as negative; both then weigh 0. Fills ``mean`` and ``m2``
+    (float64, shape (d,), zero on entry) in two passes: the weighted mean, then the weighted
+    sum of squared deviations from it.
+
+    Returns
+    -------
+    (n_bad_x, first_bad, n_bad_w, n_neg_w, min_w, n_pos, total_weight)
+        ``first_bad`` is the block-local index of the first bad row (-1 if none); ``min_w``
+        the smallest weight once NaN/inf are zeroed (inf without weights or rows).
+    """
+    n, d = X.shape
+    n_bad_x = 0
+    first_bad = -1
+    if check_finite:
+        for i in range(n):
+            ok = True
+            for f in range(d):
+                ok = ok and np.isfinite(X[i, f])
+            if not ok:
+                n_bad_x += 1
+                if first_bad < 0:
+                    first_bad = i
+        if n_bad_x:
+            return n_bad_x, first_bad, 0, 0, np.inf, 0, 0.0
+    n_bad_w = 0
+    n_neg_w = 0
+    min_w = np.inf
+    if has_w:
+        wv = np.empty(n)
+        n_pos = 0
+        total = 0.0
+        for i in range(n):
+            wi = float(w[i])
+            if not np.isfinite(wi):
+                n_bad_w += 1
+                wi = 0.0
+            min_w = min(min_w, wi)
+            if wi < 0:
+                n_neg_w += 1
+                wi = 0.0
+            wv[i] = wi
+            if wi > 0:
+                n_pos += 1
+            total += wi
+    else:
+        wv = np.empty(0)
+        n_pos = n
+        total = float(n)
+    if total > 0:
+        for f in range(d):
+            mean[f] = _wsum(X, f, wv, has_w, 0.0, False) / total
+        for f in range(d):
+            m2[f] = _wsum(X, f, wv, has_w, mean[f], True)
+    return n_bad_x, first_bad, n_bad_w, n_neg_w, min_w, n_pos, total
+
+
+@nb.njit(nogil=True, cache=True)
+def _wsum(X, f, wv, has_w, mu, square):  # type: ignore[no-untyped-def]
+    """``sum(wv * (X[:, f] - mu))``, or of ``wv * (X[:, f] - mu) ** 2`` with ``square``
+    (weights 1 without ``has_w``).
+
+    Four interleaved partial sums, so the additions do not wait on one another.
+    """
+    n = X.shape[0]
+    a = np.zeros(4)
+    i = 0
+    while i + 4 <= n:
+        for r in range(4):
+            t = np.float64(X[i + r, f]) - mu
+            if square:
+                t = t * t
+            a[r] += wv[i + r] * t if has_w else t
+        i += 4
+    while i < n:
+        t = np.float64(X[i, f]) - mu
+        if square:
+            t = t * t
+        a[0] += wv[i] * t if has_w else t
+        i += 1
+    return (a[0] + a[1]) + (a[2] + a[3])
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

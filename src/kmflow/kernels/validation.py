@@ -14,6 +14,7 @@ import dask.array as da
 import numpy as np
 
 from kmflow.errors import InvalidInputError
+from kmflow.kernels import _numba
 from kmflow.kernels._blocks import Blocks, map_reduce
 
 __all__ = ["DataStats", "check_array", "check_centers", "check_sample_weight", "data_stats"]
@@ -22,6 +23,8 @@ __all__ = ["DataStats", "check_array", "check_centers", "check_sample_weight", "
 #: so even a few million rows are split across the workers.
 DEFAULT_CHUNK_BYTES = 64 * 2**20
 DEFAULT_CHUNK_ROWS = 2**19
+
+_NO_WEIGHTS = np.empty(0)
 
 
 def check_array(X: Any, *, name: str = "X", n_features: int | None = None) -> da.Array:
@@ -165,33 +168,23 @@ _Partial = tuple[int, int, int, int, float, int, float, np.ndarray, np.ndarray]
 
 def _stats_block(x: np.ndarray, w: np.ndarray | None, offset: int) -> _Partial:
     d = x.shape[1]
-    n_bad_x, first_bad = 0, -1
-    if x.dtype.kind == "f":
-        bad = ~np.isfinite(x).all(axis=1)
-        n_bad_x = int(bad.sum())
-        if n_bad_x:
-            first_bad = offset + int(np.argmax(bad))
-            x = np.where(bad[:, None], 0, x)
-    xf = x.astype(np.float64)
-    n_bad_w = n_neg_w = 0
-    min_w = np.inf
-    if w is None:
-        wv = np.ones(x.shape[0])
-    else:
-        fin = np.isfinite(w)
-        n_bad_w = int((~fin).sum())
-        wv = np.where(fin, w, 0.0)
-        n_neg_w = int((wv < 0).sum())
-        min_w = float(wv.min()) if wv.size else np.inf
-        wv = np.clip(wv, 0.0, None)
-    W = float(wv.sum())
-    n_pos = int((wv > 0).sum())
-    if W > 0:
-        mean = (wv @ xf) / W
-        M2 = wv @ ((xf - mean) ** 2)
-    else:
-        mean, M2 = np.zeros(d), np.zeros(d)
-    return n_bad_x, first_bad, n_bad_w, n_neg_w, min_w, n_pos, W, mean, M2
+    mean, m2 = np.zeros(d), np.zeros(d)
+    has_w = w is not None
+    n_bad_x, first, n_bad_w, n_neg_w, min_w, n_pos, total = _numba.block_stats(
+        x, w if has_w else _NO_WEIGHTS, has_w, x.dtype.kind == "f", mean, m2
+    )
+    first_bad = offset + int(first) if n_bad_x else -1
+    return (
+        int(n_bad_x),
+        first_bad,
+        int(n_bad_w),
+        int(n_neg_w),
+        float(min_w),
+        int(n_pos),
+        float(total),
+        mean,
+        m2,
+    )
 
 
 def _stats_combine(a: _Partial, b: _Partial) -> _Partial:
@@ -217,8 +210,9 @@ def data_stats(blocks: Blocks) -> DataStats:
 
     Notes
     -----
-    One ``compute``. Mean and variance are merged with Chan et al.'s pairwise update, so they
-    stay accurate for data far from the origin.
+    One ``compute``. Each block's mean and sum of squared deviations come from a compiled
+    two-pass loop (:func:`kmflow.kernels._numba.block_stats`); blocks are merged with Chan et
+    al.'s pairwise update, so they stay accurate for data far from the origin.
     """
     r = map_reduce(blocks, _stats_block, _stats_combine)
     n_bad_x, first_bad, n_bad_w, n_neg_w, min_w, n_pos, W, mean, M2 = r
