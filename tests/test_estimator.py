@@ -6,12 +6,13 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, wait
 from sklearn.base import clone
 from sklearn.cluster import KMeans as SKKMeans
 from sklearn.metrics import adjusted_rand_score
 
 from kmflow import InvalidInputError, KMeans, NotFittedError, TooFewDistinctPointsError
+from kmflow.cluster.resources import ResidentBlocks
 
 
 def _true_inertia(X: np.ndarray, C: np.ndarray) -> float:
@@ -263,6 +264,49 @@ def test_same_fit_on_a_multiprocess_cluster(dask_client, pixels) -> None:
     )
     assert sum(ran.values()) > 0
     assert len(ran) == 2
+
+
+def test_fit_on_persisted_data_passes_through_held_blocks(dask_client, pixels, monkeypatch) -> None:
+    X = da.from_array(pixels, chunks=(15_000, 3)).persist()
+    wait(X)
+    init = pixels[:8].astype(np.float64) + 0.5
+    passes: list[str] = []
+    real_map = ResidentBlocks.map
+
+    def counting_map(self, func, *args):
+        passes.append(func.__name__)
+        return real_map(self, func, *args)
+
+    def executed() -> int:
+        counts = dask_client.run(lambda dask_worker: dask_worker.state.executed_count)
+        return sum(counts.values())
+
+    monkeypatch.setattr(ResidentBlocks, "map", counting_map)
+    before = executed()
+    held = KMeans(8, init=init, max_iter=4, tol=0).fit(X)
+    tasks = executed() - before
+    assert held.persisted_
+    assert (held.n_iter_, held.converged_) == (4, False)
+    # One validation pass, one per iteration, one for the final inertia: nothing else.
+    assert passes == ["_stats_block"] + ["_lloyd_block"] * 4 + ["_cost_block"]
+    # And no task graph for any of them: the only tasks started one holder per worker.
+    assert 1 <= tasks <= len(dask_client.scheduler_info()["workers"])
+    # The same numbers as when every pass is a task graph.
+    monkeypatch.setattr("kmflow.estimator.hold_blocks", lambda *args: None)
+    graph = KMeans(8, init=init, max_iter=4, tol=0).fit(X)
+    np.testing.assert_array_equal(held.cluster_centers_, graph.cluster_centers_)
+    assert held.inertia_ == graph.inertia_
+    steps = [(i.inertia, i.center_shift, i.n_relocated) for i in held.history_]
+    assert steps == [(i.inertia, i.center_shift, i.n_relocated) for i in graph.history_]
+
+
+def test_non_finite_values_in_persisted_data_on_a_cluster(dask_client) -> None:
+    X = np.random.default_rng(0).normal(size=(30_000, 3))
+    X[23_456, 2] = np.nan
+    with pytest.raises(
+        InvalidInputError, match=r"NaN or infinity in 1 row\(s\) \(first at row 23456\)"
+    ):
+        KMeans(4).fit(da.from_array(X, chunks=5_000).persist())
 
 
 @pytest.mark.slow

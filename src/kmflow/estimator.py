@@ -20,6 +20,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 
 from kmflow.cluster import memory_budget, scatter_rows
+from kmflow.cluster.resources import hold_blocks
 from kmflow.config import get_settings
 from kmflow.errors import InvalidInputError, NotFittedError
 from kmflow.kernels._blocks import Blocks
@@ -28,6 +29,7 @@ from kmflow.kernels.init import _kmeans_parallel, _kmeans_plusplus, _random_cent
 from kmflow.kernels.lloyd import (
     Callback,
     IterationInfo,
+    LloydResult,
     _cost_pass,
     _lloyd,
     assign,
@@ -35,6 +37,7 @@ from kmflow.kernels.lloyd import (
     tolerance,
 )
 from kmflow.kernels.validation import (
+    DataStats,
     check_array,
     check_centers,
     check_sample_weight,
@@ -205,11 +208,50 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):  # type: ignore[mis
             init_centers = check_centers(self.init, k, Xd.shape[1])
         Xd, W, persisted, keep_state = _maybe_persist(Xd, W, X, sample_weight)
         blocks = Blocks(Xd, W)
+        # Persisted blocks are held by one actor per worker: each pass is then one direct call
+        # per worker instead of a task graph through the scheduler (same results).
+        resident = hold_blocks(Xd, W, blocks.offsets) if persisted else None
+        blocks.resident = resident
+        try:
+            stats, result, key, init_seconds = self._fit_blocks(blocks, k, init_centers, keep_state)
+        finally:
+            if resident is not None:
+                resident.close()
+        out_dtype = Xd.dtype if Xd.dtype in (np.float32, np.float64) else np.float64
+        self.cluster_centers_ = result.centers.astype(out_dtype)
+        self.inertia_ = result.inertia
+        self.n_iter_ = result.n_iter
+        self.converged_ = result.converged
+        self.history_: tuple[IterationInfo, ...] = result.history
+        self.n_features_in_ = int(Xd.shape[1])
+        self.seed_ = key
+        self.persisted_ = persisted
+        self.init_seconds_ = init_seconds
+        self.fit_seconds_ = time.perf_counter() - t_start
+        logger.info(
+            "fit %d clusters on %d rows: %d iterations, converged=%s, inertia=%.6g, %.3fs",
+            k,
+            stats.n_samples,
+            result.n_iter,
+            result.converged,
+            result.inertia,
+            self.fit_seconds_,
+        )
+        return self
+
+    def _fit_blocks(
+        self,
+        blocks: Blocks,
+        k: int,
+        init_centers: np.ndarray | None,
+        keep_state: bool,
+    ) -> tuple[DataStats, LloydResult, int, float]:
+        """Validation pass, initialisation and Lloyd iterations on prepared blocks."""
         stats = data_stats(blocks)
         if stats.n_positive < k:
             raise InvalidInputError(
                 f"n_clusters={k} but X has only {stats.n_positive} rows"
-                + (" with positive weight" if W is not None else "")
+                + (" with positive weight" if blocks.sample_weight is not None else "")
             )
         key = derive_key(self.random_state)
         t_init = time.perf_counter()
@@ -239,27 +281,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):  # type: ignore[mis
             tol_abs=tolerance(stats.variance, float(self.tol)),
             callback=self.callback,
         )
-        out_dtype = Xd.dtype if Xd.dtype in (np.float32, np.float64) else np.float64
-        self.cluster_centers_ = result.centers.astype(out_dtype)
-        self.inertia_ = result.inertia
-        self.n_iter_ = result.n_iter
-        self.converged_ = result.converged
-        self.history_: tuple[IterationInfo, ...] = result.history
-        self.n_features_in_ = int(Xd.shape[1])
-        self.seed_ = key
-        self.persisted_ = persisted
-        self.init_seconds_ = init_seconds
-        self.fit_seconds_ = time.perf_counter() - t_start
-        logger.info(
-            "fit %d clusters on %d rows: %d iterations, converged=%s, inertia=%.6g, %.3fs",
-            k,
-            stats.n_samples,
-            result.n_iter,
-            result.converged,
-            result.inertia,
-            self.fit_seconds_,
-        )
-        return self
+        return stats, result, key, init_seconds
 
     # ------------------------------------------------------------------ use
     def predict(self, X: Any) -> Any:

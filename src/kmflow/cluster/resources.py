@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import dask
 import dask.array as da
 import numpy as np
 import psutil
-from distributed import Client, get_client, get_worker
+from dask.core import flatten
+from distributed import Client, Future, get_client, get_worker, wait
 
-__all__ = ["current_client", "has_distributed_client", "memory_budget", "scatter_rows"]
+__all__ = [
+    "BlockHolder",
+    "ResidentBlocks",
+    "current_client",
+    "has_distributed_client",
+    "hold_blocks",
+    "memory_budget",
+    "scatter_rows",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -176,3 +188,208 @@ def scatter_rows(x: np.ndarray, chunk_rows: int) -> da.Array | None:
             for f, p in zip(futures, pieces, strict=True)
         ]
     )
+
+
+# --------------------------------------------------------------------------- resident blocks
+#: How long :func:`hold_blocks` waits for its actors before giving up (then passes use graphs).
+HOLD_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class _Raised:
+    """An exception raised by the mapped function on a worker, returned as a value."""
+
+    exc: BaseException
+    offset: int  # first row of the block it was raised on
+
+
+class BlockHolder:
+    """Dask actor holding the row blocks its worker already stores, and mapping over them.
+
+    Created by :func:`hold_blocks`, one per worker. It keeps references to the worker's own
+    block arrays (no copy). Each :meth:`map` is one direct call to the worker: no task graph,
+    no scheduling, so a pass over persisted data costs one round trip.
+
+    Parameters
+    ----------
+    offsets : list of int
+        Global index of each block's first row.
+    n_x : int
+        Number of ``X`` blocks among ``blocks``; the rest are their weights (or none).
+    *blocks : ndarray
+        The ``X`` blocks, then (optionally) the weight blocks, in the same order.
+    """
+
+    def __init__(self, offsets: list[int], n_x: int, *blocks: np.ndarray) -> None:
+        self._x = blocks[:n_x]
+        self._w: Sequence[np.ndarray | None] = blocks[n_x:] or [None] * n_x
+        self._offsets = offsets
+        self._threads = max(1, min(int(get_worker().state.nthreads), n_x))
+
+    def map(self, func: Callable[..., Any], args: tuple[Any, ...]) -> list[Any] | _Raised:
+        """``func(x, w, offset, *args)`` for each block held, in order, on the worker's threads.
+
+        An exception from ``func`` comes back as a value, so the caller can tell it from a
+        failure to reach the worker.
+        """
+
+        def one(i: int) -> Any:
+            try:
+                return func(self._x[i], self._w[i], self._offsets[i], *args)
+            except Exception as exc:
+                return _Raised(exc, self._offsets[i])
+
+        if self._threads == 1:
+            out = [one(i) for i in range(len(self._x))]
+        else:
+            with ThreadPoolExecutor(self._threads, thread_name_prefix="kmflow-blocks") as pool:
+                out = list(pool.map(one, range(len(self._x))))
+        raised = [r for r in out if isinstance(r, _Raised)]
+        return raised[0] if raised else out
+
+
+class ResidentBlocks:
+    """Client side of the :class:`BlockHolder` actors of one persisted array.
+
+    Use :func:`hold_blocks` to create one, and :meth:`close` (or ``with``) to release it.
+    """
+
+    def __init__(self, holders: list[tuple[Any, Future[Any], list[int]]], n_blocks: int) -> None:
+        self._holders = holders
+        self.n_blocks = n_blocks
+
+    def map(self, func: Callable[..., Any], *args: Any) -> list[Any] | None:
+        """Results of ``func(x, w, offset, *args)`` for every block, in block order.
+
+        Returns
+        -------
+        list or None
+            ``None`` when a worker could not be reached (the holders are then released and
+            the caller should run the pass as a task graph instead).
+
+        Raises
+        ------
+        Exception
+            Whatever ``func`` raised on a worker.
+
+        Notes
+        -----
+        One call to each holding worker, all at once.
+        """
+        if not self._holders:
+            return None
+        calls = [(actor.map(func, args), idx) for actor, _, idx in self._holders]
+        out: list[Any] = [None] * self.n_blocks
+        raised: list[_Raised] = []
+        failed: BaseException | None = None
+        for call, idx in calls:
+            try:
+                res = call.result()
+            except Exception as exc:  # a lost worker or connection, not the function
+                failed = failed or exc
+                continue
+            if isinstance(res, _Raised):
+                raised.append(res)
+                continue
+            for i, r in zip(idx, res, strict=True):
+                out[i] = r
+        if raised:
+            raise min(raised, key=lambda r: r.offset).exc  # the first failing block's error
+        if failed is not None:
+            logger.warning(
+                "resident blocks unreachable (%s); passes fall back to task graphs", failed
+            )
+            self.close()
+            return None
+        return out
+
+    def close(self) -> None:
+        """Release the actors (the worker drops its references to the blocks)."""
+        for _, fut, _ in self._holders:
+            fut.release()
+        self._holders = []
+
+    def __enter__(self) -> ResidentBlocks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _block_futures(a: da.Array) -> list[Future[Any]] | None:
+    """The futures of a persisted array's row blocks, in order (None if not all persisted)."""
+    keys = list(flatten(a.__dask_keys__()))
+    graph = a.__dask_graph__()
+    futs = [graph.get(k) for k in keys]
+    if not all(isinstance(f, Future) for f in futs):
+        return None
+    return futs  # type: ignore[return-value]
+
+
+def hold_blocks(
+    X: da.Array, sample_weight: da.Array | None, offsets: list[int]
+) -> ResidentBlocks | None:
+    """Put one :class:`BlockHolder` actor on each worker that holds blocks of persisted ``X``.
+
+    Parameters
+    ----------
+    X : dask.array.Array of shape (n_samples, n_features)
+        Persisted on the current distributed client, one chunk along features.
+    sample_weight : dask.array.Array of shape (n_samples,) or None
+        Persisted too, with ``X``'s row chunks.
+    offsets : list of int
+        Global index of each block's first row.
+
+    Returns
+    -------
+    ResidentBlocks or None
+        ``None`` without a (synchronous) distributed client, inside a worker task, when the
+        blocks are not all persisted futures, or when the actors could not be started.
+
+    Notes
+    -----
+    Waits for the blocks to be in memory, then one ``who_has`` round trip to the scheduler and
+    one actor task per holding worker. Each actor references the blocks its worker already
+    holds, so no data moves.
+    """
+    client = current_client()
+    if client is None or client.asynchronous or _inside_worker():
+        return None
+    xs = _block_futures(X)
+    ws = None if sample_weight is None else _block_futures(sample_weight)
+    if xs is None or (sample_weight is not None and ws is None):
+        return None
+    try:
+        wait(xs + (ws or []))  # persist returns at once; the first pass would wait anyway
+        if any(f.status != "finished" for f in xs + (ws or [])):
+            return None  # an erred block: let the task graph path raise its error
+        who: Mapping[Any, Sequence[str]] = client.who_has(xs)
+        groups: dict[str, list[int]] = {}
+        for i, f in enumerate(xs):
+            where = sorted(who.get(f.key, ()))
+            if not where:
+                return None
+            groups.setdefault(where[0], []).append(i)
+        token = uuid.uuid4().hex
+        pending: list[tuple[Future[Any], list[int]]] = []
+        for n, (address, idx) in enumerate(sorted(groups.items())):
+            blocks = [xs[i] for i in idx] + ([ws[i] for i in idx] if ws is not None else [])
+            fut = client.submit(
+                BlockHolder,
+                [offsets[i] for i in idx],
+                len(idx),
+                *blocks,
+                actor=True,
+                workers=[address],
+                allow_other_workers=True,
+                key=f"kmflow-blocks-{token}-{n}",
+            )
+            pending.append((fut, idx))
+        holders = [(fut.result(timeout=HOLD_TIMEOUT_S), fut, idx) for fut, idx in pending]
+    except Exception as exc:
+        for fut, _ in locals().get("pending", []):
+            fut.release()
+        logger.warning("could not hold blocks on the workers (%s); using task graphs", exc)
+        return None
+    logger.debug("holding %d blocks on %d workers", len(xs), len(holders))
+    return ResidentBlocks(holders, len(xs))

@@ -5,13 +5,18 @@ combiner), then a tree of ``combine`` tasks (the reduce), then a single ``dask.c
 whatever scheduler is current. Block offsets (the global index of a block's first row) are passed
 to the map function so per-row randomness can be keyed on the global row index, which makes
 results independent of the chunking.
+
+When the blocks are persisted on a distributed cluster, the caller may attach a
+:class:`Resident` runner (see :func:`kmflow.cluster.resources.hold_blocks`): a pass is then one
+direct call to each worker holding blocks, and the same tree of ``combine`` calls runs here,
+so the result is the same number; only the per-pass scheduling cost goes.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import dask
 import dask.array as da
@@ -20,6 +25,13 @@ import numpy as np
 __all__ = ["Blocks", "map_persist_reduce", "map_reduce"]
 
 T = TypeVar("T")
+
+
+class Resident(Protocol):
+    """Something that maps a block function over blocks held in worker memory."""
+
+    def map(self, func: Callable[..., Any], *args: Any) -> list[Any] | None:
+        """``func(x, w, offset, *args)`` for every block, in order; None if unavailable."""
 
 
 class Blocks:
@@ -31,6 +43,12 @@ class Blocks:
         Must have a single chunk along the feature axis.
     sample_weight : dask.array.Array of shape (n_samples,) or None
         Must share ``X``'s row chunks.
+
+    Attributes
+    ----------
+    resident : Resident or None
+        Set by the caller to run passes on blocks held in worker memory (default None: every
+        pass is a task graph).
     """
 
     def __init__(self, X: da.Array, sample_weight: da.Array | None) -> None:
@@ -48,6 +66,7 @@ class Blocks:
         sizes = np.asarray(X.chunks[0], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist()
         self.sizes = sizes.tolist()
+        self.resident: Resident | None = None
 
     def __len__(self) -> int:
         return len(self.xs)
@@ -68,10 +87,17 @@ def map_reduce(
 
     Notes
     -----
-    Exactly one ``dask.compute`` call, on the current scheduler. Blocks with zero rows are
-    passed to ``func`` like any other, so ``func`` must return a neutral value for them.
-    ``combine`` must be associative; the tree shape depends only on the number of blocks.
+    Exactly one ``dask.compute`` call, on the current scheduler; or, with ``blocks.resident``
+    set and no ``states``, one call to each worker holding blocks, the reduction then running
+    here over the same tree. Blocks with zero rows are passed to ``func`` like any other, so
+    ``func`` must return a neutral value for them. ``combine`` must be associative; the tree
+    shape depends only on the number of blocks.
     """
+    if states is None and blocks.resident is not None:
+        parts = blocks.resident.map(func, *args)
+        if parts is not None:
+            return _reduce_now(parts, combine, split_every)
+        blocks.resident = None  # unreachable workers: task graphs from now on
     f = dask.delayed(func, pure=True)
     if states is None:
         level = [
@@ -128,6 +154,16 @@ def _tree(level: list[Any], combine: Callable[[T, T], T], split_every: int) -> A
             group = level[i : i + split_every]
             nxt.append(c(combine, *group) if len(group) > 1 else group[0])
         level = nxt
+    return level[0]
+
+
+def _reduce_now(level: list[T], combine: Callable[[T, T], T], split_every: int) -> T:
+    """What :func:`_tree` computes, computed here: the same groups, in the same order."""
+    while len(level) > 1:
+        level = [
+            _combine_group(combine, *level[i : i + split_every])
+            for i in range(0, len(level), split_every)
+        ]
     return level[0]
 
 
