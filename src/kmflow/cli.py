@@ -208,7 +208,7 @@ def quantize(
                 )
 
             def on_render(done: int, total: int) -> None:
-                bar.start_task(write_task)
+                bar.start_task(write_task)  # no-op once started: the clock runs from the first
                 bar.update(write_task, completed=done, total=total)
 
             def on_iteration(info: Any) -> None:
@@ -303,7 +303,15 @@ def _job_cluster(workers: int | None, scheduler: str | None, local_bytes: int | 
         return nullcontext()
     from kmflow.cluster import connect
 
+    _quiet_distributed()
     return connect(_cluster_settings(workers, scheduler))
+
+
+def _quiet_distributed() -> None:
+    """Dask's own INFO lines (scheduler, nanny, worker start and stop) only with -v."""
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        for name in ("distributed", "distributed.scheduler", "distributed.nanny"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _fail(exc: BaseException) -> NoReturn:
@@ -544,6 +552,7 @@ def _run_flow(
         raise typer.BadParameter("give --workers or --scheduler, not both")
     from kmflow.cluster import connect
 
+    _quiet_distributed()
     try:
         with connect(_cluster_settings(workers, scheduler)):
             return flow(params)

@@ -532,6 +532,8 @@ def quantize_images(
     task = dask.delayed(_quantize_batch, pure=False)
     wave = max(4, 4 * _n_threads())
     results: list[tuple[QuantizedImage, np.ndarray]] = []
+    if progress is not None:
+        progress(0, len(jobs))
     for start in range(0, len(batches), wave):
         group = batches[start : start + wave]
         assert pixels is not None
