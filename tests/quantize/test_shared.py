@@ -307,3 +307,25 @@ def test_evaluate_a_single_cluster_gives_nan_scores_not_an_error(tmp_path: Path)
     assert ev.metrics["inertia"] == 0.0
     assert ev.sizes == [600, 0]
     assert ev.metrics["psnr"] == float("inf")  # every pixel is exactly its palette color
+
+
+def test_shared_rendering_is_the_per_pixel_assignment_byte_for_byte(
+    store: PixelStore, tmp_path: Path
+) -> None:
+    """One pass over unique colors writes exactly the PNG a per-pixel assignment writes."""
+    from kmflow.kernels.lloyd import nearest
+    from kmflow.storage.images import encode_png_indexed
+
+    for color_space in ("rgb", "lab"):
+        palette = fit_palette(store, 7, color_space=color_space, random_state=3)  # type: ignore[arg-type]
+        report = apply_palette(store, palette, str(tmp_path / color_space))
+        assert not report.labels_written
+        assert store.labels() is None
+        pixels = _all_pixels(store)
+        for r in store.images():
+            px = pixels[r.offset : r.offset + r.n_pixels]
+            x = srgb_to_lab(px) if color_space == "lab" else px
+            labels = nearest(x, palette.centers).reshape(r.height, r.width)
+            expected = encode_png_indexed(labels, palette.rgb)
+            out = tmp_path / color_space / r.relpath
+            assert out.read_bytes() == expected
