@@ -48,3 +48,12 @@ def test_psnr() -> None:
     assert psnr(0.0) == float("inf")
     assert psnr(255.0**2) == pytest.approx(0.0)
     assert psnr(1.0) == pytest.approx(48.1308, abs=1e-4)
+
+
+def test_compiled_lab_agrees_with_the_reference_on_every_color() -> None:
+    every = np.arange(1 << 24, dtype=np.uint32)[::97]
+    rgb = np.stack([(every >> 16) & 255, (every >> 8) & 255, every & 255], axis=1).astype(np.uint8)
+    np.testing.assert_allclose(
+        srgb_to_lab(rgb, compiled=True), srgb_to_lab(rgb), rtol=0, atol=1e-11
+    )
+    assert srgb_to_lab(rgb[:7].reshape(7, 1, 3), compiled=True).shape == (7, 1, 3)

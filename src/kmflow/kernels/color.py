@@ -40,13 +40,17 @@ def _linearize(c: np.ndarray) -> np.ndarray:
 _LINEAR_OF_UINT8 = _linearize(np.arange(256, dtype=np.float64) / 255.0)
 
 
-def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+def srgb_to_lab(rgb: np.ndarray, *, compiled: bool = False) -> np.ndarray:
     """sRGB to CIE L*a*b* (D65).
 
     Parameters
     ----------
     rgb : ndarray of shape (..., 3)
         ``uint8`` values in 0..255, or floats in 0..255.
+    compiled : bool, default False
+        For ``uint8`` input, one compiled pass (about 7x faster) whose values differ from the
+        default's in the last bits (below 1e-12): for measuring (ΔE), not for anything whose
+        results must stay bit for bit the same (fits, assignments).
 
     Returns
     -------
@@ -54,6 +58,11 @@ def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
         L* in [0, 100], a* and b* roughly in [-128, 127].
     """
     rgb = np.asarray(rgb)
+    if compiled and rgb.dtype == np.uint8:
+        flat = np.ascontiguousarray(rgb.reshape(-1, 3))
+        out = np.empty(flat.shape)
+        _lab_of_uint8(flat, _LINEAR_OF_UINT8, _XYZ_FROM_RGB, _WHITE_D65, out)
+        return out.reshape(rgb.shape)
     if rgb.dtype == np.uint8:  # 256 possible values: the same numbers from a table
         lin = _LINEAR_OF_UINT8[rgb]
     else:
@@ -64,6 +73,26 @@ def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     a = 500.0 * (f[..., 0] - f[..., 1])
     b = 200.0 * (f[..., 1] - f[..., 2])
     return np.stack([L, a, b], axis=-1)
+
+
+@nb.njit(nogil=True, cache=True)
+def _lab_of_uint8(rgb, lut, m, white, out):  # type: ignore[no-untyped-def]
+    d3 = _DELTA**3
+    k = 3 * _DELTA**2
+    c4 = 4.0 / 29.0
+    for i in range(rgb.shape[0]):
+        r = lut[rgb[i, 0]]
+        g = lut[rgb[i, 1]]
+        b = lut[rgb[i, 2]]
+        fx = (r * m[0, 0] + g * m[0, 1] + b * m[0, 2]) / white[0]
+        fy = (r * m[1, 0] + g * m[1, 1] + b * m[1, 2]) / white[1]
+        fz = (r * m[2, 0] + g * m[2, 1] + b * m[2, 2]) / white[2]
+        fx = np.cbrt(fx) if fx > d3 else fx / k + c4
+        fy = np.cbrt(fy) if fy > d3 else fy / k + c4
+        fz = np.cbrt(fz) if fz > d3 else fz / k + c4
+        out[i, 0] = 116.0 * fy - 16.0
+        out[i, 1] = 500.0 * (fx - fy)
+        out[i, 2] = 200.0 * (fy - fz)
 
 
 def lab_to_srgb(lab: np.ndarray) -> np.ndarray:

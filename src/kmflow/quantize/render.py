@@ -30,9 +30,9 @@ def to_fit_space(rgb: np.ndarray, color_space: ColorSpace) -> np.ndarray:
     return srgb_to_lab(rgb) if color_space == "lab" else rgb
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class ColorHistogram:
-    """One image's unique colors, their counts, each pixel's color index, and their Lab.
+    """One image's unique colors, their counts, and each pixel's color index.
 
     Attributes
     ----------
@@ -40,23 +40,27 @@ class ColorHistogram:
     counts : ndarray of int64, shape (n_colors,)
     inverse : ndarray of int32, shape (n_pixels,)
         ``colors[inverse]`` is the image's pixels.
-    lab : ndarray of float64, shape (n_colors, 3)
-        ``srgb_to_lab(colors)``: the ΔE needs it, and so does a fit in Lab.
     """
 
     colors: np.ndarray
     counts: np.ndarray
     inverse: np.ndarray
-    lab: np.ndarray
+    _lab: np.ndarray | None = None
 
     @classmethod
     def of(cls, pixels: np.ndarray) -> ColorHistogram:
-        colors, counts, inverse = image_histogram(pixels)
-        return cls(colors, counts, inverse, srgb_to_lab(colors))
+        return cls(*image_histogram(pixels))
 
     @property
     def n_pixels(self) -> int:
         return int(self.inverse.shape[0])
+
+    @property
+    def lab(self) -> np.ndarray:
+        """``srgb_to_lab(colors)`` (computed once): a fit or an assignment in Lab needs it."""
+        if self._lab is None:
+            self._lab = srgb_to_lab(self.colors)
+        return self._lab
 
     def in_space(self, color_space: ColorSpace) -> np.ndarray:
         """The unique colors in the fit space (float64 Lab, or the uint8 RGB rows)."""
@@ -80,7 +84,7 @@ def histogram_error(
         Palette index each color is painted with.
     palette_rgb : ndarray of uint8, shape (k, 3)
     colors_lab : ndarray of float64, shape (n_colors, 3), optional
-        ``srgb_to_lab(colors)`` if already known.
+        ``srgb_to_lab(colors)`` if already known (else a compiled conversion is used).
 
     Returns
     -------
@@ -93,7 +97,7 @@ def histogram_error(
     diff = colors.astype(np.float64) - quant.astype(np.float64)
     w = counts.astype(np.float64)
     sse = float(w @ np.einsum("ij,ij->i", diff, diff))
-    lab = srgb_to_lab(colors) if colors_lab is None else colors_lab
+    lab = srgb_to_lab(colors, compiled=True) if colors_lab is None else colors_lab
     pal_lab = srgb_to_lab(palette_rgb)
     de = ciede2000(lab, pal_lab[labels])
     total = w.sum()
@@ -147,7 +151,8 @@ def paint(
     n = hist.n_pixels
     if not dither:
         labels = nearest(hist.in_space(color_space), centers)
-        sse, delta_e = histogram_error(hist.colors, hist.counts, labels, palette_rgb, hist.lab)
+        known_lab = hist.lab if color_space == "lab" else None
+        sse, delta_e = histogram_error(hist.colors, hist.counts, labels, palette_rgb, known_lab)
         index = labels[hist.inverse]
         used = int(np.unique(labels).size)
     else:
@@ -158,9 +163,7 @@ def paint(
             hist.inverse.astype(np.int64) * len(palette_rgb) + index, return_counts=True
         )
         color_of, label_of = np.divmod(pairs, len(palette_rgb))
-        sse, delta_e = histogram_error(
-            hist.colors[color_of], counts, label_of, palette_rgb, hist.lab[color_of]
-        )
+        sse, delta_e = histogram_error(hist.colors[color_of], counts, label_of, palette_rgb)
         used = int(np.unique(label_of).size)
     shape = (height, width)
     if len(palette_rgb) <= 256:

@@ -558,7 +558,7 @@ def _image_quality(
         return ImageQuality(record.relpath, record.sha256, 0, float("nan"), float("nan"))
     hist = ColorHistogram.of(pixels)
     labels = nearest(hist.in_space(color_space), centers)
-    sse, delta_e = histogram_error(hist.colors, hist.counts, labels, palette_rgb, hist.lab)
+    sse, delta_e = histogram_error(hist.colors, hist.counts, labels, palette_rgb)
     return ImageQuality(
         relpath=record.relpath,
         sha256=record.sha256,
