@@ -20,7 +20,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 
 from kmflow.cluster import memory_budget, scatter_rows
-from kmflow.cluster.resources import hold_blocks
+from kmflow.cluster.resources import hold_blocks, is_persisted
 from kmflow.config import get_settings
 from kmflow.errors import InvalidInputError, NotFittedError
 from kmflow.kernels._blocks import Blocks
@@ -350,6 +350,8 @@ def _maybe_persist(
         )
         return X, W, False, False
     keep_state = nbytes + 8 * int(X.shape[0]) <= budget
+    if is_persisted(X) and (W is None or is_persisted(W)):
+        return X, W, True, keep_state  # already on the workers: no persist round trip
     rows = X.chunks[0][0] if X.chunks[0] else 1
     if not isinstance(X_in, da.Array):
         scattered = scatter_rows(np.asarray(X_in).astype(X.dtype, copy=False), rows)

@@ -22,6 +22,7 @@ __all__ = [
     "current_client",
     "has_distributed_client",
     "hold_blocks",
+    "is_persisted",
     "memory_budget",
     "scatter_rows",
 ]
@@ -324,6 +325,16 @@ def _block_futures(a: da.Array) -> list[Future[Any]] | None:
     if not all(isinstance(f, Future) for f in futs):
         return None
     return futs  # type: ignore[return-value]
+
+
+def is_persisted(a: da.Array) -> bool:
+    """Whether every block of ``a`` is a future on a distributed cluster (persisted there).
+
+    Notes
+    -----
+    No computation and no round trip: it looks at the array's graph only.
+    """
+    return _block_futures(a) is not None
 
 
 def hold_blocks(
