@@ -378,15 +378,43 @@ class _Job:
     centers: np.ndarray | None  # a stored (or distributed-fitted) palette, else fit here
 
 
+def _runs(jobs: Sequence[_Job]) -> list[tuple[int, int]]:
+    """Row ranges of the store covering a batch's images, one per run of adjacent images."""
+    runs: list[tuple[int, int]] = []
+    for job in jobs:
+        start, stop = job.record.offset, job.record.offset + job.record.n_pixels
+        if runs and runs[-1][1] == start:
+            runs[-1] = (runs[-1][0], stop)
+        else:
+            runs.append((start, stop))
+    return runs
+
+
+def _image_rows(blocks: list[np.ndarray], jobs: Sequence[_Job]) -> list[np.ndarray]:
+    """Each job's pixel rows, cut from the blocks :func:`_runs` described."""
+    ranges = _runs(jobs)
+    out = []
+    for job in jobs:
+        start = job.record.offset
+        i = next(i for i, (a, b) in enumerate(ranges) if a <= start < b)
+        base = start - ranges[i][0]
+        out.append(blocks[i][base : base + job.record.n_pixels])
+    return out
+
+
 def _quantize_batch(
-    pixels: list[np.ndarray],
+    blocks: list[np.ndarray],
     jobs: list[_Job],
     params: PerImageParams,
     storage_options: dict[str, Any] | None,
 ) -> list[tuple[QuantizedImage, np.ndarray]]:
-    """Fit, paint, encode and write a batch of images (one Dask task)."""
+    """Fit, paint, encode and write a batch of images (one Dask task).
+
+    ``blocks`` are the store rows of :func:`_runs` of the batch: adjacent images arrive as
+    one slice, so a batch of many small images costs the graph one slice, not one per image.
+    """
     results = []
-    for px, job in zip(pixels, jobs, strict=True):
+    for px, job in zip(_image_rows(blocks, jobs), jobs, strict=True):
         r = job.record
         hist = ColorHistogram.of(px)
         if job.centers is None:
@@ -539,7 +567,7 @@ def quantize_images(
         assert pixels is not None
         tasks = [
             task(
-                [pixels[j.record.offset : j.record.offset + j.record.n_pixels] for j in batch],
+                [pixels[a:b] for a, b in _runs(batch)],
                 batch,
                 params,
                 storage_options,

@@ -154,7 +154,7 @@ def paint(
         known_lab = hist.lab if color_space == "lab" else None
         sse, delta_e = histogram_error(hist.colors, hist.counts, labels, palette_rgb, known_lab)
         index = labels[hist.inverse]
-        used = int(np.unique(labels).size)
+        used = int(np.count_nonzero(np.bincount(labels, minlength=len(palette_rgb))))
     else:
         image = hist.colors[hist.inverse].reshape(height, width, 3)
         index = floyd_steinberg(image, palette_rgb).reshape(-1)
@@ -164,7 +164,7 @@ def paint(
         )
         color_of, label_of = np.divmod(pairs, len(palette_rgb))
         sse, delta_e = histogram_error(hist.colors[color_of], counts, label_of, palette_rgb)
-        used = int(np.unique(label_of).size)
+        used = int(np.count_nonzero(np.bincount(label_of, minlength=len(palette_rgb))))
     shape = (height, width)
     if len(palette_rgb) <= 256:
         png = encode_png_indexed(index.reshape(shape), palette_rgb)
