@@ -7,8 +7,9 @@ import logging
 import dask.array as da
 import numpy as np
 import pytest
+from distributed import wait
 
-from kmflow.cluster.resources import hold_blocks
+from kmflow.cluster.resources import balance_blocks, hold_blocks
 from kmflow.errors import InvalidInputError
 from kmflow.kernels._blocks import Blocks, map_reduce
 from kmflow.kernels.lloyd import _add, _cost_block, _lloyd_block, _lloyd_combine
@@ -99,3 +100,33 @@ def test_no_holders_without_a_cluster_or_for_unpersisted_blocks(dask_client, pix
 def test_no_holders_on_local_schedulers(pixels) -> None:
     X = da.from_array(pixels, chunks=(20_000, 3)).persist()  # threads: plain numpy blocks
     assert hold_blocks(X, None, Blocks(X, None).offsets) is None
+
+
+def test_blocks_move_only_to_even_out_rows_per_thread() -> None:
+    threads = {"a": 1, "b": 1}
+    assert balance_blocks(["a", "b", "a", "b"], [5] * 4, threads) == {"a": [0, 2], "b": [1, 3]}
+    # 4 blocks against 2: one moves; everything on one worker: half of it moves.
+    assert balance_blocks(["a", "a", "b", "a", "a", "b"], [5] * 6, threads) == {
+        "a": [0, 1, 3],
+        "b": [2, 4, 5],
+    }
+    assert balance_blocks(["a"] * 4, [5] * 4, threads) == {"a": [0, 1], "b": [2, 3]}
+    # Uneven blocks: no move that would not lower the highest load; threads count.
+    assert balance_blocks(["a", "b"], [9, 1], threads) == {"a": [0], "b": [1]}
+    assert balance_blocks(["a"] * 6, [5] * 6, {"a": 2, "b": 1}) == {"a": [0, 1, 2, 3], "b": [4, 5]}
+
+
+def test_holders_spread_blocks_persisted_on_one_worker(dask_client, pixels) -> None:
+    first = sorted(dask_client.scheduler_info()["workers"])[0]
+    X = da.from_array(pixels, chunks=(10_000, 3)).persist(workers=[first])
+    wait(X)
+    assert {w for ws in dask_client.who_has(X).values() for w in ws} == {first}
+    blocks = Blocks(X, None)
+    ct = _centers_t(pixels)
+    with hold_blocks(X, None, blocks.offsets) as resident:
+        assert sorted(len(idx) for _, _, idx in resident._holders) == [3, 3]
+        blocks.resident = resident
+        held = map_reduce(blocks, _lloyd_block, _lloyd_combine, ct)
+    graph = map_reduce(Blocks(X, None), _lloyd_block, _lloyd_combine, ct)
+    np.testing.assert_array_equal(held[0], graph[0])
+    assert held[2] == graph[2]

@@ -19,6 +19,7 @@ from distributed import Client, Future, get_client, get_worker, wait
 __all__ = [
     "BlockHolder",
     "ResidentBlocks",
+    "balance_blocks",
     "current_client",
     "has_distributed_client",
     "hold_blocks",
@@ -327,6 +328,53 @@ def _block_futures(a: da.Array) -> list[Future[Any]] | None:
     return futs  # type: ignore[return-value]
 
 
+def balance_blocks(
+    home: list[str], rows: list[int], threads: Mapping[str, int]
+) -> dict[str, list[int]]:
+    """Which worker processes which block: where it is, unless that overloads its worker.
+
+    Parameters
+    ----------
+    home : list of str
+        The worker holding each block.
+    rows : list of int
+        Rows in each block.
+    threads : mapping of str to int
+        Every worker's number of threads (workers holding no block included).
+
+    Returns
+    -------
+    dict
+        Worker address → block indices (ascending). Starting from ``home``, a block moves from
+        the most loaded worker (rows per thread) to the least loaded one while that lowers the
+        highest load, so a pass takes about the same time everywhere. A moved block is copied
+        to its new worker once, when its holder starts.
+    """
+    groups: dict[str, list[int]] = {a: [] for a in threads}
+    for i, a in enumerate(home):
+        groups.setdefault(a, []).append(i)
+    nthreads = {a: max(1, int(threads.get(a, 1))) for a in groups}
+    load = {a: sum(rows[i] for i in idx) for a, idx in groups.items()}
+    for _ in range(len(rows)):
+        src = max(groups, key=lambda a: (load[a] / nthreads[a], a))
+        dst = min(groups, key=lambda a: (load[a] / nthreads[a], a))
+        top = load[src] / nthreads[src]
+        best, best_top = None, top
+        for i in reversed(groups[src]):  # ties: move the last block
+            new_top = max(
+                (load[src] - rows[i]) / nthreads[src], (load[dst] + rows[i]) / nthreads[dst]
+            )
+            if new_top < best_top:
+                best, best_top = i, new_top
+        if best is None:
+            break
+        groups[src].remove(best)
+        groups[dst].append(best)
+        load[src] -= rows[best]
+        load[dst] += rows[best]
+    return {a: sorted(idx) for a, idx in groups.items() if idx}
+
+
 def is_persisted(a: da.Array) -> bool:
     """Whether every block of ``a`` is a future on a distributed cluster (persisted there).
 
@@ -375,12 +423,17 @@ def hold_blocks(
         if any(f.status != "finished" for f in xs + (ws or [])):
             return None  # an erred block: let the task graph path raise its error
         who: Mapping[Any, Sequence[str]] = client.who_has(xs)
-        groups: dict[str, list[int]] = {}
-        for i, f in enumerate(xs):
+        home: list[str] = []
+        for f in xs:
             where = sorted(who.get(f.key, ()))
             if not where:
                 return None
-            groups.setdefault(where[0], []).append(i)
+            home.append(where[0])
+        threads = {
+            str(a): int(w.get("nthreads", 1) or 1)
+            for a, w in client.scheduler_info(n_workers=-1).get("workers", {}).items()
+        }
+        groups = balance_blocks(home, [int(r) for r in X.chunks[0]], threads)
         token = uuid.uuid4().hex
         pending: list[tuple[Future[Any], list[int]]] = []
         for n, (address, idx) in enumerate(sorted(groups.items())):
