@@ -189,33 +189,70 @@ def _cells(
     return sums[used] / weight[used, None], weight[used], cell_codes
 
 
-def _sqdist(X: np.ndarray, c: np.ndarray) -> np.ndarray:
-    d = X - c
-    return np.einsum("ij,ij->i", d, d)
+@nb.njit(nogil=True, cache=True)
+def _kmeans_pp(X, w, trials, u, centers):  # type: ignore[no-untyped-def]
+    n, d = X.shape
+    k = centers.shape[0]
+    d2 = np.empty(n)
+    cand = np.empty(n)
+    best_d2 = np.empty(n)
+    target = u[0] * w.sum()
+    acc = 0.0
+    first = n - 1
+    for i in range(n):
+        acc += w[i]
+        if acc > target:
+            first = i
+            break
+    centers[0, :] = X[first, :]
+    for i in range(n):
+        v = 0.0
+        for f in range(d):
+            t = X[i, f] - centers[0, f]
+            v += t * t
+        d2[i] = v
+    for c in range(1, k):
+        pot = 0.0
+        for i in range(n):
+            pot += w[i] * d2[i]
+        if pot <= 0.0:  # every point sits on a center already
+            for r in range(c, k):
+                centers[r, :] = centers[0, :]
+            return
+        best_pot = np.inf
+        best = 0
+        for trial in range(trials):
+            target = u[1 + (c - 1) * trials + trial] * pot
+            acc = 0.0
+            pick = n - 1
+            for i in range(n):
+                acc += w[i] * d2[i]
+                if acc > target:
+                    pick = i
+                    break
+            p = 0.0
+            for i in range(n):
+                v = 0.0
+                for f in range(d):
+                    t = X[i, f] - X[pick, f]
+                    v += t * t
+                m = min(d2[i], v)
+                cand[i] = m
+                p += w[i] * m
+            if p < best_pot:
+                best_pot = p
+                best = pick
+                best_d2[:] = cand
+        centers[c, :] = X[best, :]
+        d2[:] = best_d2
 
 
 def _kmeans_plusplus(X: np.ndarray, w: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """Weighted greedy k-means++ (2 + log k candidates per center, as scikit-learn does)."""
-    n = X.shape[0]
     trials = 2 + int(math.log(k))
-    first = int(np.searchsorted(np.cumsum(w), rng.random() * w.sum(), side="right"))
     centers = np.empty((k, X.shape[1]))
-    centers[0] = X[min(first, n - 1)]
-    d2 = _sqdist(X, centers[0])
-    for c in range(1, k):
-        cum = np.cumsum(w * d2)
-        if cum[-1] <= 0:  # every point sits on a center already
-            centers[c:] = centers[0]
-            break
-        picks = np.minimum(np.searchsorted(cum, rng.random(trials) * cum[-1], side="right"), n - 1)
-        best_pot, best_d2, best_i = np.inf, d2, int(picks[0])
-        for i in picks:
-            cand = np.minimum(d2, _sqdist(X, X[i]))
-            pot = float(w @ cand)
-            if pot < best_pot:
-                best_pot, best_d2, best_i = pot, cand, int(i)
-        centers[c] = X[best_i]
-        d2 = best_d2
+    uniforms = rng.random(1 + (k - 1) * trials)
+    _kmeans_pp(np.ascontiguousarray(X, dtype=np.float64), w, trials, uniforms, centers)
     return centers
 
 
