@@ -157,7 +157,7 @@ def test_pipeline_runs_every_stage_on_the_cluster(
             }
         )
     # (Dask names a task prefix after its function, leading underscores stripped.)
-    for prefix in ("decode_image", "hist_block", "lloyd_block", "moments_block", "quantize_batch"):
+    for prefix in ("decode_images", "hist_block", "lloyd_block", "moments_block", "quantize_batch"):
         assert done.get(prefix, 0.0) > 0.0, f"no {prefix} task ran on the cluster: {sorted(done)}"
 
 

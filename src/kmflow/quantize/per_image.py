@@ -464,7 +464,8 @@ def _quantize_batch(
         painted = paint(
             hist, r.height, r.width, centers, rgb, params.color_space, dither=params.dither
         )
-        write_bytes_atomic(job.output, painted.png, storage_options)
+        # Atomic for readers; no fsync per file: a re-run recreates any output a crash lost.
+        write_bytes_atomic(job.output, painted.png, storage_options, durable=False)
         results.append(
             (
                 QuantizedImage(
@@ -605,7 +606,7 @@ def quantize_images(
         tasks = [
             task(
                 [pixels[a:b] for a, b in _runs(batch)],
-                batch,
+                dask.delayed(batch, traverse=False),  # plain data: not searched for collections
                 params,
                 storage_options,
             )

@@ -74,6 +74,7 @@ _RECORD_KEY = "kmflow"
 _IMAGE_CHUNK = 4096
 _MAX_BATCH_IMAGES = 4096
 _BATCH_GROWTH = 4
+_DECODE_TASKS = 32
 _STRING = np.dtypes.StringDType()
 _STR_VARS = ("source", "relpath", "sha256")
 _INT_VARS = ("height", "width", "offset")
@@ -230,14 +231,22 @@ def _decode_image(
     return DecodedImage(source, image.sha256, image.height, image.width, None, reason)
 
 
-def _summary(image: DecodedImage) -> tuple[str | None, int, int, str | None]:
-    """The small part of a decoded image that travels to the driver."""
-    return image.sha256, image.height, image.width, image.error
+def _decode_images(
+    sources: list[tuple[ImageSource, dict[str, Any] | None]], max_pixels: int
+) -> list[DecodedImage]:
+    """Read a group of images on a worker (one task); never raises."""
+    return [_decode_image(src, options, max_pixels) for src, options in sources]
 
 
-def _pixels_of(image: DecodedImage) -> np.ndarray:
-    assert image.pixels is not None  # only called for images without error
-    return image.pixels
+def _summaries(images: list[DecodedImage]) -> list[tuple[str | None, int, int, str | None]]:
+    """The small part of each decoded image that travels to the driver."""
+    return [(i.sha256, i.height, i.width, i.error) for i in images]
+
+
+def _rows_of(images: list[DecodedImage], keep: list[int]) -> np.ndarray:
+    """The pixel rows of the kept images of a group, in order (only decoded ones are kept)."""
+    parts = [images[i].pixels for i in keep]
+    return np.concatenate([p for p in parts if p is not None], axis=0)
 
 
 def _array(group: zarr.Group, name: str) -> zarr.Array[Any]:
@@ -951,15 +960,28 @@ class PixelStore:
         storage_options: dict[str, Any] | None,
     ) -> tuple[_Record, int]:
         """Decode, deduplicate and commit one batch; returns the new record and largest image."""
-        decode = dask.delayed(_decode_image, pure=False)
+        # A decode task per group of adjacent images (at most _DECODE_TASKS per batch), so
+        # that thousands of small images cost tens of tasks, not thousands.
+        size = max(1, -(-len(batch) // _DECODE_TASKS))
+        groups = [batch[i : i + size] for i in range(0, len(batch), size)]
+        decode = dask.delayed(_decode_images, pure=False)
         decoded = dask.persist(
-            *[decode(s, self._source_options(s, storage_options), max_pixels) for s in batch]
+            *[
+                decode([(s, self._source_options(s, storage_options)) for s in g], max_pixels)
+                for g in groups
+            ]
         )
-        summaries = dask.compute(*[dask.delayed(_summary, pure=False)(d) for d in decoded])
-        largest = max((h * w for _, h, w, _ in summaries), default=0)
+        summaries = [
+            (gi, ii, summary)
+            for gi, group_summaries in enumerate(
+                dask.compute(*[dask.delayed(_summaries, pure=False)(d) for d in decoded])
+            )
+            for ii, summary in enumerate(group_summaries)
+        ]
+        largest = max((h * w for _, _, (_, h, w, _) in summaries), default=0)
 
-        new: list[tuple[ImageSource, str, int, int, Any]] = []
-        for src, image, (sha, h, w, error) in zip(batch, decoded, summaries, strict=True):
+        new: list[tuple[ImageSource, str, int, int, tuple[int, int]]] = []
+        for src, (gi, ii, (sha, h, w, error)) in zip(batch, summaries, strict=True):
             if error is not None or sha is None:
                 tally.errors.append(IngestError(src.url, error or "no content hash"))
                 logger.warning("%s: cannot ingest %s: %s", self._shown, redact_url(src.url), error)
@@ -969,18 +991,25 @@ class PixelStore:
             else:
                 tally.seen.add(sha)
                 tally.hashes[src.url] = sha
-                new.append((src, sha, h, w, image))
+                new.append((src, sha, h, w, (gi, ii)))
         if not new:
             return record, largest
 
         offsets = record.n_pixels + np.concatenate(
             [[0], np.cumsum([h * w for _, _, h, w, _ in new])[:-1]]
         ).astype(np.int64)
+        kept: dict[int, list[int]] = {}
+        rows_of: dict[int, int] = {}
+        for _, _, h, w, (gi, ii) in new:
+            kept.setdefault(gi, []).append(ii)
+            rows_of[gi] = rows_of.get(gi, 0) + h * w
         pieces = [
             da.from_delayed(
-                dask.delayed(_pixels_of, pure=False)(image), shape=(h * w, 3), dtype=np.uint8
+                dask.delayed(_rows_of, pure=False)(decoded[gi], idx),
+                shape=(rows_of[gi], 3),
+                dtype=np.uint8,
             )
-            for _, _, h, w, image in new
+            for gi, idx in kept.items()
         ]
         n_new = sum(h * w for _, _, h, w, _ in new)
         rows = da.concatenate(pieces, axis=0).rechunk(
