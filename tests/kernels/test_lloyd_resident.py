@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 import dask.array as da
 import numpy as np
@@ -19,6 +21,15 @@ def _fail_block(x: np.ndarray, w: np.ndarray | None, offset: int) -> float:
     if offset > 0:
         raise InvalidInputError(f"block at row {offset} refused")
     return 0.0
+
+
+def _thread_name_block(x: np.ndarray, w: np.ndarray | None, offset: int) -> frozenset[str]:
+    time.sleep(0.05)  # long enough that the holder's threads all take a block
+    return frozenset([threading.current_thread().name])
+
+
+def _union(a: frozenset[str], b: frozenset[str]) -> frozenset[str]:
+    return a | b
 
 
 class _LostCall:
@@ -130,3 +141,30 @@ def test_holders_spread_blocks_persisted_on_one_worker(dask_client, pixels) -> N
     graph = map_reduce(Blocks(X, None), _lloyd_block, _lloyd_combine, ct)
     np.testing.assert_array_equal(held[0], graph[0])
     assert held[2] == graph[2]
+
+
+@pytest.mark.integration
+def test_a_multithreaded_worker_maps_its_blocks_in_parallel_with_the_same_result(pixels) -> None:
+    from distributed import Client, LocalCluster
+
+    X_np = pixels
+    ct = _centers_t(pixels)
+    expected = map_reduce(
+        Blocks(da.from_array(X_np, chunks=(7_001, 3)), None), _lloyd_block, _lloyd_combine, ct
+    )
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=3, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster),
+    ):
+        X = da.from_array(X_np, chunks=(7_001, 3)).persist()
+        blocks = Blocks(X, None)
+        with hold_blocks(X, None, blocks.offsets) as resident:
+            assert resident is not None
+            blocks.resident = resident
+            seen = map_reduce(blocks, _thread_name_block, _union)
+            held = map_reduce(blocks, _lloyd_block, _lloyd_combine, ct)
+    assert len(seen) > 1  # the holder ran its 9 blocks on more than one thread
+    np.testing.assert_array_equal(held[0], expected[0])
+    assert held[2] == expected[2]
