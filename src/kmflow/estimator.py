@@ -106,6 +106,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):  # type: ignore[mis
     leaves a cluster empty), and one for the final inertia unless labels stopped changing.
     Data whose size is at most ``persist_fraction`` (a cluster setting) of the workers' total
     memory is persisted once; larger data is re-read from its source on every pass.
+    On a distributed cluster, persisted blocks are held for the fit by one actor per worker
+    (:func:`kmflow.cluster.resources.hold_blocks`), so each pass is one call per worker rather
+    than a task graph through the scheduler; the results are the same either way.
 
     Examples
     --------

@@ -224,8 +224,8 @@ def _lloyd(
     Notes
     -----
     One ``compute`` per iteration (plus one when a cluster empties), and one final pass for
-    the inertia of the final centers unless labels stopped changing (then the last pass
-    already measured it).
+    the inertia of the final centers (distances only, no sums) unless labels stopped changing
+    (then the last pass already measured it).
     """
     centers = np.asarray(centers, dtype=np.float64).copy()
     history: list[IterationInfo] = []
