@@ -208,9 +208,9 @@ class _Raised:
 class BlockHolder:
     """Dask actor holding the row blocks its worker already stores, and mapping over them.
 
-    Created by :func:`hold_blocks`, one per worker. It keeps references to the worker's own
-    block arrays (no copy). Each :meth:`map` is one direct call to the worker: no task graph,
-    no scheduling, so a pass over persisted data costs one round trip.
+    Created by :func:`hold_blocks`, one per worker. It keeps references to the block arrays in
+    its worker's memory (no copy). Each :meth:`map` is one call to the worker's actor: no task
+    graph and no scheduling, so a pass over persisted data costs one round trip.
 
     Parameters
     ----------
@@ -388,7 +388,7 @@ def is_persisted(a: da.Array) -> bool:
 def hold_blocks(
     X: da.Array, sample_weight: da.Array | None, offsets: list[int]
 ) -> ResidentBlocks | None:
-    """Put one :class:`BlockHolder` actor on each worker that holds blocks of persisted ``X``.
+    """Put a :class:`BlockHolder` actor on each worker, holding its share of persisted ``X``.
 
     Parameters
     ----------
@@ -407,13 +407,15 @@ def hold_blocks(
 
     Notes
     -----
-    Waits for the blocks to be in memory, then one ``who_has`` round trip to the scheduler and
-    one actor task per holding worker. Each actor references the blocks its worker already
-    holds, so no data moves.
+    Waits for the blocks to be in memory, then two round trips to the scheduler (``who_has``,
+    the workers' threads) and one actor task per worker that gets blocks. Each actor
+    references the blocks its worker already holds; a block moves to another worker (once)
+    only when :func:`balance_blocks` finds its worker overloaded.
     """
     client = current_client()
     if client is None or client.asynchronous or _inside_worker():
         return None
+    pending: list[tuple[Future[Any], list[int]]] = []
     xs = _block_futures(X)
     ws = None if sample_weight is None else _block_futures(sample_weight)
     if xs is None or (sample_weight is not None and ws is None):
@@ -435,7 +437,6 @@ def hold_blocks(
         }
         groups = balance_blocks(home, [int(r) for r in X.chunks[0]], threads)
         token = uuid.uuid4().hex
-        pending: list[tuple[Future[Any], list[int]]] = []
         for n, (address, idx) in enumerate(sorted(groups.items())):
             blocks = [xs[i] for i in idx] + ([ws[i] for i in idx] if ws is not None else [])
             fut = client.submit(
@@ -451,7 +452,7 @@ def hold_blocks(
             pending.append((fut, idx))
         holders = [(fut.result(timeout=HOLD_TIMEOUT_S), fut, idx) for fut, idx in pending]
     except Exception as exc:
-        for fut, _ in locals().get("pending", []):
+        for fut, _ in pending:
             fut.release()
         logger.warning("could not hold blocks on the workers (%s); using task graphs", exc)
         return None
