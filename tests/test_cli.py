@@ -61,6 +61,11 @@ def test_help_reads_well() -> None:
         "--scheduler",
         "--report",
         "--strict",
+        "--palette",
+        "--n-init",
+        "--dither",
+        "--labels",
+        "--out-inside-source",
     ):
         assert option in sub.stdout
 

@@ -30,7 +30,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import dask
@@ -168,10 +168,10 @@ def _cells(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pool rows into cells of ``bits`` per sRGB channel: weighted means, weights, codes.
 
-    ``codes`` are the rows' sRGB colors as three ``int64`` columns (``bits`` or more per
-    channel); the returned codes are the occupied cells' own, for pooling them further.
+    ``codes`` are the rows' sRGB colors as three ``int64`` columns in 0..255; the returned
+    codes are the occupied cells' own (0 .. 2**bits - 1), for pooling them further.
     """
-    c = codes >> (8 - bits) if codes.max(initial=0) > (1 << bits) - 1 else codes
+    c = codes >> (8 - bits)
     key = (c[:, 0] << (2 * bits)) | (c[:, 1] << bits) | c[:, 2]
     n_cells = 1 << (3 * bits)
     sums = np.zeros((n_cells, X.shape[1]))
@@ -460,7 +460,7 @@ def _quantize_batch(
         else:
             centers = job.centers
             rgb = palette_rgb(centers, params.color_space)
-            exact, refitted = len(centers) < params.n_colors, False
+            exact, refitted = len(hist.colors) <= params.n_colors, False
         painted = paint(
             hist, r.height, r.width, centers, rgb, params.color_space, dither=params.dither
         )
@@ -556,7 +556,7 @@ def quantize_images(
     max_task_pixels : int, default 64,000,000
         Larger images are fitted with the distributed estimator on their histogram.
     progress : callable, optional
-        ``progress(done, total)`` after each wave of tasks.
+        ``progress(done, total)`` images, as batches finish.
 
     Returns
     -------
@@ -564,8 +564,9 @@ def quantize_images(
 
     Notes
     -----
-    One ``compute`` per wave of tasks (a few per worker thread); every task reads its
-    images' pixel rows from the store once. Large images cost one histogram ``compute`` and
+    Every batch task is submitted at once and collected as it finishes (on a distributed
+    client; one ``compute`` on Dask's threads without one); every task reads its images'
+    pixel rows from the store once. Large images cost one histogram ``compute`` and
     one distributed fit each.
     """
     t0 = time.perf_counter()
@@ -596,32 +597,35 @@ def quantize_images(
     pixels = store.pixels() if items else None
     batches = _batches(jobs, batch_pixels)
     task = dask.delayed(_quantize_batch, pure=False)
-    wave = max(4, 4 * _n_threads())
-    results: list[tuple[QuantizedImage, np.ndarray]] = []
+    tasks = [
+        task(
+            [pixels[a:b] for a, b in _runs(batch)] if pixels is not None else [],
+            dask.delayed(batch, traverse=False),  # plain data: not searched for collections
+            params,
+            storage_options,
+        )
+        for batch in batches
+    ]
+    done = 0
     if progress is not None:
         progress(0, len(jobs))
-    for start in range(0, len(batches), wave):
-        group = batches[start : start + wave]
-        assert pixels is not None
-        tasks = [
-            task(
-                [pixels[a:b] for a, b in _runs(batch)],
-                dask.delayed(batch, traverse=False),  # plain data: not searched for collections
-                params,
-                storage_options,
-            )
-            for batch in group
-        ]
-        for out in dask.compute(*tasks):
-            results.extend(out)
-        if progress is not None:
-            progress(len(results), len(jobs))
 
+    def on_done(i: int, _: Any) -> None:
+        nonlocal done
+        done += len(batches[i])
+        if progress is not None:
+            progress(done, len(jobs))
+
+    results: list[tuple[QuantizedImage, np.ndarray]] = [
+        r for out in _compute(tasks, on_done) for r in out
+    ]
     new = {keys[q.sha256]: c for q, c in results if q.refitted}
     new.update({keys[s]: c for s, c in fitted_large.items()})
     if new and not shared:
         store.write_image_palettes(new)
     quantized = [q for q, _ in results]
+    if shared:  # "exact" means an image kept its own colors: never so with a shared palette
+        quantized = [replace(q, exact=False) for q in quantized]
     n = sum(q.height * q.width for q in quantized)
     sse = sum(q.sse for q in quantized)
     de = sum(q.delta_e * q.height * q.width for q in quantized)
@@ -639,16 +643,15 @@ def quantize_images(
     )
 
 
-def _n_threads() -> int:
-    """Worker threads of the current Dask client, or this machine's cores without one."""
-    import os
+def _compute(tasks: list[Any], on_done: Callable[[int, Any], None]) -> list[Any]:
+    """All tasks at once, collected as they finish on a cluster (one compute without one)."""
     import sys
 
-    client = None
-    if "distributed" in sys.modules:  # never import distributed just to ask
-        from kmflow.cluster.resources import current_client
+    if "distributed" in sys.modules:  # a client can only exist once distributed is imported
+        from kmflow.cluster.resources import compute_as_completed
 
-        client = current_client()
-    if client is None:
-        return os.cpu_count() or 1
-    return max(1, sum(client.nthreads().values()))
+        return compute_as_completed(tasks, on_done)
+    results = list(dask.compute(*tasks))
+    for i, r in enumerate(results):
+        on_done(i, r)
+    return results

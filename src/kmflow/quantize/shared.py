@@ -429,7 +429,7 @@ def apply_palette(
     dither : bool, default False
         Floyd–Steinberg error diffusion; PSNR and ΔE then describe the dithered image.
     progress : callable, optional
-        Called as ``progress(done, total)`` after each wave of render tasks.
+        Called as ``progress(done, total)`` images as render tasks finish.
 
     Returns
     -------
@@ -438,8 +438,9 @@ def apply_palette(
     Notes
     -----
     Rendering reads each image's pixels once, labels its unique colors (not every pixel),
-    encodes and writes the PNG in the same task, a batch of images per task: one ``compute``
-    per wave of tasks. With ``write_labels``, one more ``compute`` writes the labels.
+    encodes and writes the PNG in the same task, a batch of images per task, all submitted
+    at once (:func:`kmflow.quantize.per_image.quantize_images`). With ``write_labels``, one
+    more ``compute`` writes the labels.
     """
     from kmflow.quantize.outputs import PALETTE_NAME, output_urls
     from kmflow.quantize.per_image import PerImageParams, quantize_images
