@@ -651,9 +651,15 @@ def build_report(
         "",
         f"Workload: {n:,} pixels (uint8 RGB) sampled with replacement from scikit-learn's two "
         f"sample photos, seed {args.seed}; k = {args.k}, max_iter = {args.iters}, tol = 0. "
-        f"kmflow and dask-ml get a Dask array in chunks of {args.chunk_pixels:,} pixels, "
-        "persisted on the workers before the timed fits (uint8 for kmflow, float32 for "
-        "dask-ml). Initial centers: k-means++ "
+        + (
+            f"kmflow and dask-ml get a Dask array in chunks of {args.chunk_pixels:,} pixels, "
+            "persisted on the workers before the timed fits (uint8 for kmflow, float32 for "
+            "dask-ml). "
+            if "dask-ml" in by
+            else f"kmflow gets a uint8 Dask array in chunks of {args.chunk_pixels:,} pixels, "
+            "persisted on the workers before the timed fits. "
+        )
+        + "Initial centers: k-means++ "
         f"(`sklearn.cluster.kmeans_plusplus`) on a {min(INIT_SAMPLE, n):,}-pixel float64 "
         f"subsample ({prep['init_s']:.2f} s), the same array given to scikit-learn and kmflow.",
         f"Machine bound: one pass reads {n * 3 / 2**20:,.1f} MiB (uint8); best `np.add.reduce` "
@@ -698,6 +704,8 @@ def build_report(
             }
             if "iter_seconds" in r["notes"]:
                 d["iter_seconds"] = [round(s, 4) for s in r["notes"]["iter_seconds"]]
+            if "fits_s" in r["notes"]:
+                d["fits_s"] = [round(s, 3) for s in r["notes"]["fits_s"]]
             extra.append(
                 f"- {r['name']}: "
                 + ", ".join(
