@@ -157,8 +157,11 @@ def test_pipeline_runs_every_stage_on_the_cluster(
             }
         )
     # (Dask names a task prefix after its function, leading underscores stripped.)
-    for prefix in ("decode_images", "hist_block", "lloyd_block", "moments_block", "quantize_batch"):
+    for prefix in ("decode_images", "hist_block", "moments_block", "quantize_batch"):
         assert done.get(prefix, 0.0) > 0.0, f"no {prefix} task ran on the cluster: {sorted(done)}"
+    # Lloyd passes over persisted data run in a block-holder actor on each worker (no task per
+    # pass), or as lloyd_block tasks when no holder could be placed.
+    assert done.get("kmflow-blocks", 0.0) > 0.0 or done.get("lloyd_block", 0.0) > 0.0, sorted(done)
 
 
 def test_train_promotes_only_if_not_worse_and_warm_starts(
