@@ -109,7 +109,7 @@ def quantize(
     ] = None,
     n_init: Annotated[
         int, typer.Option("--n-init", min=1, max=100, help="Per-image: seeded starts per image.")
-    ] = 4,
+    ] = 8,
     max_iter: Annotated[int, typer.Option(min=1, help="Maximum Lloyd iterations.")] = 300,
     dither: Annotated[
         bool, typer.Option(help="Floyd-Steinberg dithering (PSNR/ΔE describe the dithered PNG).")
@@ -286,8 +286,6 @@ def quantize(
 
 def _job_cluster(workers: int | None, scheduler: str | None, local_bytes: int | None) -> Any:
     """The Dask context of a job: a cluster, or this process's threads for a small local job."""
-    from contextlib import nullcontext
-
     settings = get_settings()
     small = (
         settings.cluster.mode == "local"
@@ -300,7 +298,10 @@ def _job_cluster(workers: int | None, scheduler: str | None, local_bytes: int | 
         logging.getLogger(__name__).info(
             "%d bytes of local images: computing in this process", local_bytes
         )
-        return nullcontext()
+        import dask
+
+        # Dask's threads, named so that no default client of this process is picked up.
+        return dask.config.set(scheduler="threads")
     from kmflow.cluster import connect
 
     _quiet_distributed()

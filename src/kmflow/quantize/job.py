@@ -64,7 +64,7 @@ class QuantizeOptions:
     color_space: Literal["rgb", "lab"] = "rgb"
     method: Literal["histogram", "pixels"] = "histogram"
     seed: int | None = None
-    n_init: int = 4
+    n_init: int = 8
     max_iter: int = 300
     dither: bool = False
     write_labels: bool = False

@@ -92,7 +92,7 @@ class PerImageParams:
     n_colors: int
     color_space: ColorSpace = "rgb"
     seed: int = 0
-    n_init: int = 4
+    n_init: int = 8
     max_iter: int = 300
     tol: float = 1e-4
     dither: bool = False
