@@ -172,6 +172,9 @@ def _base_env(home: Path, tmpdir: Path, api_url: str) -> dict[str, str]:
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         DO_NOT_TRACK="1",
         PREFECT_SERVER_UI_ENABLED="false",
+        # a loaded two-core machine: give SQLite statements time before the server gives up
+        PREFECT_SERVER_DATABASE_TIMEOUT="60",
+        PREFECT_API_LOG_RETRYABLE_ERRORS="true",
         PREFECT_CLI_PROMPT="false",
         TMPDIR=str(tmpdir),
         PYTHONUNBUFFERED="1",
@@ -255,9 +258,39 @@ def server(sandbox: Sandbox) -> Iterator[Service]:
         service.stop()
 
 
+class RetryingTransport(httpx.HTTPTransport):
+    """Retries what the Prefect server says may be retried, as Prefect's own client does.
+
+    The server answers 503 for errors it classes as retryable (a SQLite database locked by a
+    concurrent writer, a statement timeout: common on a loaded two-core machine); 502/429 and
+    connection errors are transient too. A request that fails that way changed nothing, so it
+    is sent again after a growing pause, for at most about two minutes.
+    """
+
+    RETRY_STATUS = frozenset({429, 502, 503})
+    PAUSES = (0.5, 1, 2, 4, 8, 15, 30, 60)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for pause in (*self.PAUSES, None):
+            try:
+                response = super().handle_request(request)
+            except (httpx.ConnectError, httpx.RemoteProtocolError):
+                if pause is None:
+                    raise
+            else:
+                if response.status_code not in self.RETRY_STATUS or pause is None:
+                    return response
+                response.read()
+                response.close()
+            time.sleep(pause)
+        raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="module")
 def api(sandbox: Sandbox, server: Service) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=sandbox.api_url + "/", timeout=30) as client:
+    with httpx.Client(
+        base_url=sandbox.api_url + "/", timeout=30, transport=RetryingTransport()
+    ) as client:
         yield client
 
 
