@@ -501,6 +501,29 @@ class StorageSettings(BaseModel):
         ),
     )
 
+    s3_retry_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        le=3600,
+        description=(
+            "About how long an s3:// request keeps retrying transient failures (endpoint "
+            "unreachable, connection reset, timeouts, throttling, 5xx) before the error is "
+            "reported: botocore's 'standard' retry mode with jittered exponential backoff "
+            "(pauses up to 20 s each), its attempt count chosen so that the expected total "
+            "pause is about this long; the worst case is about twice as long. 0 disables "
+            "retries. An explicit 'retries' in options['config_kwargs'] wins."
+        ),
+    )
+    s3_connect_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description=(
+            "Seconds to wait for a TCP connection to the S3 endpoint per attempt (botocore's "
+            "default, 60, makes an unreachable endpoint hang a minute per attempt)."
+        ),
+    )
+
     @model_validator(mode="after")
     def _check_key_pair(self) -> StorageSettings:
         """An S3 access key and its secret come together or not at all."""

@@ -28,6 +28,7 @@ from kmflow.storage.fs import (
     join_url,
     read_bytes,
     redact_url,
+    s3_attempts,
     storage_options_for,
     write_bytes_atomic,
 )
@@ -120,6 +121,40 @@ def test_storage_options_plain_paths_get_only_options() -> None:
     assert storage_options_for("memory://x/", settings) == {"auto_mkdir": True}
 
 
+# 60 s of expected retry pauses (the default s3_retry_seconds) is 11 attempts, 5 s to connect.
+DEFAULT_RETRIES = {
+    "retries": {"mode": "standard", "total_max_attempts": 11},
+    "connect_timeout": 5.0,
+}
+
+
+@pytest.mark.parametrize(
+    ("seconds", "attempts"), [(0, 1), (0.5, 2), (1, 3), (7.5, 5), (15.5, 6), (60, 11), (120, 17)]
+)
+def test_s3_attempts_cover_the_retry_time(seconds: float, attempts: int) -> None:
+    # botocore's standard mode pauses random() * min(2**i, 20) s before retry i: the expected
+    # pauses are 0.5, 1, 2, 4, 8, then 10 s each.
+    assert s3_attempts(seconds) == attempts
+
+
+def test_s3_retry_settings_reach_botocore(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KMFLOW_STORAGE__S3_RETRY_SECONDS", "0")
+    monkeypatch.setenv("KMFLOW_STORAGE__S3_CONNECT_TIMEOUT", "1.5")
+    assert storage_options_for("s3://b/k")["config_kwargs"] == {
+        "retries": {"mode": "standard", "total_max_attempts": 1},
+        "connect_timeout": 1.5,
+    }
+    # An explicit botocore retry configuration in the options wins over the setting.
+    monkeypatch.setenv(
+        "KMFLOW_STORAGE__OPTIONS", '{"config_kwargs": {"retries": {"max_attempts": 2}}}'
+    )
+    assert storage_options_for("s3://b/k")["config_kwargs"] == {
+        "retries": {"max_attempts": 2},
+        "connect_timeout": 1.5,
+    }
+    assert storage_options_for("/local") == {"config_kwargs": {"retries": {"max_attempts": 2}}}
+
+
 @pytest.mark.parametrize("url", ["s3://bucket/images/", "s3a://bucket/x.png", "S3://bucket"])
 def test_storage_options_for_s3(url: str) -> None:
     settings = StorageSettings(
@@ -133,6 +168,7 @@ def test_storage_options_for_s3(url: str) -> None:
         "key": "the-key",
         "secret": "the-secret",
         "client_kwargs": {"verify": False, "endpoint_url": "http://127.0.0.1:9000"},
+        "config_kwargs": DEFAULT_RETRIES,
     }
     # The settings' own dicts are not touched.
     assert settings.options["client_kwargs"] == {"verify": False}
@@ -142,7 +178,10 @@ def test_storage_options_for_s3(url: str) -> None:
 def test_storage_options_never_sets_region_in_client_kwargs() -> None:
     settings = StorageSettings(s3_endpoint_url="http://127.0.0.1:9000")
     options = storage_options_for("s3://bucket", settings)
-    assert options == {"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}
+    assert options == {
+        "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"},
+        "config_kwargs": DEFAULT_RETRIES,
+    }
 
 
 def test_storage_options_without_s3_settings_is_a_copy() -> None:
@@ -155,7 +194,8 @@ def test_storage_options_without_s3_settings_is_a_copy() -> None:
 def test_storage_options_default_to_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KMFLOW_STORAGE__S3_ENDPOINT_URL", "http://127.0.0.1:1234")
     assert storage_options_for("s3://b/k") == {
-        "client_kwargs": {"endpoint_url": "http://127.0.0.1:1234"}
+        "client_kwargs": {"endpoint_url": "http://127.0.0.1:1234"},
+        "config_kwargs": DEFAULT_RETRIES,
     }
     assert storage_options_for("/local") == {}
 
@@ -348,7 +388,7 @@ def test_s3_options_from_settings_reach_the_server(
         s3_secret=SecretStr(fixture_options["secret"]),
     )
     options = storage_options_for(bucket_url, settings)
-    assert options == fixture_options
+    assert options == {**fixture_options, "config_kwargs": DEFAULT_RETRIES}
     write_bytes_atomic(join_url(bucket_url, "a.bin"), b"via settings", options)
     assert read_bytes(join_url(bucket_url, "a.bin"), fixture_options) == b"via settings"
 

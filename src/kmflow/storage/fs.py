@@ -9,8 +9,11 @@ Examples
 >>> from kmflow.config import StorageSettings
 >>> from kmflow.storage.fs import join_url, storage_options_for
 >>> settings = StorageSettings(s3_endpoint_url="http://127.0.0.1:9000")
->>> storage_options_for("s3://bucket/images/", settings)
-{'client_kwargs': {'endpoint_url': 'http://127.0.0.1:9000'}}
+>>> options = storage_options_for("s3://bucket/images/", settings)
+>>> options["client_kwargs"]
+{'endpoint_url': 'http://127.0.0.1:9000'}
+>>> options["config_kwargs"]
+{'retries': {'mode': 'standard', 'total_max_attempts': 11}, 'connect_timeout': 5.0}
 >>> storage_options_for("/data/images", settings)
 {}
 >>> join_url("s3://bucket/out/", "a/b", "c.png")
@@ -41,6 +44,7 @@ __all__ = [
     "join_url",
     "read_bytes",
     "redact_url",
+    "s3_attempts",
     "storage_errors",
     "storage_options_for",
     "url_of",
@@ -120,7 +124,34 @@ def storage_options_for(url: str, settings: StorageSettings | None = None) -> di
             client_kwargs = dict(options.get("client_kwargs") or {})
             client_kwargs["endpoint_url"] = settings.s3_endpoint_url
             options["client_kwargs"] = client_kwargs
+        config_kwargs = dict(options.get("config_kwargs") or {})
+        config_kwargs.setdefault(
+            "retries",
+            {"mode": "standard", "total_max_attempts": s3_attempts(settings.s3_retry_seconds)},
+        )
+        config_kwargs.setdefault("connect_timeout", settings.s3_connect_timeout)
+        options["config_kwargs"] = config_kwargs
     return options
+
+
+# botocore's standard retry mode pauses ``random() * min(2**i, 20)`` seconds before retry i
+# (i = 0, 1, ...): the expected pause is half of that.
+_BACKOFF_CAP = 20.0
+
+
+def s3_attempts(retry_seconds: float) -> int:
+    """Attempts per S3 request so that the expected total retry pause is about `retry_seconds`.
+
+    Examples
+    --------
+    >>> s3_attempts(0), s3_attempts(1), s3_attempts(60)
+    (1, 3, 11)
+    """
+    attempts, expected = 1, 0.0
+    while expected < retry_seconds:
+        expected += min(2.0 ** (attempts - 1), _BACKOFF_CAP) / 2
+        attempts += 1
+    return attempts
 
 
 def get_fs(
