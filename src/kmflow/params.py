@@ -257,6 +257,14 @@ class MonitorParams(_Params):
         min_length=1,
         description="Folder or URL where each batch's drift report is saved as <batch>.json.",
     )
+    batch: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description=(
+            "Check this recorded batch again (its id, from an earlier report or run) instead "
+            "of ingesting: its image list is kept in <reports>/batches/<id>.json."
+        ),
+    )
 
 
 class RetrainParams(_Params):

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from distributed import LocalCluster
 
-from kmflow.errors import ModelNotFoundError
+from kmflow.errors import InvalidInputError, ModelNotFoundError
 from kmflow.flows import ingest_flow, monitor_flow, retrain_flow, train_flow
 from kmflow.flows.monitor import DRIFT_EVENT, batch_id, dataset_resource_id
 from kmflow.params import IngestParams, MonitorParams, RetrainParams, TrainParams
@@ -168,6 +168,64 @@ def test_monitor_without_a_champion_fails_clearly(
                 reports=env["reports"],
             )
         )
+
+
+def test_a_batch_is_checked_once_its_report_is_saved(
+    env: dict[str, str], tmp_path: Path, mixture_images: Any
+) -> None:
+    """No batch is lost to a failed run, and a recorded batch can be checked again."""
+    store, reports = env["store"], env["reports"]
+    ingest_flow(
+        IngestParams(sources=[str(mixture_images(tmp_path / "train", 4, seed=0))], store=store)
+    )
+    train_flow(TrainParams(store=store, model="pal", k=6, seed=0))
+
+    # The wrong model: the run fails before it ingests anything.
+    batch1 = mixture_images(tmp_path / "b1", 3, seed=1)
+    with pytest.raises(ModelNotFoundError, match="palette-typo"):
+        monitor_flow(
+            MonitorParams(sources=[str(batch1)], store=store, model="palette-typo", reports=reports)
+        )
+    assert ModelRegistry(env["registry"]).names() == ["pal"]
+    from kmflow.storage.pixelstore import PixelStore
+
+    assert PixelStore(store).n_images == 4
+    first = monitor_flow(
+        MonitorParams(sources=[str(batch1)], store=store, model="pal", reports=reports)
+    )
+    assert first["n_images"] == 3  # the batch the failed run was given
+
+    # Images that reached the store without a saved report (a monitor run that ingested and
+    # then died, or any other writer) are checked by the next run, with its own new images.
+    ingest_flow(
+        IngestParams(sources=[str(mixture_images(tmp_path / "b2", 2, seed=2))], store=store)
+    )
+    catching_up = monitor_flow(
+        MonitorParams(sources=[str(batch1)], store=store, model="pal", reports=reports)
+    )
+    assert catching_up["n_images"] == 2
+    assert catching_up["report"] is not None
+    caught_up = monitor_flow(
+        MonitorParams(sources=[str(batch1)], store=store, model="pal", reports=reports)
+    )
+    assert caught_up["n_images"] == 0
+    assert caught_up["report"] is None
+
+    # A recorded batch checked again: nothing ingested, the same statistics.
+    again = monitor_flow(
+        MonitorParams(
+            sources=[str(tmp_path / "nowhere")],
+            store=store,
+            model="pal",
+            reports=reports,
+            batch=first["batch_id"],
+        )
+    )
+    assert again["batch_id"] == first["batch_id"]
+    assert again["n_images"] == 3
+    assert again["report"]["statistics"] == first["report"]["statistics"]
+    with pytest.raises(InvalidInputError, match="no recorded batch"):
+        monitor_flow(MonitorParams(store=store, model="pal", reports=reports, batch="0" * 64))
 
 
 def test_batch_and_resource_ids() -> None:

@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import time
+from dataclasses import asdict
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.events import emit_event
 
 from kmflow.cluster.session import cluster_session
+from kmflow.config import get_settings
+from kmflow.errors import InvalidInputError, SourceNotFoundError
 from kmflow.flows._report import publish_metrics, publish_report
 from kmflow.params import IngestParams, MonitorParams
-from kmflow.storage.fs import redact_url
+from kmflow.storage.fs import (
+    join_url,
+    read_bytes,
+    redact_url,
+    storage_options_for,
+    write_bytes_atomic,
+)
+from kmflow.tasks._common import open_store
 from kmflow.tasks.drift import check_drift_task, save_drift_report_task
 from kmflow.tasks.ingest import ingest_images
 from kmflow.tasks.registry import load_model_task
@@ -35,28 +46,101 @@ def batch_id(sha256s: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(sha256s)).encode()).hexdigest()
 
 
+def _cursor_url(reports: str, store: str) -> str:
+    return join_url(reports, "cursors", f"{dataset_resource_id(store)}.json")
+
+
+def _batch_url(reports: str, batch: str) -> str:
+    return join_url(reports, "batches", f"{batch}.json")
+
+
+def _read_json(url: str) -> Any | None:
+    """The JSON document at ``url``, or None if there is none."""
+    try:
+        return json.loads(read_bytes(url, storage_options_for(url, get_settings().storage)))
+    except SourceNotFoundError:
+        return None
+
+
+def _write_json(url: str, document: Any) -> None:
+    data = json.dumps(document, indent=2, default=str).encode()
+    write_bytes_atomic(url, data, storage_options_for(url, get_settings().storage))
+
+
+def _unchecked_images(params: MonitorParams, before: int) -> tuple[list[dict[str, Any]], int]:
+    """The store's images no saved drift report covers yet, and the store's image count.
+
+    The store is append-only, so "checked" is a cursor: the number of images, in commit
+    order, that saved reports cover (``<reports>/cursors/<dataset>.json``). The first
+    monitor run on a store and report folder writes it before its ingest, so the images
+    stored before monitoring began (training data) count as covered.
+    """
+    images = [asdict(record) for record in open_store(params.store).images()]
+    cursor = _read_json(_cursor_url(params.reports, params.store))
+    start = before if cursor is None else int(cursor["n_images"])
+    if start > len(images):
+        get_run_logger().warning(
+            "the drift cursor of %s says %d images were checked but the store holds %d "
+            "(was it recreated?): checking the images this run added",
+            redact_url(params.store),
+            start,
+            len(images),
+        )
+        start = before
+    return images[start:], len(images)
+
+
 @flow(name="monitor", description="Ingest new images and check them for drift.")
 def monitor_flow(params: MonitorParams = MonitorParams()) -> dict[str, Any]:  # noqa: B008
-    """Ingest ``params.sources``; compare the images it added with the champion's reference.
+    """Ingest ``params.sources``; check every image not yet checked against the champion.
 
-    A batch is the set of images this run added to the store (images already stored are
-    not checked again). On drift, the flow emits :data:`DRIFT_EVENT` with the store, the
-    model, the champion version, the batch and every statistic in its payload, on the
-    resource :func:`dataset_resource_id` of the store.
+    A batch is every image of the store that no saved drift report covers: the images this
+    run added, plus those of earlier runs that failed before saving their report (an
+    unknown model, a crash, storage down). A batch counts as checked only once its report
+    is saved. With ``params.batch`` the flow ingests nothing and checks that recorded batch
+    again (every batch's image list is kept in ``<reports>/batches/<id>.json``).
+
+    On drift, the flow emits :data:`DRIFT_EVENT` with the store, the model, the champion
+    version, the batch and every statistic in its payload, on the resource
+    :func:`dataset_resource_id` of the store.
 
     Returns
     -------
     dict
-        ``drifted``, ``batch_id``, ``n_images`` (new), ``report`` (the drift report as a
-        dict), ``report_url``, ``champion_version``, ``event_id``.
+        ``drifted``, ``batch_id``, ``n_images`` (in the batch), ``report`` (the drift
+        report as a dict), ``report_url``, ``champion_version``, ``event_id``, ``errors``
+        (images the ingest could not read).
     """
     logger = get_run_logger()
     t0 = time.perf_counter()
+    errors: list[Any] = []
     with cluster_session():
-        summary = ingest_images(
-            IngestParams(sources=params.sources, store=params.store, pattern=params.pattern)
-        )
-        added = summary["added"]
+        # The champion first: an unknown model fails the run before anything is ingested.
+        champion = load_model_task(params.model, None)
+        n_store = None
+        if params.batch is not None:
+            recorded = _read_json(_batch_url(params.reports, params.batch))
+            if recorded is None:
+                raise InvalidInputError(
+                    f"no recorded batch {params.batch} in {redact_url(params.reports)!r}"
+                )
+            added = list(recorded["images"])
+        else:
+            store = open_store(params.store)
+            before = store.n_images if store.exists() else 0
+            cursor_url = _cursor_url(params.reports, params.store)
+            if _read_json(cursor_url) is None:  # monitoring starts: what is stored is covered
+                _write_json(cursor_url, {"store": redact_url(params.store), "n_images": before})
+            summary = ingest_images(
+                IngestParams(sources=params.sources, store=params.store, pattern=params.pattern)
+            )
+            errors = summary["errors"]
+            added, n_store = _unchecked_images(params, before)
+            if len(added) > len(summary["added"]):
+                logger.info(
+                    "%d image(s) of earlier runs were never checked: checking them too",
+                    len(added) - len(summary["added"]),
+                )
         if not added:
             logger.info("no new images in %s: nothing to check", params.sources)
             return {
@@ -67,11 +151,12 @@ def monitor_flow(params: MonitorParams = MonitorParams()) -> dict[str, Any]:  # 
                 "report_url": None,
                 "champion_version": None,
                 "event_id": None,
-                "errors": summary["errors"],
+                "errors": errors,
             }
-        champion = load_model_task(params.model, None)
+        batch = batch_id([image["sha256"] for image in added])
+        if params.batch is None:
+            _write_json(_batch_url(params.reports, batch), {"store": params.store, "images": added})
         report = check_drift_task(params.store, champion, added, params.thresholds)
-    batch = batch_id([image["sha256"] for image in added])
     version = champion.record.version
     payload = {
         "store": params.store,
@@ -85,6 +170,11 @@ def monitor_flow(params: MonitorParams = MonitorParams()) -> dict[str, Any]:  # 
         "statistics": report["statistics"],
     }
     report_url = save_drift_report_task(params.reports, batch, {**payload, "report": report})
+    if n_store is not None:  # the batch is checked: move the cursor past it
+        _write_json(
+            _cursor_url(params.reports, params.store),
+            {"store": redact_url(params.store), "n_images": n_store, "batch_id": batch},
+        )
     publish_metrics(
         params.model,
         "drift",
@@ -137,5 +227,5 @@ def monitor_flow(params: MonitorParams = MonitorParams()) -> dict[str, Any]:  # 
         "report_url": report_url,
         "champion_version": version,
         "event_id": event_id,
-        "errors": summary["errors"],
+        "errors": errors,
     }
