@@ -233,7 +233,9 @@ def test_predict_errors(blobs) -> None:
     with pytest.raises(NotFittedError, match="not fitted yet"):
         km.predict(blobs[0])
     km.fit(blobs[0])
-    with pytest.raises(InvalidInputError, match="X has 2 features but the model was fitted with 4"):
+    with pytest.raises(
+        InvalidInputError, match="X has 2 features, but KMeans is expecting 4 features as input"
+    ):
         km.predict(blobs[0][:, :2])
     bad = blobs[0].copy()
     bad[3, 0] = np.nan

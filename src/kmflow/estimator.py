@@ -18,18 +18,21 @@ import dask
 import dask.array as da
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 
+from kmflow import errors
 from kmflow.cluster import memory_budget, scatter_rows
-from kmflow.cluster.resources import hold_blocks, is_persisted
+from kmflow.cluster.resources import Placement, hold_blocks, is_persisted, place_on_workers
 from kmflow.config import get_settings
-from kmflow.errors import InvalidInputError, NotFittedError
-from kmflow.kernels._blocks import Blocks
+from kmflow.errors import InvalidInputError
+from kmflow.kernels._blocks import Blocks, map_reduce
 from kmflow.kernels._random import derive_key
 from kmflow.kernels.init import _kmeans_parallel, _kmeans_plusplus, _random_centers
 from kmflow.kernels.lloyd import (
     Callback,
     IterationInfo,
     LloydResult,
+    _assign_block,
     _cost_pass,
     _lloyd,
     assign,
@@ -44,11 +47,33 @@ from kmflow.kernels.validation import (
     data_stats,
 )
 
-__all__ = ["KMeans"]
+__all__ = ["SKLEARN_EXPECTED_FAILED_CHECKS", "KMeans", "NotFittedError"]
 
 logger = logging.getLogger(__name__)
 
 InitName = Literal["k-means||", "k-means++", "random"]
+
+#: The scikit-learn estimator checks :class:`KMeans` is expected to fail, with the reason: pass
+#: it to ``sklearn.utils.estimator_checks.check_estimator(..., expected_failed_checks=...)``
+#: (or return it from ``parametrize_with_checks``'s ``expected_failed_checks`` callable).
+SKLEARN_EXPECTED_FAILED_CHECKS: dict[str, str] = {
+    "check_sample_weight_equivalence_on_dense_data": (
+        "k-means is randomised: the weighted rows and the repeated rows (in another, "
+        "shuffled order) draw different initial centers, so the local optimum and the "
+        "numbering of the clusters differ; scikit-learn's own KMeans fails it too. From the "
+        "same initial centers a weighted fit equals the fit on repeated rows "
+        "(tests/test_estimator.py)."
+    ),
+}
+
+
+class NotFittedError(errors.NotFittedError, _SklearnNotFittedError):  # type: ignore[misc]
+    """:class:`kmflow.errors.NotFittedError` that is also scikit-learn's ``NotFittedError``.
+
+    What :class:`KMeans` raises when used before ``fit``: ``except kmflow.NotFittedError`` and
+    ``except sklearn.exceptions.NotFittedError`` both catch it. (It lives here, next to the
+    estimator, so that importing :mod:`kmflow.errors` does not import scikit-learn.)
+    """
 
 
 class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):  # type: ignore[misc]
@@ -83,6 +108,10 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):  # type: ignore[mis
     ----------
     cluster_centers_ : ndarray of shape (n_clusters, n_features)
         float64, or float32 when ``X`` is float32.
+    labels_ : ndarray or dask.array.Array of int32, shape (n_samples,)
+        Index of the nearest final center of each training row (``predict`` of the training
+        data). A numpy array for in-memory ``X`` (one more pass at the end of ``fit``); for a
+        dask ``X``, a lazy dask array over ``X``'s source that computes nothing until asked.
     inertia_ : float
         Weighted sum of squared distances of the samples to their nearest final center.
     n_iter_ : int
@@ -109,6 +138,25 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):  # type: ignore[mis
     On a distributed cluster, persisted blocks are held for the fit by one actor per worker
     (:func:`kmflow.cluster.resources.hold_blocks`), so each pass is one call per worker rather
     than a task graph through the scheduler; the results are the same either way.
+
+    Without a distributed client (or with ``dask.config.set(scheduler="threads")``) a fit runs
+    in this process on Dask's threads and starts no cluster: small in-memory data is best
+    fitted that way.
+
+    A lost worker costs a retry, not the fit: when a pass fails because a worker died, the
+    data is placed on the workers again from its source (an in-memory ``X`` is kept here and
+    scattered again; a dask ``X`` is persisted again from its graph; block holders are
+    recreated) and the pass is retried; a k-means|| initialisation whose kept state was lost
+    starts over. The blocks hold the same rows after every placement, so the centers are
+    bit-identical to an undisturbed fit's. After
+    :data:`~kmflow.cluster.resources.LOST_WORKER_RETRIES` losses in a row, or with no worker
+    left for :data:`~kmflow.cluster.resources.WORKER_WAIT_S` seconds,
+    :class:`~kmflow.errors.ClusterError` is raised.
+
+    scikit-learn's estimator checks pass (``sklearn.utils.estimator_checks``), except
+    ``check_sample_weight_equivalence_on_dense_data``, which scikit-learn's own ``KMeans``
+    also fails: see :data:`SKLEARN_EXPECTED_FAILED_CHECKS` for the reason. Sparse input is
+    not supported (a dense array is required).
 
     Examples
     --------
@@ -168,6 +216,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):  # type: ignore[mis
         if self.callback is not None and not callable(self.callback):
             raise InvalidInputError("callback must be callable")
 
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "cluster_centers_")
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "cluster_centers_"):
             raise NotFittedError(
@@ -209,19 +260,21 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):  # type: ignore[mis
         init_centers = None
         if not isinstance(self.init, str):
             init_centers = check_centers(self.init, k, Xd.shape[1])
-        Xd, W, persisted, keep_state = _maybe_persist(Xd, W, X, sample_weight)
-        blocks = Blocks(Xd, W)
-        # Persisted blocks are held by one actor per worker: each pass is then one direct call
-        # per worker instead of a task graph through the scheduler (same results).
-        resident = hold_blocks(Xd, W, blocks.offsets) if persisted else None
-        blocks.resident = resident
+        blocks, persisted, keep_state, placement = _place_data(Xd, W, X, sample_weight)
         try:
             stats, result, key, init_seconds = self._fit_blocks(blocks, k, init_centers, keep_state)
+            out_dtype = Xd.dtype if Xd.dtype in (np.float32, np.float64) else np.float64
+            centers = result.centers.astype(out_dtype)
+            labels: np.ndarray | da.Array
+            if isinstance(X, da.Array):
+                labels = assign(Xd, centers)  # lazy, over the source (nothing kept pinned)
+            else:
+                labels = _labels_pass(blocks, centers)
         finally:
-            if resident is not None:
-                resident.close()
-        out_dtype = Xd.dtype if Xd.dtype in (np.float32, np.float64) else np.float64
-        self.cluster_centers_ = result.centers.astype(out_dtype)
+            if placement is not None:
+                placement.close()
+        self.cluster_centers_ = centers
+        self.labels_ = labels
         self.inertia_ = result.inertia
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged
@@ -297,13 +350,13 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):  # type: ignore[mis
             NaN/inf raise :class:`~kmflow.errors.InvalidInputError` when computed.
         """
         self._check_fitted()
-        Xd = check_array(X, n_features=self.n_features_in_)
+        Xd = check_array(X, n_features=self.n_features_in_, estimator=type(self).__name__)
         labels = assign(Xd, self.cluster_centers_)
         return labels if isinstance(X, da.Array) else labels.compute()
 
     def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> Any:
-        """``fit(X)`` then ``predict(X)``."""
-        return self.fit(X, sample_weight=sample_weight).predict(X)
+        """``fit(X)``, then the labels of ``X``: ``labels_``, the same as ``predict(X)``."""
+        return self.fit(X, sample_weight=sample_weight).labels_
 
     def transform(self, X: Any) -> Any:
         """Euclidean distance from every row to every center, shape (n_samples, n_clusters).
@@ -311,7 +364,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):  # type: ignore[mis
         A numpy array for in-memory input, a lazy dask array for dask input.
         """
         self._check_fitted()
-        Xd = check_array(X, n_features=self.n_features_in_)
+        Xd = check_array(X, n_features=self.n_features_in_, estimator=type(self).__name__)
         dist = distances(Xd, self.cluster_centers_)
         return dist if isinstance(X, da.Array) else dist.compute()
 
@@ -323,7 +376,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):  # type: ignore[mis
         One validation pass and one assignment pass.
         """
         self._check_fitted()
-        Xd = check_array(X, n_features=self.n_features_in_)
+        Xd = check_array(X, n_features=self.n_features_in_, estimator=type(self).__name__)
         blocks = Blocks(Xd, check_sample_weight(sample_weight, Xd))
         data_stats(blocks)
         return -_cost_pass(blocks, self.cluster_centers_.astype(np.float64))
@@ -333,15 +386,40 @@ def _init_name(init: Any) -> str:
     return init if isinstance(init, str) else "given centers"
 
 
-def _maybe_persist(
+def _labels_pass(blocks: Blocks, centers: np.ndarray) -> np.ndarray:
+    """Nearest-center index of every row of the blocks, as one numpy array.
+
+    Notes
+    -----
+    One pass (through the block holders when there are some).
+    """
+    centers_t = np.ascontiguousarray(np.asarray(centers, dtype=np.float64).T)
+    return map_reduce(blocks, _labels_block, _concat, centers_t)  # type: ignore[no-any-return]
+
+
+def _labels_block(
+    x: np.ndarray, w: np.ndarray | None, offset: int, centers_t: np.ndarray
+) -> np.ndarray:
+    return _assign_block(x, centers_t)
+
+
+def _concat(*parts: np.ndarray) -> np.ndarray:
+    return np.concatenate(parts)
+
+
+def _place_data(
     X: da.Array, W: da.Array | None, X_in: Any, w_in: Any
-) -> tuple[da.Array, da.Array | None, bool, bool]:
-    """Persist the data on the workers when it fits in ``persist_fraction`` of their memory.
+) -> tuple[Blocks, bool, bool, Placement | None]:
+    """Blocks of the data, persisted on the workers when it fits in ``persist_fraction`` of
+    their memory.
 
     In-memory input (``X_in`` / ``w_in`` not dask arrays) is scattered to the workers block by
-    block rather than embedded in task graphs. Returns the (possibly persisted) arrays,
-    whether they were persisted, and whether the k-means|| per-row state (8 bytes a row) fits
-    beside them.
+    block rather than embedded in task graphs. On a distributed client the data is placed
+    through :func:`~kmflow.cluster.resources.place_on_workers`, which can place it again
+    (scatter the in-memory arrays kept here once more, or persist the dask arrays again from
+    their graphs) after a lost worker. Returns the blocks, whether the data was persisted,
+    whether the k-means|| per-row state (8 bytes a row) fits beside it, and the placement
+    (None without a distributed client: nothing to recover).
     """
     nbytes = int(X.nbytes) + (int(W.nbytes) if W is not None else 0)
     budget = memory_budget() * get_settings().cluster.persist_fraction
@@ -351,20 +429,41 @@ def _maybe_persist(
             nbytes / 2**20,
             budget / 2**20,
         )
-        return X, W, False, False
+        # Nothing to place; a pass that lost a worker is simply run again.
+        placed = place_on_workers(lambda: (X, W), hold=None)
+        streamed = None if placed is None else placed[0]
+        return Blocks(X, W, placement=streamed), False, False, streamed
     keep_state = nbytes + 8 * int(X.shape[0]) <= budget
     if is_persisted(X) and (W is None or is_persisted(W)):
-        return X, W, True, keep_state  # already on the workers: no persist round trip
-    rows = X.chunks[0][0] if X.chunks[0] else 1
-    if not isinstance(X_in, da.Array):
-        scattered = scatter_rows(np.asarray(X_in).astype(X.dtype, copy=False), rows)
-        if scattered is not None:
-            X = scattered
-    if W is not None and not isinstance(w_in, da.Array):
-        scattered = scatter_rows(np.asarray(w_in, dtype=np.float64), rows)
-        if scattered is not None:
-            W = scattered
-    X, W = dask.persist(X, W)
-    if W is not None and W.chunks[0] != X.chunks[0]:
-        W = W.rechunk((X.chunks[0],))
-    return X, W, True, keep_state
+
+        def place() -> tuple[da.Array, da.Array | None]:
+            return X, W  # already on the workers: no persist round trip
+
+    else:
+        rows = X.chunks[0][0] if X.chunks[0] else 1
+        x_np = None if isinstance(X_in, da.Array) else np.asarray(X_in).astype(X.dtype, copy=False)
+        w_np = None if W is None or isinstance(w_in, da.Array) else np.asarray(w_in, np.float64)
+
+        def place() -> tuple[da.Array, da.Array | None]:
+            Xp, Wp = X, W
+            if x_np is not None:
+                scattered = scatter_rows(x_np, rows)
+                if scattered is not None:
+                    Xp = scattered
+            if w_np is not None:
+                scattered = scatter_rows(w_np, rows)
+                if scattered is not None:
+                    Wp = scattered
+            Xp, Wp = dask.persist(Xp, Wp)
+            if Wp is not None and Wp.chunks[0] != Xp.chunks[0]:
+                Wp = Wp.rechunk((Xp.chunks[0],))
+            return Xp, Wp
+
+    placed = place_on_workers(place, hold=hold_blocks)
+    if placed is None:  # local scheduler, or inside a worker task: no holders
+        Xp, Wp = place()
+        return Blocks(Xp, Wp), True, keep_state, None
+    placement, Xp, Wp, resident = placed
+    blocks = Blocks(Xp, Wp, placement=placement)
+    blocks.resident = resident
+    return blocks, True, keep_state, placement

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,9 +17,15 @@ import numpy as np
 import psutil
 from dask.core import flatten
 from distributed import Client, Future, get_client, get_worker, wait
+from distributed.comm.core import CommClosedError
+from distributed.scheduler import KilledWorker
+
+from kmflow.errors import ClusterError
 
 __all__ = [
     "BlockHolder",
+    "HoldersLost",
+    "Placement",
     "ResidentBlocks",
     "balance_blocks",
     "compute_as_completed",
@@ -25,7 +33,9 @@ __all__ = [
     "has_distributed_client",
     "hold_blocks",
     "is_persisted",
+    "is_worker_loss",
     "memory_budget",
+    "place_on_workers",
     "scatter_rows",
 ]
 
@@ -166,7 +176,9 @@ def scatter_rows(x: np.ndarray, chunk_rows: int) -> da.Array | None:
     """Send an in-memory array to the workers in row blocks; ``None`` without a cluster.
 
     Embedding a large numpy array in a task graph makes the scheduler carry it (Dask warns
-    "Sending large graph"); scattering sends each block once, straight to a worker.
+    "Sending large graph"); scattering sends each block once, straight to a worker. Every
+    call gives the blocks new keys (the data is not hashed), so scattering the same array
+    again after a lost worker never meets the old, lost keys.
 
     Parameters
     ----------
@@ -184,7 +196,7 @@ def scatter_rows(x: np.ndarray, chunk_rows: int) -> da.Array | None:
         return None
     starts = range(0, max(1, x.shape[0]), max(1, chunk_rows))
     pieces = [np.ascontiguousarray(x[s : s + chunk_rows]) for s in starts]
-    futures = client.scatter(pieces)
+    futures = client.scatter(pieces, hash=False)
     return da.concatenate(
         [
             da.from_delayed(f, shape=p.shape, dtype=p.dtype, meta=p[:0])
@@ -196,6 +208,8 @@ def scatter_rows(x: np.ndarray, chunk_rows: int) -> da.Array | None:
 # --------------------------------------------------------------------------- resident blocks
 #: How long :func:`hold_blocks` waits for its actors before giving up (then passes use graphs).
 HOLD_TIMEOUT_S = 60.0
+#: How often a wait on the cluster looks at whether its workers are still there.
+_POLL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -251,15 +265,29 @@ class BlockHolder:
         return raised[0] if raised else out
 
 
+class HoldersLost(ClusterError):
+    """A worker holding blocks for a fit could not be reached: it died or its connection closed.
+
+    Raised inside a fit only as the cause of a retry (see :class:`Placement`); it reaches the
+    caller only as the cause of the final :class:`~kmflow.errors.ClusterError`.
+    """
+
+
 class ResidentBlocks:
     """Client side of the :class:`BlockHolder` actors of one persisted array.
 
     Use :func:`hold_blocks` to create one, and :meth:`close` (or ``with``) to release it.
+
+    Attributes
+    ----------
+    failure : HoldersLost or None
+        Why the last :meth:`map` returned ``None`` (a holder's worker could not be reached).
     """
 
     def __init__(self, holders: list[tuple[Any, Future[Any], list[int]]], n_blocks: int) -> None:
         self._holders = holders
         self.n_blocks = n_blocks
+        self.failure: HoldersLost | None = None
 
     def map(self, func: Callable[..., Any], *args: Any) -> list[Any] | None:
         """Results of ``func(x, w, offset, *args)`` for every block, in block order.
@@ -267,8 +295,9 @@ class ResidentBlocks:
         Returns
         -------
         list or None
-            ``None`` when a worker could not be reached (the holders are then released and
-            the caller should run the pass as a task graph instead).
+            ``None`` when a worker could not be reached (the holders are then released,
+            :attr:`failure` says why, and the caller should run the pass as a task graph
+            instead, or place the data again).
 
         Raises
         ------
@@ -277,17 +306,24 @@ class ResidentBlocks:
 
         Notes
         -----
-        One call to each holding worker, all at once.
+        One call to each holding worker, all at once. While waiting, the holders' futures are
+        looked at every second: a holder whose worker died is noticed even when its call
+        would never answer.
         """
         if not self._holders:
             return None
-        calls = [(actor.map(func, args), idx) for actor, _, idx in self._holders]
         out: list[Any] = [None] * self.n_blocks
         raised: list[_Raised] = []
         failed: BaseException | None = None
-        for call, idx in calls:
+        calls = []
+        for actor, fut, idx in self._holders:
             try:
-                res = call.result()
+                calls.append((actor.map(func, args), fut, idx))
+            except Exception as exc:  # "Worker holding Actor was lost"
+                failed = failed or exc
+        for call, fut, idx in calls:
+            try:
+                res = _actor_result(call, fut)
             except Exception as exc:  # a lost worker or connection, not the function
                 failed = failed or exc
                 continue
@@ -300,8 +336,13 @@ class ResidentBlocks:
             raise min(raised, key=lambda r: r.offset).exc  # the first failing block's error
         if failed is not None:
             logger.warning(
-                "resident blocks unreachable (%s); passes fall back to task graphs", failed
+                "resident blocks unreachable (%s: %s); passes fall back to task graphs unless "
+                "the data is placed again",
+                type(failed).__name__,
+                failed,
             )
+            self.failure = HoldersLost(f"a worker holding blocks was lost: {failed}")
+            self.failure.__cause__ = failed
             self.close()
             return None
         return out
@@ -317,6 +358,18 @@ class ResidentBlocks:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _actor_result(call: Any, holder: Future[Any]) -> Any:
+    """Wait for an actor call, giving up once the holder's own future is no longer in memory."""
+    while True:
+        try:
+            return call.result(timeout=_POLL_S)
+        except TimeoutError:
+            if call.done():
+                continue  # answered just as the wait ran out
+            if holder.status != "finished":
+                raise HoldersLost(f"the holder {holder.key} is {holder.status}") from None
 
 
 def _block_futures(a: da.Array) -> list[Future[Any]] | None:
@@ -459,6 +512,229 @@ def hold_blocks(
         return None
     logger.debug("holding %d blocks on %d workers", len(xs), len(holders))
     return ResidentBlocks(holders, len(xs))
+
+
+# --------------------------------------------------------------------------- lost workers
+#: Lost-worker recoveries one fit may make in a row (without a pass succeeding in between)
+#: before it gives up with :class:`~kmflow.errors.ClusterError`.
+LOST_WORKER_RETRIES = 3
+#: Seconds to wait for at least one worker after losing workers, and how long a pass may wait
+#: with no worker at all, before :class:`~kmflow.errors.ClusterError`.
+WORKER_WAIT_S = 60.0
+
+
+def is_worker_loss(exc: BaseException) -> bool:
+    """Whether ``exc`` means a worker (or the connection to it) was lost, not a failed task.
+
+    True for cancelled futures (their data was lost with a worker), a task that killed
+    ``allowed-failures`` workers (:class:`distributed.scheduler.KilledWorker`), a closed
+    connection (:class:`distributed.comm.core.CommClosedError`) and unreachable block
+    holders (:class:`HoldersLost`). Errors raised by the mapped functions themselves
+    (invalid data, I/O errors of a source) are not losses.
+    """
+    return isinstance(
+        exc, (HoldersLost, CancelledError, asyncio.CancelledError, KilledWorker, CommClosedError)
+    )
+
+
+Placer = Callable[[], tuple[da.Array, "da.Array | None"]]
+Holder = Callable[[da.Array, "da.Array | None", list[int]], "ResidentBlocks | None"]
+
+
+class Placement:
+    """A fit's data on the workers, and how to put it there again after a lost worker.
+
+    Create one with :func:`place_on_workers`. ``place()`` puts the data on the workers (scatter
+    an in-memory array kept here, or persist a dask array from its source graph) and returns
+    the arrays; ``hold`` (usually :func:`hold_blocks`) then gives each worker an actor holding
+    its blocks. When a pass fails because a worker was lost, :meth:`recover` places the data again,
+    on the workers that are left (or came back), and the pass is retried.
+
+    Attributes
+    ----------
+    X, sample_weight : dask.array.Array
+        The data as placed now (``sample_weight`` may be None).
+    resident : ResidentBlocks or None
+        The block holders of the current placement.
+
+    Notes
+    -----
+    The blocks are the same rows after every placement (only the worker holding a block can
+    change), so a retried pass returns exactly what the pass would have returned
+    undisturbed: every result of a fit is bit-identical to an undisturbed fit's.
+    """
+
+    def __init__(self, client: Client, place: Placer, *, hold: Holder | None) -> None:
+        self.client = client
+        self._place = place
+        self._hold = hold
+        self._lost = 0
+        self.X: da.Array | None = None
+        self.sample_weight: da.Array | None = None
+        self.resident: ResidentBlocks | None = None
+
+    # ----------------------------------------------------------------- placing
+    def _put(self) -> tuple[da.Array, da.Array | None, ResidentBlocks | None]:
+        X, W = self._place()
+        resident = None
+        if self._hold is not None:
+            sizes = np.asarray(X.chunks[0], dtype=np.int64)
+            offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int).tolist()
+            resident = self._hold(X, W, offsets)
+        self.X, self.sample_weight, self.resident = X, W, resident
+        return X, W, resident
+
+    def _release(self) -> None:
+        if self.resident is not None:
+            self.resident.close()
+        self.X = self.sample_weight = self.resident = None
+
+    def recover(
+        self, exc: BaseException | None
+    ) -> tuple[da.Array, da.Array | None, ResidentBlocks | None] | None:
+        """Place the data again after ``exc``, if it means a lost worker.
+
+        Parameters
+        ----------
+        exc : BaseException or None
+            What a pass raised; ``None`` for the first placement.
+
+        Returns
+        -------
+        tuple or None
+            ``(X, sample_weight, resident)`` as placed now, or ``None`` when ``exc`` is not a
+            lost worker (the caller re-raises it).
+
+        Raises
+        ------
+        ClusterError
+            :data:`LOST_WORKER_RETRIES` recoveries in a row failed, or no worker was left
+            for :data:`WORKER_WAIT_S` seconds.
+        """
+        if exc is not None and not is_worker_loss(exc):
+            return None
+        last = exc
+        while True:
+            if last is not None:
+                self._lost += 1
+                if self._lost > LOST_WORKER_RETRIES:
+                    raise ClusterError(
+                        f"lost Dask workers {self._lost} times in a row during a pass over the "
+                        f"data and gave up (retries: {LOST_WORKER_RETRIES}); last error: "
+                        f"{type(last).__name__}: {last}"
+                    ) from last
+                logger.warning(
+                    "a pass over the data lost a worker (%s: %s); placing the data on the "
+                    "workers again and retrying the pass (retry %d of %d)",
+                    type(last).__name__,
+                    last,
+                    self._lost,
+                    LOST_WORKER_RETRIES,
+                )
+                # Give the scheduler a moment to drop the dead worker before placing data.
+                time.sleep(0.25 * 2 ** (self._lost - 1))
+            self._release()
+            try:
+                self._wait_for_workers(last)
+                return self._put()
+            except ClusterError:
+                raise
+            except Exception as placing_exc:
+                if not (is_worker_loss(placing_exc) or isinstance(placing_exc, OSError)):
+                    raise
+                last = placing_exc
+
+    def succeeded(self) -> None:
+        """A pass completed: the count of recoveries in a row starts again."""
+        self._lost = 0
+
+    def _wait_for_workers(self, cause: BaseException | None) -> None:
+        try:
+            self.client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+        except (TimeoutError, OSError) as exc:
+            raise ClusterError(
+                f"no Dask worker is left: waited {WORKER_WAIT_S:g} s for one to join the "
+                f"scheduler after losing workers"
+                + (f" ({type(cause).__name__}: {cause})" if cause is not None else "")
+            ) from (cause or exc)
+
+    # ----------------------------------------------------------------- computing
+    def compute(self, obj: Any) -> Any:
+        """Compute a delayed object on the client, failing if no worker is left to run it.
+
+        Raises
+        ------
+        ClusterError
+            The scheduler had no worker for :data:`WORKER_WAIT_S` seconds while the
+            computation waited (a scheduler with no workers would otherwise wait forever).
+
+        Notes
+        -----
+        One ``client.compute``; while it runs, the scheduler's worker count is asked once a
+        second.
+        """
+        future = self.client.compute(obj)
+        alone_since: float | None = None
+        try:
+            while True:
+                try:
+                    return future.result(timeout=_POLL_S)
+                except TimeoutError:
+                    if future.done():
+                        continue  # finished (or failed) just as the wait ran out
+                if self.client.nthreads():
+                    alone_since = None
+                    continue
+                alone_since = alone_since or time.monotonic()
+                if time.monotonic() - alone_since > WORKER_WAIT_S:
+                    raise ClusterError(
+                        f"no Dask worker is left: a pass waited {WORKER_WAIT_S:g} s with no "
+                        "worker to run on"
+                    )
+        finally:
+            future.release()
+
+    def close(self) -> None:
+        """Release the block holders."""
+        self._release()
+
+
+def place_on_workers(
+    place: Placer, *, hold: Holder | None
+) -> tuple[Placement, da.Array, da.Array | None, ResidentBlocks | None] | None:
+    """Place a fit's data on the cluster's workers so that a lost worker costs a retry.
+
+    Parameters
+    ----------
+    place : callable
+        Returns ``(X, sample_weight)`` as dask arrays placed on the workers (persisted or
+        scattered); called again each time the data must be placed again. It must return
+        the same row blocks every time.
+    hold : callable or None
+        ``hold(X, sample_weight, offsets)`` holds the placed blocks in actors
+        (:func:`hold_blocks`) and returns their :class:`ResidentBlocks`, or None; called after
+        every placement. None: passes are task graphs.
+
+    Returns
+    -------
+    tuple or None
+        ``(placement, X, sample_weight, resident)``: the :class:`Placement` and the data as
+        first placed. ``None`` without a synchronous distributed client, or inside a task on
+        a worker (the caller then computes as before, with no recovery).
+
+    Raises
+    ------
+    ClusterError
+        The data could not be placed: no worker, or workers lost on every try.
+    """
+    client = current_client()
+    if client is None or client.asynchronous or _inside_worker():
+        return None
+    placement = Placement(client, place, hold=hold)
+    placed = placement.recover(None)
+    if placed is None:  # pragma: no cover - recover(None) always places
+        raise ClusterError("the data could not be placed on the workers")
+    return (placement, *placed)
 
 
 def compute_as_completed(

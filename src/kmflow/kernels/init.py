@@ -22,7 +22,7 @@ import numpy as np
 
 from kmflow.errors import InvalidInputError, TooFewDistinctPointsError
 from kmflow.kernels import _numba
-from kmflow.kernels._blocks import Blocks, map_persist_reduce, map_reduce
+from kmflow.kernels._blocks import Blocks, StatesLost, map_persist_reduce, map_reduce
 from kmflow.kernels._random import derive_key, stream_base, uniform
 from kmflow.kernels.validation import check_array, check_sample_weight, data_stats
 
@@ -296,8 +296,34 @@ def _kmeans_parallel(
     ``n_rounds + 2`` passes: the first center, one per round (measuring the cost ``psi`` and
     sampling in the same pass), and one weighting the candidates. A round whose thresholds
     overflow the per-block buffer is redone with a larger buffer (same random numbers, so
-    the same result); in practice this does not happen.
+    the same result); in practice this does not happen. If a worker holding the kept state
+    is lost, the data is placed again and k-means|| starts over from its first pass (the same
+    random numbers, so the same centers).
     """
+    while True:
+        try:
+            return _kmeans_parallel_once(
+                blocks,
+                n_clusters,
+                key=key,
+                oversampling_factor=oversampling_factor,
+                n_rounds=n_rounds,
+                keep_state=keep_state,
+            )
+        except StatesLost as exc:
+            logger.warning("k-means|| starts over: %s", exc)
+
+
+def _kmeans_parallel_once(
+    blocks: Blocks,
+    n_clusters: int,
+    *,
+    key: int,
+    oversampling_factor: float,
+    n_rounds: int,
+    keep_state: bool,
+) -> np.ndarray:
+    """One run of k-means|| (see :func:`_kmeans_parallel`)."""
     ell = oversampling_factor * n_clusters
     cand, _ = _race(blocks, key, _STREAM_FIRST, None, 1)
     states: list[Any] = [None] * len(blocks)

@@ -27,17 +27,22 @@ DEFAULT_CHUNK_ROWS = 2**19
 _NO_WEIGHTS = np.empty(0)
 
 
-def check_array(X: Any, *, name: str = "X", n_features: int | None = None) -> da.Array:
+def check_array(
+    X: Any, *, name: str = "X", n_features: int | None = None, estimator: str | None = None
+) -> da.Array:
     """Validate ``X``'s shape and dtype and return it as a dask array.
 
     Parameters
     ----------
     X : array-like or dask.array.Array of shape (n_samples, n_features)
         Any real numeric dtype; ``uint8`` pixels are kept as ``uint8`` (never copied to float).
+        An in-memory array of dtype ``object`` is converted to float64.
     name : str
         Name used in error messages.
     n_features : int, optional
         Expected number of features (for ``predict`` on a fitted model).
+    estimator : str, optional
+        Name of the fitted estimator, for the message when ``n_features`` does not match.
 
     Returns
     -------
@@ -48,21 +53,43 @@ def check_array(X: Any, *, name: str = "X", n_features: int | None = None) -> da
     Raises
     ------
     InvalidInputError
-        Wrong number of dimensions, no rows, no features, a non-numeric dtype, or the wrong
-        number of features.
+        A sparse matrix, wrong number of dimensions, no rows, no features, a complex or
+        other non-numeric dtype, or the wrong number of features. Messages use
+        scikit-learn's wording ("Reshape your data", "Complex data not supported",
+        "0 feature(s) (shape=(12, 0)) while a minimum of 1 is required", "X has 2
+        features, but KMeans is expecting 4 features as input").
+    TypeError
+        An ``object`` array holding something that is not a number (numpy's message).
 
     Notes
     -----
     No computation: NaN/inf are found by :func:`data_stats`.
     """
+    if type(X).__module__.startswith("scipy.sparse"):
+        raise InvalidInputError(
+            f"{name} is a sparse {type(X).__name__}: sparse input is not supported; pass a "
+            f"dense array ({name}.toarray())"
+        )
     if not isinstance(X, da.Array):
         X = np.asarray(X)
+        if X.dtype == object:
+            X = _object_to_float(X, name)
     if X.ndim != 2:
-        hint = " (reshape a single feature with X.reshape(-1, 1))" if X.ndim == 1 else ""
+        hint = (
+            f". Reshape your data with {name}.reshape(-1, 1) if it has a single feature or "
+            f"{name}.reshape(1, -1) if it is a single sample"
+            if X.ndim < 2
+            else ""
+        )
         if X.ndim == 3 and X.shape[-1] in (3, 4):
-            hint = " (an image: reshape it to pixels with X.reshape(-1, X.shape[-1]))"
+            hint = f" (an image: reshape it to pixels with {name}.reshape(-1, {name}.shape[-1]))"
         raise InvalidInputError(
             f"{name} must be 2-D (n_samples, n_features); got shape {X.shape}{hint}"
+        )
+    if X.dtype.kind == "c":
+        raise InvalidInputError(
+            f"Complex data not supported: {name} has dtype {X.dtype}; pass real features "
+            f"(for example {name}.real and {name}.imag side by side)"
         )
     if X.dtype.kind not in "uif":
         raise InvalidInputError(
@@ -80,15 +107,35 @@ def check_array(X: Any, *, name: str = "X", n_features: int | None = None) -> da
     if len(X.chunks[1]) != 1:
         X = X.rechunk({1: -1})
     n_samples, n_feat = X.shape
+    shape = f"(shape=({n_samples}, {n_feat}))"
     if n_samples == 0:
-        raise InvalidInputError(f"{name} has no rows (shape {X.shape})")
+        raise InvalidInputError(
+            f"{name} has no rows: found 0 sample(s) {shape} while a minimum of 1 is required."
+        )
     if n_feat == 0:
-        raise InvalidInputError(f"{name} has no features (shape {X.shape})")
+        raise InvalidInputError(
+            f"{name} has no features: found 0 feature(s) {shape} while a minimum of 1 is required."
+        )
     if n_features is not None and n_feat != n_features:
         raise InvalidInputError(
-            f"{name} has {n_feat} features but the model was fitted with {n_features}"
+            f"{name} has {n_feat} features, but {estimator or 'the model'} is expecting "
+            f"{n_features} features as input (the number it was fitted with)"
         )
     return X
+
+
+def _object_to_float(X: np.ndarray, name: str) -> np.ndarray:
+    """An ``object`` array of numbers as float64 (scikit-learn treats them as numeric)."""
+    try:
+        return X.astype(np.float64)
+    except TypeError as exc:  # a dict, list or other non-number inside
+        raise TypeError(
+            f"{name} has dtype object and holds a value that is not a number: {exc}"
+        ) from exc
+    except ValueError as exc:  # a string that is not a number
+        raise InvalidInputError(
+            f"{name} has dtype object and holds a value that is not a number: {exc}"
+        ) from exc
 
 
 def check_sample_weight(sample_weight: Any, X: da.Array) -> da.Array | None:
