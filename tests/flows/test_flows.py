@@ -278,3 +278,26 @@ def test_flow_parameters_are_validated_by_prefect(env: dict[str, str]) -> None:
         train_flow(params={"store": env["store"], "k": 0})  # type: ignore[arg-type]
     with pytest.raises(ParameterTypeError, match="color_space"):
         train_flow(params={"store": env["store"], "color_space": "hsv"})  # type: ignore[arg-type]
+
+
+def test_the_cached_fit_result_is_json_not_pickle(env: dict[str, str], photo_dir: Path) -> None:
+    """The fit's persisted result (read back by a retried run) holds no pickle."""
+    import json
+
+    from prefect.settings import get_current_settings
+
+    from kmflow.tasks.train import PaletteSerializer
+
+    storage = Path(get_current_settings().results.local_storage_path).expanduser()
+    before = set(storage.rglob("*")) if storage.exists() else set()
+    ingest_flow(IngestParams(sources=[str(photo_dir)], store=env["store"]))
+    trained = train_flow(TrainParams(store=env["store"], model="m", k=4, seed=0))
+    written = [p for p in set(storage.rglob("*")) - before if p.is_file()]
+    assert written, f"no result was persisted under {storage}"
+    centers = ModelRegistry(env["registry"]).load("m", trained["version"]).centers
+    for path in written:
+        record = json.loads(path.read_bytes())  # a result record is JSON
+        assert record["metadata"]["serializer"]["type"] == "kmflow-palette-json", path
+        json.loads(record["result"])  # the result itself is JSON text, not pickled bytes
+        palette = PaletteSerializer().loads(record["result"].encode())
+        np.testing.assert_array_equal(palette.centers, centers)  # exact through JSON

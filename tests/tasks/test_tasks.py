@@ -119,3 +119,36 @@ def test_register_is_idempotent_within_a_flow_run(
     assert [r.version for r in ModelRegistry(registry_url).versions("idem")] == [1]
     # Another flow run is another registration.
     assert register_twice() == (2, 2)
+
+
+def test_palette_serializer_round_trips_exactly_and_refuses_anything_else() -> None:
+    from kmflow.errors import InvalidInputError
+    from kmflow.quantize import Palette
+    from kmflow.tasks.train import PaletteSerializer
+
+    rng = np.random.default_rng(0)
+    palette = Palette(
+        centers=rng.normal(100, 40, size=(5, 3)),
+        rgb=rng.integers(0, 256, size=(5, 3)).astype(np.uint8),
+        color_space="lab",
+        method="histogram",
+        inertia=float(rng.random() * 1e9),
+        n_iter=7,
+        converged=True,
+        seed=12345,
+        n_pixels=10_000,
+        n_colors=800,
+        fit_seconds=0.123,
+    )
+    serializer = PaletteSerializer()
+    blob = serializer.dumps(palette)
+    back = serializer.loads(blob)
+    np.testing.assert_array_equal(back.centers, palette.centers)  # bit for bit
+    np.testing.assert_array_equal(back.rgb, palette.rgb)
+    assert back.rgb.dtype == np.uint8
+    assert (back.inertia, back.seed, back.color_space) == (palette.inertia, 12345, "lab")
+    import pickle
+
+    for junk in (pickle.dumps(palette), b'{"centers": [[1, 2]]}', b'{"__class__": "os.system"}'):
+        with pytest.raises((InvalidInputError, ValueError)):
+            serializer.loads(junk)

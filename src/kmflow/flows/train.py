@@ -12,7 +12,7 @@ from kmflow.cluster.session import cluster_session, describe
 from kmflow.errors import InvalidInputError
 from kmflow.flows._report import publish_metrics, publish_report
 from kmflow.model import Model, ModelRecord
-from kmflow.params import TrainParams
+from kmflow.params import SplitParams, TrainParams
 from kmflow.quantize import Evaluation, palette_from_model
 from kmflow.tasks.evaluate import evaluate_palette_task
 from kmflow.tasks.registry import (
@@ -117,6 +117,18 @@ def train_flow(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: 
             params.silhouette_sample_size,
             window=params.window,
         )
+        # Drift checks compare new data with what the model was trained for: every image
+        # of the training data (split or not), never only the held-out part.
+        reference = evaluation
+        if evaluation.part != "all":
+            reference = evaluate_palette_task(
+                params.store,
+                palette,
+                SplitParams(),
+                0,
+                per_image=False,
+                window=params.window,
+            )
         timings["evaluate"] = time.perf_counter() - t
         champion = find_champion_task(params.model)
         champion_eval = None
@@ -139,7 +151,9 @@ def train_flow(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: 
             "champion_before": champion.record.version if champion else None,
             "champion_metrics": champion_eval.metrics if champion_eval else None,
         }
-        record = register_model_task(params, palette, evaluation, fingerprint, parent, decision)
+        record = register_model_task(
+            params, palette, evaluation, fingerprint, parent, decision, reference=reference
+        )
         if promote:
             promote_model_task(params.model, record.version)
     timings["total"] = time.perf_counter() - t0

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -93,6 +93,63 @@ class Palette:
     @property
     def n_clusters(self) -> int:
         return int(self.centers.shape[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The palette as JSON-ready values (floats as Python writes them: exact)."""
+        return {
+            "centers": self.centers.tolist(),
+            "rgb": self.rgb.tolist(),
+            "color_space": self.color_space,
+            "method": self.method,
+            "inertia": self.inertia,
+            "n_iter": self.n_iter,
+            "converged": self.converged,
+            "seed": self.seed,
+            "n_pixels": self.n_pixels,
+            "n_colors": self.n_colors,
+            "fit_seconds": self.fit_seconds,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Palette:
+        """The palette :meth:`to_dict` wrote, checked field by field.
+
+        Raises
+        ------
+        InvalidInputError
+            A missing or extra field, centers that are not a finite (k, 3) array, sRGB
+            colors outside 0..255 or of another shape, an unknown color space or method.
+        """
+        fields = set(cls.__dataclass_fields__)
+        if not isinstance(data, Mapping) or set(data) != fields:
+            got = sorted(data) if isinstance(data, Mapping) else type(data).__name__
+            raise InvalidInputError(f"not a palette: expected fields {sorted(fields)}, got {got}")
+        centers = np.asarray(data["centers"], dtype=np.float64)
+        rgb = np.asarray(data["rgb"])
+        if centers.ndim != 2 or centers.shape[1] != 3 or not np.isfinite(centers).all():
+            raise InvalidInputError(f"not a palette: centers of shape {centers.shape}")
+        if rgb.shape != centers.shape or rgb.min() < 0 or rgb.max() > 255:
+            raise InvalidInputError(f"not a palette: sRGB colors of shape {rgb.shape}")
+        if data["color_space"] not in ("rgb", "lab") or data["method"] not in (
+            "histogram",
+            "pixels",
+        ):
+            raise InvalidInputError(
+                f"not a palette: color space {data['color_space']!r}, method {data['method']!r}"
+            )
+        return cls(
+            centers=centers,
+            rgb=rgb.astype(np.uint8),
+            color_space=data["color_space"],
+            method=data["method"],
+            inertia=float(data["inertia"]),
+            n_iter=int(data["n_iter"]),
+            converged=bool(data["converged"]),
+            seed=int(data["seed"]),
+            n_pixels=int(data["n_pixels"]),
+            n_colors=int(data["n_colors"]),
+            fit_seconds=float(data["fit_seconds"]),
+        )
 
 
 def _pixels_in(pixels: da.Array, color_space: ColorSpace) -> da.Array:

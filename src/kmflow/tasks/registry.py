@@ -54,12 +54,15 @@ def register_model_task(
     fingerprint: str,
     parent: int | None = None,
     promotion: dict[str, Any] | None = None,
+    reference: Evaluation | None = None,
 ) -> ModelRecord:
     """Register the fitted palette with its evaluation and reference statistics.
 
     The run key is ``params.idempotency_key`` if set, else the flow run id: a retry (or a
     second run with the same key) returns the version already registered.
-    ``promotion`` (the decision and its reason) is stored with the metrics.
+    ``promotion`` (the decision and its reason) is stored with the metrics. The drift
+    reference comes from ``reference`` (the palette measured on all of its training data)
+    when given, else from ``evaluation``.
     """
     run_id = flow_run.get_id()
     run_key = params.idempotency_key or (f"{run_id}:register" if run_id else None)
@@ -85,7 +88,7 @@ def register_model_task(
             "sizes": evaluation.sizes,
             "promotion": promotion or {},
         },
-        reference=evaluation.reference_statistics(),
+        reference=(reference or evaluation).reference_statistics(),
         parent=parent,
         run_key=run_key,
     )

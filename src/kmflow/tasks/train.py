@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 from prefect import task
 from prefect.cache_policies import INPUTS, NO_CACHE, RUN_ID, TASK_SOURCE
+from prefect.serializers import Serializer
+from pydantic import Field
 
 from kmflow.kernels.lloyd import IterationInfo
 from kmflow.params import SplitParams, TrainParams
@@ -19,7 +22,27 @@ from kmflow.tasks._common import (
     window_images,
 )
 
-__all__ = ["fit_palette_task", "split_of", "training_fingerprint_task"]
+__all__ = ["PaletteSerializer", "fit_palette_task", "split_of", "training_fingerprint_task"]
+
+
+# Not Serializer[Palette]: Prefect's type registry needs every subclass to carry a dispatch
+# key, and the parametrized base pydantic would create in between has none.
+class PaletteSerializer(Serializer):  # type: ignore[type-arg]
+    """Prefect result serializer for a fitted palette: plain JSON, never pickle.
+
+    Prefect's default serializer is cloudpickle: a result file it reads back on a retried run
+    could run code planted by anyone able to write ``PREFECT_HOME/storage``. This one writes
+    :meth:`Palette.to_dict` as JSON and reads it back through :meth:`Palette.from_dict`,
+    which builds a palette and nothing else.
+    """
+
+    type: str = Field(default="kmflow-palette-json", frozen=True)
+
+    def dumps(self, obj: Palette) -> bytes:  # type: ignore[override]
+        return json.dumps(obj.to_dict()).encode()
+
+    def loads(self, blob: bytes) -> Palette:
+        return Palette.from_dict(json.loads(blob))
 
 
 def split_of(holdout: SplitParams) -> Split | None:
@@ -35,6 +58,7 @@ def split_of(holdout: SplitParams) -> Split | None:
     name="fit-palette",
     cache_policy=INPUTS + TASK_SOURCE + RUN_ID,
     persist_result=True,
+    result_serializer=PaletteSerializer(),
 )
 def fit_palette_task(params: TrainParams, warm_start: list[list[float]] | None = None) -> Palette:
     """Fit ``params.k`` colors on the training part of the store.
