@@ -7,8 +7,8 @@ pool and deploys ``prefect.yaml`` from the repository root exactly as its header
 tests share that server, deployment and worker.
 
 ``test_pipeline_deployment_runs_end_to_end`` checks what the server registered (seven
-deployments, the inactive nightly ``train`` cron, the active hourly ``monitor`` cron and the
-runs the scheduler made of it, the ``kmflow.drift.detected`` automation that runs ``retrain``),
+deployments, the paused nightly ``train`` cron, the paused hourly ``monitor`` cron and the
+runs the scheduler made of it once resumed, the ``kmflow.drift.detected`` automation that runs ``retrain``),
 then runs ``pipeline/kmflow-pipeline`` through the REST API on three small photos and checks the
 outcomes: the model registry, the quantized PNGs, the artifacts and the subflow runs.
 
@@ -18,8 +18,8 @@ event, no retrain run), then on a drifted batch: the event reaches the server an
 deployment trigger alone creates a ``retrain`` run, which registers version 2 with version 1
 as parent and promotes it.
 
-The hourly monitor schedule is switched off (and its scheduled runs deleted) once its
-registration has been recorded and before the worker starts: otherwise a module running across
+The hourly monitor schedule is resumed to see the scheduler make runs of it, then switched
+off again (and its scheduled runs deleted) before the worker starts: otherwise a module running across
 the top of an hour would have the worker run ``monitor`` with the deployment's default
 parameters (relative paths, i.e. into the repository).
 
@@ -347,9 +347,9 @@ class Schedules:
 def schedules(api: httpx.Client, deployed: str) -> Schedules:
     """Record every deployment's schedules and the scheduler's runs, then switch them off.
 
-    Waits (up to ``SCHEDULER_TIMEOUT``) for the server's scheduler to create the runs of the
-    active hourly ``monitor`` cron: that proves the schedule is live on the server, not only
-    stored. Then every active schedule is deactivated and every remaining auto-scheduled run
+    Resumes the (paused as shipped) hourly ``monitor`` cron and waits (up to
+    ``SCHEDULER_TIMEOUT``) for the server's scheduler to create its runs: that proves the
+    schedule is live on the server, not only stored. Then every active schedule is deactivated and every remaining auto-scheduled run
     deleted, so the worker (started after this fixture) can never run ``monitor`` with its
     default parameters in the middle of the tests.
     """
@@ -359,6 +359,14 @@ def schedules(api: httpx.Client, deployed: str) -> Schedules:
         if response.status_code == 200:
             ids[flow] = response.json()["id"]
     registered = {flow: _ok(api.get(f"deployments/{id_}/schedules")) for flow, id_ in ids.items()}
+    # The hourly monitor ships paused (its default folder and model exist only once a user
+    # has set them up): resume it as a user would in the UI, and see the scheduler pick it up.
+    for schedule in registered.get("monitor", []):
+        _ok(
+            api.patch(
+                f"deployments/{ids['monitor']}/schedules/{schedule['id']}", json={"active": True}
+            )
+        )
     t0 = time.monotonic()
     seconds: float | None = None
     runs: list[dict[str, Any]] = []
@@ -372,7 +380,7 @@ def schedules(api: httpx.Client, deployed: str) -> Schedules:
         time.sleep(0.5)
     for flow, items in registered.items():
         for schedule in items:
-            if schedule["active"]:
+            if schedule["active"] or flow == "monitor":
                 _ok(
                     api.patch(
                         f"deployments/{ids[flow]}/schedules/{schedule['id']}",
@@ -552,7 +560,7 @@ def test_pipeline_deployment_runs_end_to_end(
     assert len(all_deployments) == len(DEPLOYMENTS)
     assert by_name["pipeline"]["parameters"]["params"]["k"] == 16
 
-    # -- schedules as deployed: train nightly at 02:00 UTC (inactive), monitor hourly (active)
+    # -- schedules as deployed: train nightly at 02:00 UTC, monitor hourly, both paused
     def crons(flow: str) -> list[tuple[str | None, str | None, bool]]:
         return [
             (item["schedule"].get("cron"), item["schedule"].get("timezone"), item["active"])
@@ -561,7 +569,7 @@ def test_pipeline_deployment_runs_end_to_end(
 
     assert sorted(schedules.registered) == sorted(flow for flow, _ in DEPLOYMENTS)
     assert crons("train") == [("0 2 * * *", "UTC", False)]
-    assert crons("monitor") == [("0 * * * *", "UTC", True)]
+    assert crons("monitor") == [("0 * * * *", "UTC", False)]
     for flow in ("pipeline", "ingest", "evaluate", "apply", "retrain"):
         assert schedules.registered[flow] == [], f"{flow} has a schedule"
 
