@@ -490,6 +490,26 @@ class StorageSettings(BaseModel):
             "PIL.Image.MAX_IMAGE_PIXELS whatever this says."
         ),
     )
+    lease_timeout: float = Field(
+        default=30.0,
+        ge=0,
+        le=86_400,
+        description=(
+            "Seconds a writer of a pixel store (ingest, labels, histogram, palettes) waits "
+            "for another writer's lease on the same store before failing with "
+            "StoreBusyError; 0 fails at once."
+        ),
+    )
+    lease_ttl: float = Field(
+        default=60.0,
+        ge=1,
+        le=3_600,
+        description=(
+            "Seconds a pixel store's writer lease stays valid without renewal; a running "
+            "writer renews it every third of this. A writer that crashed blocks the store "
+            "for at most this long. Keep it well above any pause of a writing process."
+        ),
+    )
     chunk_pixels: int = Field(
         default=2_097_152,
         ge=65_536,

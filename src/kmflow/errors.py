@@ -17,6 +17,7 @@ __all__ = [
     "OutputConflictError",
     "SourceNotFoundError",
     "StorageError",
+    "StoreBusyError",
     "StoreCorruptError",
     "StoreNotFoundError",
     "TooFewDistinctPointsError",
@@ -76,6 +77,15 @@ class ImageDecodeError(InvalidInputError):
 
 class StoreNotFoundError(StorageError, FileNotFoundError):
     """No pixel store (or other kmflow store) exists at the given URL."""
+
+
+class StoreBusyError(StorageError):
+    """Another writer holds the store's writer lease (or took it over from this one).
+
+    Raised after waiting the configured time (``KMFLOW_STORAGE__LEASE_TIMEOUT``) for the
+    other writer; the message names the store and the holder: ``store <url> busy since
+    <UTC time> by <command or flow run> (user U, pid N on host H); waited 30 s``.
+    """
 
 
 class StoreCorruptError(KmflowError, ValueError):

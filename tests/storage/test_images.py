@@ -31,6 +31,7 @@ from kmflow.storage.images import (
     IMAGE_EXTENSIONS,
     DecodedImage,
     ImageSource,
+    check_relpath,
     decode_image,
     discover_images,
     encode_png,
@@ -774,3 +775,22 @@ def test_encode_png_indexed_rejects_bad_input() -> None:
         encode_png_indexed(np.full((2, 2), 3), palette)
     with pytest.raises(InvalidInputError, match="palette must be"):
         encode_png_indexed(np.zeros((2, 2), int), np.zeros((300, 3), np.uint8))
+
+
+def test_discover_skips_files_whose_relpath_is_unsafe(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    png = encode_png(np.zeros((2, 2, 3), np.uint8))
+    _write(tmp_path / "ok.png", png)
+    _write(tmp_path / "back\\slash.png", png)  # a legal POSIX name, unsafe as an output path
+    with caplog.at_level("WARNING", logger="kmflow.storage.images"):
+        found = discover_images(tmp_path)
+    assert [s.relpath for s in found] == ["ok.png"]
+    assert "back\\\\slash.png" in caplog.text
+    assert "contains a backslash" in caplog.text
+
+
+@pytest.mark.parametrize("relpath", ["a.png", "2024/07/beach.JPG", "x y/[1].png", "a:b.png"])
+def test_safe_relpaths_accepted(relpath: str) -> None:
+    assert check_relpath(relpath) == relpath
+    assert ImageSource("memory://x/" + relpath, relpath).relpath == relpath

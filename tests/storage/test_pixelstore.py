@@ -485,6 +485,41 @@ def test_invalid_arguments(tmp_path: Path, three: list[ImageSource]) -> None:
     assert not store.exists()
 
 
+UNSAFE_RELPATHS = [
+    "../evil.png",
+    "a/../../evil.png",
+    "/etc/evil.png",
+    "a\\..\\..\\evil.png",
+    "..\\evil.png",
+    "C:/evil.png",
+    "a//b.png",
+    "./a.png",
+    "a/b.png/",
+    "evil\n.png",
+    "",
+]
+
+
+@pytest.mark.parametrize("relpath", UNSAFE_RELPATHS)
+def test_unsafe_relpath_rejected_before_anything_is_written(
+    tmp_path: Path, three: list[ImageSource], relpath: str
+) -> None:
+    with pytest.raises(InvalidInputError, match="relpath"):
+        ImageSource(three[0].url, relpath)
+    # Bypassing the dataclass check (e.g. an object built by hand) does not get past ingest.
+    bad = object.__new__(ImageSource)
+    object.__setattr__(bad, "url", three[1].url)
+    object.__setattr__(bad, "relpath", relpath)
+    store = PixelStore(str(tmp_path / "store.zarr"), chunk_pixels=CHUNK)
+    with pytest.raises(InvalidInputError, match="relpath"):
+        store.ingest([three[0], bad], max_pixels=MAX_PIXELS)
+    assert not (tmp_path / "store.zarr").exists()  # not even a lease file
+    store.ingest([three[0]], max_pixels=MAX_PIXELS)
+    with pytest.raises(InvalidInputError, match="relpath"):
+        store.ingest([bad], max_pixels=MAX_PIXELS)
+    assert [r.relpath for r in store.images()] == ["im0.png"]
+
+
 def test_report_to_dict_is_json(tmp_path: Path, three: list[ImageSource]) -> None:
     missing = ImageSource(url=str(tmp_path / "gone.png"), relpath="gone.png")
     store = PixelStore(str(tmp_path / "store.zarr"), chunk_pixels=CHUNK)

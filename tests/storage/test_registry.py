@@ -12,6 +12,10 @@ import io
 import json
 import logging
 import math
+import os
+import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -300,7 +304,9 @@ class TestRegistryContract:
             ("moved-json", r"v000001/model\.json describes 'palette' v2, not 'palette' v1"),
         ],
     )
-    def test_corruption_is_detected(self, backend: Backend, damage: str, message: str) -> None:
+    def test_corruption_is_detected(
+        self, backend: Backend, damage: str, message: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
         registry = backend.registry()
         _register(registry, C1)
         _register(registry, C2)
@@ -333,8 +339,11 @@ class TestRegistryContract:
         if "json" in damage:
             with pytest.raises(ModelCorruptError, match=message):
                 registry.record(NAME, 1)
-            with pytest.raises(ModelCorruptError, match=message):
-                registry.versions(NAME)
+            # Listings skip the corrupt version with a warning naming it, and go on.
+            with caplog.at_level(logging.WARNING, logger="kmflow.storage.registry"):
+                assert [r.version for r in registry.versions(NAME)] == [2]
+                assert registry.names() == [NAME]
+            assert re.search(message, caplog.text)
         else:  # the record itself is fine; only loading the centers fails
             assert registry.record(NAME, 1).version == 1
         # The other version is untouched and still loads.
@@ -531,3 +540,69 @@ def test_version_argument_forms(tmp_path: Path) -> None:
     assert registry.record(NAME, np.int64(2)).version == 2
     assert registry.record(NAME, "3").version == 3
     assert registry.record(NAME, "000001").version == 1
+
+
+# --------------------------------------------------------------------------- hardening
+
+
+def test_npy_header_claiming_a_huge_shape_is_refused_before_allocating(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path)
+    _register(registry, C1)
+    buffer = io.BytesIO()
+    header = {"descr": "<f8", "fortran_order": False, "shape": (10**12, 3)}
+    np.lib.format.write_array_header_1_0(buffer, header)
+    path = tmp_path / NAME / "v000001" / "centers.npy"
+    path.write_bytes(buffer.getvalue() + C1.tobytes())
+    with pytest.raises(ModelCorruptError) as info:
+        registry.load(NAME, 1)
+    message = str(info.value)
+    assert str(path) in message
+    assert "header says shape (1000000000000, 3)" in message
+    assert "48 bytes follow it" in message
+    # A version-2 header is checked the same way.
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_2_0(buffer, header)
+    path.write_bytes(buffer.getvalue() + C1.tobytes())
+    with pytest.raises(ModelCorruptError, match=r"header says shape \(1000000000000, 3\)"):
+        registry.load(NAME, 1)
+
+
+def test_fortran_ordered_centers_still_load(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path)
+    record = _register(registry, C2)
+    path = tmp_path / NAME / "v000001" / "centers.npy"
+    path.write_bytes(_npy(np.asfortranarray(C2)))
+    assert registry.load(NAME, record.version).centers.tobytes() == C2.tobytes()
+
+
+def test_one_corrupt_model_does_not_hide_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = ModelRegistry(tmp_path)
+    _register(registry, C1, name="good")
+    _register(registry, C2, name="good")
+    _register(registry, C1, name="broken")
+    _register(registry, C1, name="mixed")
+    _register(registry, C2, name="mixed")
+    (tmp_path / "broken" / "v000001" / "model.json").write_bytes(b"{not json")
+    (tmp_path / "mixed" / "v000001" / "model.json").write_text("[]")
+    with caplog.at_level(logging.WARNING, logger="kmflow.storage.registry"):
+        assert registry.names() == ["good", "mixed"]
+        assert [r.version for r in registry.versions("good")] == [1, 2]
+        assert [r.version for r in registry.versions("mixed")] == [2]
+        assert registry.versions("broken") == []
+    assert "broken/v000001/model.json is not a valid model record" in caplog.text
+    assert "mixed/v000001/model.json is not a valid model record" in caplog.text
+    # The command lists the readable models and warns about the corrupt one.
+    proc = subprocess.run(
+        [sys.executable, "-m", "kmflow.cli", "models", "list", "--registry", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[1]: line for line in proc.stdout.splitlines() if "│" in line}
+    assert set(rows) & {"good", "mixed", "broken"} == {"good", "mixed"}
+    assert "broken/v000001/model.json is not a valid model record" in proc.stderr

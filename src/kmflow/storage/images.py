@@ -48,6 +48,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "DecodedImage",
     "ImageSource",
+    "check_relpath",
     "decode_image",
     "discover_images",
     "encode_png",
@@ -78,6 +79,51 @@ _SIGNATURES = (
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _TRANSPARENCY_MODES = frozenset({"1", "L", "P", "RGB"})
 _UINT16_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+# A Windows drive ("C:/", "c:\\") at the start of a relative path.
+_DRIVE = re.compile(r"^[A-Za-z]:[/\\]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_relpath(relpath: str) -> str:
+    """Return `relpath` if it is a safe relative POSIX path; InvalidInputError otherwise.
+
+    Outputs are named after an image's relpath (``OUT/<relpath>.png``), so it must stay
+    inside the output folder on every backend: a non-empty string of ``/``-separated names,
+    none of them empty, ``.`` or ``..``; not absolute; no backslash (a separator on Windows),
+    no drive (``C:/``), no control characters (NUL, newlines).
+
+    Examples
+    --------
+    >>> check_relpath("2024/beach.jpg")
+    '2024/beach.jpg'
+    >>> check_relpath("../etc/passwd")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    kmflow.errors.InvalidInputError: unsafe image relpath '../etc/passwd': it has a '..' part ...
+    """
+    if not isinstance(relpath, str) or not relpath:
+        raise InvalidInputError(f"an image relpath must be a non-empty string; got {relpath!r}")
+    reason = None
+    if relpath.startswith("/"):
+        reason = "it is absolute"
+    elif "\\" in relpath:
+        reason = "it contains a backslash"
+    elif _DRIVE.match(relpath):
+        reason = "it starts with a drive"
+    elif _CONTROL.search(relpath):
+        reason = "it contains control characters"
+    else:
+        parts = relpath.split("/")
+        if ".." in parts:
+            reason = "it has a '..' part"
+        elif "." in parts or "" in parts:
+            reason = "it has an empty or '.' part"
+    if reason is not None:
+        raise InvalidInputError(
+            f"unsafe image relpath {relpath!r}: {reason} (outputs are named after it, so it "
+            "must be a plain relative POSIX path such as 'photos/a.png')"
+        )
+    return relpath
 
 
 # --------------------------------------------------------------------------- discovery
@@ -95,11 +141,18 @@ class ImageSource:
     relpath : str
         POSIX path of the file relative to the root of the source it was found under (the
         folder, or the fixed part of a glob); the file name alone for a file named directly.
-        Outputs are named after it (``OUT/<relpath without suffix>.png``).
+        Outputs are named after it (``OUT/<relpath without suffix>.png``), so it is checked
+        by :func:`check_relpath`: InvalidInputError for an absolute path, ``..``, a
+        backslash, ...
     """
 
     url: str
     relpath: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.url, str) or not self.url:
+            raise InvalidInputError(f"an image URL must be a non-empty string; got {self.url!r}")
+        check_relpath(self.relpath)
 
 
 def discover_images(
@@ -218,12 +271,16 @@ def _discover_one(
             return _discover_glob(fs, path, text, matcher)
         if fs.isdir(path):
             listing = fs.find(path, withdirs=False, detail=True)
-            return [
-                ImageSource(url_of(fs, p, text), rel)
-                for p, info in listing.items()
-                if info.get("type") == "file"
-                and matcher.keep(rel := _relative(p, path), from_glob=False)
-            ]
+            return _sources(
+                fs,
+                text,
+                [
+                    (p, rel)
+                    for p, info in listing.items()
+                    if info.get("type") == "file"
+                    and matcher.keep(rel := _relative(p, path), from_glob=False)
+                ],
+            )
         if fs.isfile(path):
             return [ImageSource(url_of(fs, path, text), posixpath.basename(path.rstrip("/")))]
     raise SourceNotFoundError(f"image source not found: {redact_url(text)}")
@@ -242,11 +299,27 @@ def _discover_glob(fs: Any, path: str, text: str, matcher: _Matcher) -> list[Ima
                     f"image source not found: {redact_url(text)} (folder {root!r} does not exist)"
                 )
         matches = fs.glob(path, detail=True)
-    return [
-        ImageSource(url_of(fs, p, text), rel)
-        for p, info in matches.items()
-        if info.get("type") == "file" and matcher.keep(rel := _relative(p, root), from_glob=True)
-    ]
+    return _sources(
+        fs,
+        text,
+        [
+            (p, rel)
+            for p, info in matches.items()
+            if info.get("type") == "file"
+            and matcher.keep(rel := _relative(p, root), from_glob=True)
+        ],
+    )
+
+
+def _sources(fs: Any, text: str, found: list[tuple[str, str]]) -> list[ImageSource]:
+    """ImageSources of listed files; a file whose relpath is unsafe is skipped with a warning."""
+    sources = []
+    for path, rel in found:
+        try:
+            sources.append(ImageSource(url_of(fs, path, text), rel))
+        except InvalidInputError as exc:
+            logger.warning("skipping %s: %s", redact_url(url_of(fs, path, text)), exc)
+    return sources
 
 
 def _relative(path: str, root: str) -> str:

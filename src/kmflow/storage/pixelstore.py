@@ -27,16 +27,27 @@ Derived variables carry the fingerprint of the images they were computed from (a
 ``fingerprint``, written after their data): labels and the histogram are ignored once new images
 are ingested. Labels must cover every pixel, so an ingest that adds pixels deletes them.
 
-One writer at a time per store; any number of readers.
+Writers take turns through a **writer lease** (:mod:`kmflow.storage.lease`), kept in the
+subgroup ``.lease`` of the store: every method that writes (:meth:`PixelStore.ingest`,
+:meth:`~PixelStore.write_labels`, :meth:`~PixelStore.write_histogram`,
+:meth:`~PixelStore.write_image_palettes`) holds it for its whole run, so two processes
+ingesting into one store at once append one after the other. A writer that finds the lease
+held waits up to ``KMFLOW_STORAGE__LEASE_TIMEOUT`` seconds, then raises
+:class:`~kmflow.errors.StoreBusyError` naming the holder. A crashed writer's lease expires
+after ``KMFLOW_STORAGE__LEASE_TTL`` seconds (a running one renews it); the next writer then
+takes over and trims what the crashed one left uncommitted. Before each commit a writer checks
+against the storage that the lease is still its own. Any number of readers, at any time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import logging
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -47,9 +58,11 @@ import xarray as xr
 import zarr
 from fsspec.utils import get_protocol
 
+from kmflow.config import get_settings
 from kmflow.errors import InvalidInputError, StoreCorruptError, StoreNotFoundError
-from kmflow.storage.fs import redact_url
-from kmflow.storage.images import DecodedImage, ImageSource, read_image
+from kmflow.storage.fs import join_url, redact_url
+from kmflow.storage.images import DecodedImage, ImageSource, check_relpath, read_image
+from kmflow.storage.lease import StoreLease
 
 __all__ = [
     "DEFAULT_BATCH_PIXELS",
@@ -80,6 +93,13 @@ _STR_VARS = ("source", "relpath", "sha256")
 _INT_VARS = ("height", "width", "offset")
 _IMAGE_VARS = (*_STR_VARS, *_INT_VARS, "ingested_at")
 _TIME_ENCODING = {"units": "nanoseconds since 1970-01-01", "dtype": "int64"}
+#: Subgroup holding the writer lease's generation files (a Zarr group, so that Zarr and
+#: xarray listings of the store see a valid node and skip it).
+LEASE_GROUP = ".lease"
+_LEASE_MARKER = {
+    "zarr.json": b'{"zarr_format": 3, "node_type": "group", "attributes": '
+    b'{"kmflow": "writer lease of the pixel store (kmflow.storage.lease)"}}\n'
+}
 
 
 # --------------------------------------------------------------------------- results
@@ -284,13 +304,19 @@ class PixelStore:
         fsspec options for ``url`` (credentials, endpoint); never logged.
     chunk_pixels : int, default 2_097_152
         Pixels per Zarr chunk, used when the store is created; an existing store keeps its own.
+    lease_timeout : float, optional
+        Seconds a writer waits for another writer's lease; ``None``:
+        ``KMFLOW_STORAGE__LEASE_TIMEOUT`` (read when a write starts).
+    lease_ttl : float, optional
+        Seconds the writer lease stays valid without renewal; ``None``:
+        ``KMFLOW_STORAGE__LEASE_TTL``.
 
     Notes
     -----
     The constructor does no I/O. Readers (:meth:`open`, :meth:`pixels`, :meth:`images`, ...)
     only ever see committed images; writers (:meth:`ingest`, :meth:`write_labels`,
-    :meth:`write_histogram`) first trim whatever an interrupted ingest left behind. One writer
-    at a time per store.
+    :meth:`write_histogram`, :meth:`write_image_palettes`) hold the store's writer lease
+    (:meth:`writing`) and first trim whatever an interrupted ingest left behind.
 
     Examples
     --------
@@ -305,6 +331,8 @@ class PixelStore:
         *,
         storage_options: dict[str, Any] | None = None,
         chunk_pixels: int = DEFAULT_CHUNK_PIXELS,
+        lease_timeout: float | None = None,
+        lease_ttl: float | None = None,
     ) -> None:
         if not isinstance(url, str) or not url:
             raise InvalidInputError(f"url must be a non-empty string; got {url!r}")
@@ -315,6 +343,16 @@ class PixelStore:
         self.url = url
         self.storage_options = dict(storage_options) if storage_options else None
         self.chunk_pixels = int(chunk_pixels)
+        for name, value in (("lease_timeout", lease_timeout), ("lease_ttl", lease_ttl)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or value < 0
+            ):
+                raise InvalidInputError(f"{name} must be a number of seconds >= 0; got {value!r}")
+        if lease_ttl is not None and lease_ttl <= 0:
+            raise InvalidInputError(f"lease_ttl must be > 0 seconds; got {lease_ttl!r}")
+        self.lease_timeout = lease_timeout
+        self.lease_ttl = lease_ttl
+        self._leases: dict[int, StoreLease] = {}  # thread id -> the lease that thread holds
         self._shown = redact_url(url)  # for messages and logs
         self._protocol = get_protocol(url)
         if self._protocol == "file":
@@ -326,6 +364,70 @@ class PixelStore:
 
     def __repr__(self) -> str:
         return f"PixelStore({self._shown!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_leases"] = {}  # a lease belongs to the process (and thread) that holds it
+        return state
+
+    # ----------------------------------------------------------------------- writer lease
+
+    def lease(self, *, by: str | None = None) -> StoreLease:
+        """A new (not yet acquired) :class:`~kmflow.storage.lease.StoreLease` on this store.
+
+        Its timeout and TTL are this store's, or the settings'. Mostly for tools and tests:
+        the writing methods take the lease themselves (see :meth:`writing`).
+        """
+        storage = get_settings().storage
+        return StoreLease(
+            join_url(self.url, LEASE_GROUP),
+            storage_options=self.storage_options,
+            ttl=storage.lease_ttl if self.lease_ttl is None else self.lease_ttl,
+            timeout=storage.lease_timeout if self.lease_timeout is None else self.lease_timeout,
+            by=by,
+            name=self._shown,
+            marker=_LEASE_MARKER,
+        )
+
+    @contextlib.contextmanager
+    def writing(self, *, by: str | None = None) -> Iterator[StoreLease]:
+        """Hold the store's writer lease for the block.
+
+        Every writing method runs inside it; hold it yourself to keep several writes (an
+        ingest, then palettes) free of other writers in between. Re-entrant within a thread:
+        the writing methods called inside the block use the lease already held.
+
+        Parameters
+        ----------
+        by : str, optional
+            What is writing, shown to writers kept waiting (default: the Prefect flow run,
+            or the command).
+
+        Raises
+        ------
+        StoreBusyError
+            If another writer held the lease for the whole wait (``lease_timeout``).
+        """
+        me = threading.get_ident()
+        held = self._leases.get(me)
+        if held is not None:
+            yield held
+            return
+        lease = self.lease(by=by)
+        lease.acquire()
+        self._leases[me] = lease
+        try:
+            yield lease
+        finally:
+            del self._leases[me]
+            lease.release()
+
+    def _check_lease(self) -> None:
+        """Before a commit step: the lease must still be this writer's (StoreBusyError)."""
+        lease = self._leases.get(threading.get_ident())
+        if lease is None:  # a bug: every writing path holds the lease
+            raise RuntimeError(f"{self!r}: writing without the writer lease")
+        lease.check()
 
     # ----------------------------------------------------------------------- low level
 
@@ -425,7 +527,8 @@ class PixelStore:
         )
 
     def _write_record(self, group: zarr.Group, record: _Record) -> None:
-        """Publish the commit record (one metadata-object write)."""
+        """Publish the commit record (one metadata-object write), lease checked first."""
+        self._check_lease()
         group.attrs.update(record.to_attrs())
 
     def _create(self) -> None:
@@ -444,11 +547,17 @@ class PixelStore:
             **{name: {"chunks": (_IMAGE_CHUNK,)} for name in _IMAGE_VARS},
         }
         encoding["ingested_at"].update(_TIME_ENCODING)
-        self._to_zarr(ds, empty, mode="w-", encoding=encoding)
+        # Mode "a", not "w-": the lease subgroup is already there (and the lease keeps other
+        # writers out).
+        self._to_zarr(ds, empty, mode="a", encoding=encoding)
         logger.info("created pixel store %s (chunk_pixels=%d)", self._shown, self.chunk_pixels)
 
     def _prepare_write(self, *, create: bool) -> tuple[zarr.Group, _Record]:
-        """Open for writing and trim what an interrupted ingest left past the commit record."""
+        """Open for writing and trim what an interrupted ingest left past the commit record.
+
+        The caller holds the writer lease.
+        """
+        self._check_lease()
         try:
             group = self._group("r+")
         except StoreNotFoundError:
@@ -649,7 +758,7 @@ class PixelStore:
         ------
         InvalidInputError
             Not 1-D, not integers, outside the int32 range, or not one label per pixel.
-        StoreNotFoundError, StoreCorruptError
+        StoreNotFoundError, StoreCorruptError, StoreBusyError
 
         Notes
         -----
@@ -667,6 +776,11 @@ class PixelStore:
         if labels.dtype.itemsize > 4 or labels.dtype == np.uint32:
             # Wider than int32: checked block by block as the labels are written.
             labels = da.map_blocks(_checked_int32, labels, dtype=np.int32)
+        self._group("r")  # StoreNotFoundError before any lease file is written
+        with self.writing():
+            self._write_labels(labels)
+
+    def _write_labels(self, labels: da.Array) -> None:
         group, record = self._prepare_write(create=False)
         if labels.shape[0] != record.n_pixels:
             raise InvalidInputError(
@@ -683,6 +797,7 @@ class PixelStore:
             mode="a",
             encoding={"labels": {"chunks": (chunk,)}},
         )
+        self._check_lease()
         group["labels"].attrs.update({"fingerprint": record.fingerprint})
         logger.info("%s: wrote %d labels", self._shown, record.n_pixels)
 
@@ -700,7 +815,7 @@ class PixelStore:
         ------
         InvalidInputError
             Wrong shapes or dtypes, negative counts, or counts that do not add up.
-        StoreNotFoundError, StoreCorruptError
+        StoreNotFoundError, StoreCorruptError, StoreBusyError
         """
         colors = np.asarray(colors)
         counts = np.asarray(counts)
@@ -716,6 +831,11 @@ class PixelStore:
             )
         if counts.size and counts.min() < 0:
             raise InvalidInputError("counts must be non-negative")
+        self._group("r")  # StoreNotFoundError before any lease file is written
+        with self.writing():
+            self._write_histogram(colors, counts)
+
+    def _write_histogram(self, colors: np.ndarray, counts: np.ndarray) -> None:
         group, record = self._prepare_write(create=False)
         total = int(counts.sum(dtype=np.int64))
         if total != record.n_pixels:
@@ -736,6 +856,7 @@ class PixelStore:
             record,
             mode="a",
         )
+        self._check_lease()
         group["counts"].attrs.update({"fingerprint": record.fingerprint})
         logger.info("%s: wrote a histogram of %d colors", self._shown, colors.shape[0])
 
@@ -793,6 +914,7 @@ class PixelStore:
         ------
         InvalidInputError
             A malformed key, or centers that are not finite (m, 3) arrays with m >= 1.
+        StoreNotFoundError, StoreCorruptError, StoreBusyError
 
         Notes
         -----
@@ -812,6 +934,11 @@ class PixelStore:
                     f"a palette needs finite centers of shape (m, 3); got shape {c.shape}"
                 )
             blocks.append(c)
+        self._group("r")  # StoreNotFoundError before any lease file is written
+        with self.writing():
+            self._write_image_palettes(keys, blocks)
+
+    def _write_image_palettes(self, keys: list[np.ndarray], blocks: list[np.ndarray]) -> None:
         group, _ = self._prepare_write(create=False)
         table = _palette_table(group)
         if table is None:
@@ -838,6 +965,7 @@ class PixelStore:
             end = start + len(values)
             arr.resize((end, *arr.shape[1:]))
             arr[start:end] = values
+        self._check_lease()
         table.attrs.update({"committed": {"n": n + len(blocks), "rows": rows + new_rows}})
         logger.info("%s: stored %d image palettes", self._shown, len(blocks))
 
@@ -875,9 +1003,14 @@ class PixelStore:
         Raises
         ------
         InvalidInputError
-            Bad ``max_pixels`` or ``batch_pixels``, or a source that is not an ImageSource.
+            Bad ``max_pixels`` or ``batch_pixels``, a source that is not an ImageSource, or
+            one whose relpath is unsafe (absolute, ``..``, backslashes: see
+            :func:`~kmflow.storage.images.check_relpath`); nothing is written then.
         StoreCorruptError
             ``url`` holds a Zarr group that is not a kmflow pixel store.
+        StoreBusyError
+            Another writer held the store's lease for the whole ``lease_timeout``, or took it
+            over (after it expired) while this ingest ran; batches committed before that stay.
 
         Notes
         -----
@@ -900,7 +1033,21 @@ class PixelStore:
         for src in sources:
             if not isinstance(src, ImageSource):
                 raise InvalidInputError(f"sources must be ImageSource objects; got {src!r}")
+            # Outputs are named after relpaths: one escaping the output folder is refused
+            # before anything is written (ImageSource checks it too, unless bypassed).
+            check_relpath(src.relpath)
+        with self.writing():
+            return self._ingest(sources, max_pixels, storage_options, batch_pixels, progress, t0)
 
+    def _ingest(
+        self,
+        sources: list[ImageSource],
+        max_pixels: int,
+        storage_options: dict[str, Any] | None,
+        batch_pixels: int,
+        progress: Callable[[IngestProgress], None] | None,
+        t0: float,
+    ) -> IngestReport:
         group, record = self._prepare_write(create=True)
         chunk = _array(group, "pixels").chunks[0]
         n = record.n_images
@@ -995,6 +1142,7 @@ class PixelStore:
         if not new:
             return record, largest
 
+        self._check_lease()
         offsets = record.n_pixels + np.concatenate(
             [[0], np.cumsum([h * w for _, _, h, w, _ in new])[:-1]]
         ).astype(np.int64)

@@ -7,21 +7,27 @@ Layout under the registry URL::
     <name>/v000002/...
     <name>/champion.json          {"version": N, "promoted_at": "<ISO 8601, UTC>", "previous": M}
 
-Writing ``model.json`` is the publish step of a registration: ``centers.npy`` is written
-first, so a version folder without ``model.json`` (a registration that crashed half-way) is
-invisible to every reader. Its number is never reused: the next version is one more than the
-largest number among *all* version folders, complete or not. ``champion.json`` names the
+A version number is claimed by creating its ``centers.npy`` with an *exclusive create*
+(:func:`kmflow.storage.lease.write_bytes_exclusive`: a hard link on a local disk,
+``If-None-Match: *`` on S3, a lock on ``memory://``): of several processes registering the
+same name at once, exactly one gets each number, and a caller that loses the race takes the
+next one. No caller's centers are ever overwritten. Writing ``model.json`` (exclusive too) is
+the publish step: a version folder without it (a registration that crashed half-way) is
+invisible to every reader, and its number is never reused, since claiming starts one above
+the largest number among *all* version folders, complete or not. ``champion.json`` names the
 serving version and is replaced in one atomic write (temporary file and ``os.replace`` on a
 local disk, a single PUT on object stores), so readers see the old champion or the new one.
 
 Centers are stored as ``.npy`` and read with ``allow_pickle=False``: nothing is ever pickled
-or unpickled. Every read of a model checks its files against each other (shape, finiteness,
-sha256) and raises :class:`~kmflow.errors.ModelCorruptError` on any mismatch.
+or unpickled, and the header's shape and dtype are checked against the file's size before
+anything is allocated. Every read of a model checks its files against each other (shape,
+finiteness, sha256) and raises :class:`~kmflow.errors.ModelCorruptError` on any mismatch;
+listings (:meth:`ModelRegistry.names`, :meth:`ModelRegistry.versions`) skip a corrupt
+version with a warning instead, so one damaged model never hides the others.
 
-Registering is idempotent under retry when a ``run_key`` is given. There must be one
-registering writer per model name at a time: two concurrent registrations of the same name
-may pick the same version number (object stores offer no portable exclusive create). Readers
-and promotions may run at any time.
+Registering is idempotent under retry when a ``run_key`` is given (two registrations with
+the same key running *at the same time* may both register). Readers and promotions may run
+at any time; concurrent promotions are last-writer-wins.
 
 Examples
 --------
@@ -61,6 +67,7 @@ from kmflow.errors import (
     ModelCorruptError,
     ModelNotFoundError,
     SourceNotFoundError,
+    StorageError,
 )
 from kmflow.model import NAME_PATTERN, Model, ModelRecord, centers_sha256
 from kmflow.storage.fs import (
@@ -71,6 +78,7 @@ from kmflow.storage.fs import (
     storage_errors,
     write_bytes_atomic,
 )
+from kmflow.storage.lease import write_bytes_exclusive
 
 __all__ = ["CENTERS_FILE", "CHAMPION_FILE", "RECORD_FILE", "ModelRegistry"]
 
@@ -83,6 +91,8 @@ CHAMPION_FILE = "champion.json"
 
 _NAME = re.compile(NAME_PATTERN)
 _VERSION_DIR = re.compile(r"^v(\d{6,})$")
+#: Version numbers a registration tries (past the largest it listed) before giving up.
+_MAX_CLAIMS = 10_000
 
 
 def _version_dir(version: int) -> str:
@@ -230,9 +240,11 @@ class ModelRegistry:
 
         Notes
         -----
-        Writes ``centers.npy`` and then ``model.json`` (the publish step); a crash in
-        between leaves an invisible version whose number is skipped by later
-        registrations. One registering writer per name at a time.
+        Claims the next free version number by creating its ``centers.npy`` exclusively
+        (a concurrent registration that got the number first makes this one take the next),
+        then writes ``model.json`` (the publish step); a crash in between leaves an invisible
+        version whose number is skipped by later registrations. Any number of processes may
+        register the same name at once.
         """
         self._check_name(name)
         array = _checked_centers(centers)
@@ -255,7 +267,7 @@ class ModelRegistry:
                 f"parent version {parent} of model {name!r} is not in registry "
                 f"{redact_url(self._url)!r} (versions: {scan.complete})"
             )
-        version = max(scan.numbers, default=0) + 1
+        version = max(scan.numbers, default=0) + 1  # the first number tried
         try:
             # model_validate: the mappings are checked (and copied) by the record's validators.
             record = ModelRecord.model_validate(
@@ -285,9 +297,8 @@ class ModelRegistry:
             raise InvalidInputError(f"cannot register model {name!r}: {_summary(exc)}") from exc
         buffer = io.BytesIO()
         np.save(buffer, array, allow_pickle=False)
-        write_bytes_atomic(
-            self._file_url(name, version, CENTERS_FILE), buffer.getvalue(), self._options
-        )
+        record = self._claim(record, buffer.getvalue())
+        version = record.version
         self._publish(record)
         logger.info(
             "registered %s v%d (%d clusters x %d features) in %s",
@@ -299,10 +310,37 @@ class ModelRegistry:
         )
         return record
 
+    def _claim(self, record: ModelRecord, centers: bytes) -> ModelRecord:
+        """Create ``centers.npy`` of the first free version from ``record.version`` on.
+
+        Returns the record with the version number that was claimed.
+        """
+        version = record.version
+        for _ in range(_MAX_CLAIMS):
+            url = self._file_url(record.name, version, CENTERS_FILE)
+            if write_bytes_exclusive(url, centers, self._options):
+                return (
+                    record
+                    if version == record.version
+                    else record.model_copy(update={"version": version})
+                )
+            logger.debug("%s v%d was taken by another registration", record.name, version)
+            # Jump past every number taken meanwhile (one listing), at least by one.
+            version = max([version, *self._scan(record.name).numbers]) + 1
+        raise StorageError(
+            f"cannot register model {record.name!r} in {redact_url(self._url)!r}: "
+            f"{_MAX_CLAIMS} version numbers in a row were taken by other registrations"
+        )
+
     def _publish(self, record: ModelRecord) -> None:
         """Write ``model.json``: the step that makes a version visible."""
         url = self._file_url(record.name, record.version, RECORD_FILE)
-        write_bytes_atomic(url, record.to_json().encode("utf-8"), self._options)
+        if not write_bytes_exclusive(url, record.to_json().encode("utf-8"), self._options):
+            raise ModelCorruptError(
+                f"{redact_url(url)} already exists, but this registration claimed "
+                f"{record.name!r} v{record.version}: the registry was written by something "
+                "other than kmflow"
+            )
 
     def promote(self, name: str, version: int) -> ModelRecord:
         """Make `version` the champion of `name` (atomic replace of ``champion.json``).
@@ -374,20 +412,26 @@ class ModelRegistry:
     # ------------------------------------------------------------------ reading
 
     def names(self) -> list[str]:
-        """Return the names of the models with at least one complete version, sorted.
+        """Return the names of the models with at least one readable complete version, sorted.
 
         Returns
         -------
         list of str
-            Empty if the registry does not exist yet.
+            Empty if the registry does not exist yet. A model whose every ``model.json`` is
+            corrupt is left out, with a warning naming the files.
 
         Raises
         ------
         StorageError
             If the registry cannot be listed.
+
+        Notes
+        -----
+        One recursive listing, then the newest ``model.json`` of each model is read (older
+        ones only while the newer are corrupt).
         """
         fs, root = self._fs()
-        found: set[str] = set()
+        found: dict[str, list[int]] = {}
         for rel, is_dir in self._find(fs, root, self._url):
             parts = rel.split("/")
             if (
@@ -395,14 +439,26 @@ class ModelRegistry:
                 and len(parts) == 3
                 and parts[2] == RECORD_FILE
                 and _NAME.fullmatch(parts[0])
-                and _VERSION_DIR.fullmatch(parts[1])
+                and (match := _VERSION_DIR.fullmatch(parts[1]))
             ):
-                found.add(parts[0])
-        return sorted(found)
+                found.setdefault(parts[0], []).append(int(match.group(1)))
+        return sorted(
+            name
+            for name, numbers in found.items()
+            if any(self._readable_record(name, n) is not None for n in sorted(numbers)[::-1])
+        )
+
+    def _readable_record(self, name: str, version: int) -> ModelRecord | None:
+        """The record of a version, or None (with a warning) if it is corrupt or missing."""
+        try:
+            return self._read_record(name, version)
+        except ModelCorruptError as exc:
+            logger.warning("skipping a corrupt version of model %r: %s", name, exc)
+            return None
 
     def _find_run_key(self, name: str, run_key: str, complete: Sequence[int]) -> ModelRecord | None:
         for number in reversed(complete):
-            existing = self._read_record(name, number)
+            existing = self._readable_record(name, number)
             if existing is not None and existing.run_key == run_key:
                 return existing
         return None
@@ -417,8 +473,10 @@ class ModelRegistry:
         ------
         InvalidInputError
             If `name` breaks the naming rule.
-        ModelCorruptError
-            If a version's ``model.json`` is unreadable or does not match its folder.
+
+        Notes
+        -----
+        A corrupt version is skipped with a warning.
         """
         self._check_name(name)
         return self._find_run_key(name, run_key, self._scan(name).complete)
@@ -434,19 +492,19 @@ class ModelRegistry:
         Returns
         -------
         list of ModelRecord
-            Empty if `name` has no complete version.
+            Empty if `name` has no complete version. A version whose ``model.json`` is
+            unreadable or does not match its folder is left out, with a warning naming the
+            file (:meth:`record` of that version raises ModelCorruptError).
 
         Raises
         ------
         InvalidInputError
             If `name` breaks the naming rule.
-        ModelCorruptError
-            If a version's ``model.json`` is unreadable or does not match its folder.
         StorageError
             If the registry cannot be listed or read.
         """
         self._check_name(name)
-        records = (self._read_record(name, n) for n in self._scan(name).complete)
+        records = (self._readable_record(name, n) for n in self._scan(name).complete)
         return [r for r in records if r is not None]
 
     def record(self, name: str, version: int | str = "latest") -> ModelRecord:
@@ -723,14 +781,40 @@ def _checked_centers(centers: Any) -> np.ndarray:
 
 
 def _parse_centers(data: bytes, shown: str) -> np.ndarray:
-    """Read ``.npy`` bytes without unpickling; ModelCorruptError if they are not float64."""
-    try:
-        loaded = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise ModelCorruptError(f"{shown} is not a readable .npy array: {exc}") from exc
-    if not isinstance(loaded, np.ndarray):  # an .npz archive
-        loaded.close()
+    """Read ``.npy`` bytes without unpickling; ModelCorruptError if they are not float64.
+
+    The header is read first and its shape and dtype checked against the size of the data,
+    so a tampered header (claiming 10**12 rows) is refused without allocating anything.
+    """
+    if data[:4] == b"PK\x03\x04":
         raise ModelCorruptError(f"{shown} is an .npz archive, not an .npy array")
-    if loaded.dtype != np.float64:
-        raise ModelCorruptError(f"{shown} holds {loaded.dtype} values, not float64")
-    return loaded
+    stream = io.BytesIO(data)
+    try:
+        major, _ = np.lib.format.read_magic(stream)
+        if major == 1:
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif major == 2:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"unsupported .npy format version {major}")
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
+        raise ModelCorruptError(f"{shown} is not a readable .npy array: {exc}") from exc
+    if dtype.hasobject:
+        raise ModelCorruptError(
+            f"{shown} is not a readable .npy array: it holds Python objects, which are never "
+            "unpickled (allow_pickle=False)"
+        )
+    if dtype != np.float64:
+        raise ModelCorruptError(f"{shown} holds {dtype} values, not float64")
+    count = 1
+    for n in shape:
+        count *= int(n)
+    expected = count * dtype.itemsize
+    available = len(data) - stream.tell()
+    if expected != available:
+        raise ModelCorruptError(
+            f"{shown} is not a readable .npy array: its header says shape {shape} "
+            f"({expected:,} bytes of {dtype}) but {available:,} bytes follow it"
+        )
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=stream.tell())
+    return flat.reshape(shape, order="F" if fortran else "C").copy(order="C")
