@@ -7,10 +7,11 @@ pool and deploys ``prefect.yaml`` from the repository root exactly as its header
 tests share that server, deployment and worker.
 
 ``test_pipeline_deployment_runs_end_to_end`` checks what the server registered (seven
-deployments, the paused nightly ``train`` cron, the paused hourly ``monitor`` cron and the
-runs the scheduler made of it once resumed, the ``kmflow.drift.detected`` automation that runs ``retrain``),
-then runs ``pipeline/kmflow-pipeline`` through the REST API on three small photos and checks the
-outcomes: the model registry, the quantized PNGs, the artifacts and the subflow runs.
+deployments, the paused nightly ``train`` cron, the paused hourly ``monitor`` cron and the runs
+the scheduler made of it once resumed, the ``kmflow.drift.detected`` automation that runs
+``retrain``), then runs ``pipeline/kmflow-pipeline`` through the REST API on three small photos
+and checks the outcomes: the model registry, the quantized PNGs, the artifacts and the subflow
+runs.
 
 ``test_drift_event_triggers_retrain_deployment`` is the drift loop of issue 5: a champion
 trained through the pipeline deployment, ``monitor/kmflow-monitor`` on an undrifted batch (no
@@ -18,9 +19,9 @@ event, no retrain run), then on a drifted batch: the event reaches the server an
 deployment trigger alone creates a ``retrain`` run, which registers version 2 with version 1
 as parent and promotes it.
 
-The hourly monitor schedule is resumed to see the scheduler make runs of it, then switched
-off again (and its scheduled runs deleted) before the worker starts: otherwise a module running across
-the top of an hour would have the worker run ``monitor`` with the deployment's default
+The hourly monitor schedule is resumed to see the scheduler make runs of it, then switched off
+again (and its scheduled runs deleted) before the worker starts: otherwise a module running
+across the top of an hour would have the worker run ``monitor`` with the deployment's default
 parameters (relative paths, i.e. into the repository).
 
 Every process is started in its own session and its whole tree (the worker's flow runs and
@@ -349,9 +350,10 @@ def schedules(api: httpx.Client, deployed: str) -> Schedules:
 
     Resumes the (paused as shipped) hourly ``monitor`` cron and waits (up to
     ``SCHEDULER_TIMEOUT``) for the server's scheduler to create its runs: that proves the
-    schedule is live on the server, not only stored. Then every active schedule is deactivated and every remaining auto-scheduled run
-    deleted, so the worker (started after this fixture) can never run ``monitor`` with its
-    default parameters in the middle of the tests.
+    schedule is live on the server, not only stored. Then every active schedule is
+    deactivated and every remaining auto-scheduled run deleted, so the worker (started after
+    this fixture) can never run ``monitor`` with its default parameters in the middle of the
+    tests.
     """
     ids = {}
     for flow, name in DEPLOYMENTS:

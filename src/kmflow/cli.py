@@ -552,10 +552,12 @@ def _run_flow(
     if workers is not None and scheduler:
         raise typer.BadParameter("give --workers or --scheduler, not both")
     from kmflow.cluster import connect
+    from kmflow.cluster.session import check_paths_visible, run_paths
 
     _quiet_distributed()
     try:
-        with connect(_cluster_settings(workers, scheduler)):
+        with connect(_cluster_settings(workers, scheduler)) as client:
+            check_paths_visible(client, run_paths(params))  # before the flow run starts
             return flow(params)
     except KmflowError as exc:
         _fail(exc)

@@ -26,7 +26,7 @@ def apply_flow(params: ApplyParams = ApplyParams()) -> dict[str, Any]:  # noqa: 
     ``"per-image"`` each gets its own ``params.k`` colors and the model is not used.
     """
     t0 = time.perf_counter()
-    with cluster_session() as client:
+    with cluster_session(paths=[params.store, params.out]) as client:
         cluster = describe(client)
         if params.palette == "per-image":
             per_image = PerImageParams(n_colors=params.k, seed=params.seed, dither=params.dither)

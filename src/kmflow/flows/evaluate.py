@@ -21,7 +21,7 @@ __all__ = ["evaluate_flow"]
 def evaluate_flow(params: EvaluateParams = EvaluateParams()) -> dict[str, Any]:  # noqa: B008
     """Evaluate ``params.model`` (``params.version``, default the champion) on the store."""
     t0 = time.perf_counter()
-    with cluster_session() as client:
+    with cluster_session(paths=[params.store]) as client:
         cluster = describe(client)
         model = load_model_task(params.model, params.version)
         evaluation = evaluate_palette_task(

@@ -26,7 +26,7 @@ def ingest_flow(params: IngestParams = IngestParams()) -> dict[str, Any]:  # noq
     """
     logger = get_run_logger()
     t0 = time.perf_counter()
-    with cluster_session() as client:
+    with cluster_session(paths=[*params.sources, params.store]) as client:
         cluster = describe(client)
         summary = ingest_images(params)
     errors = summary["errors"]

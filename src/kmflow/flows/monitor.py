@@ -114,7 +114,7 @@ def monitor_flow(params: MonitorParams = MonitorParams()) -> dict[str, Any]:  # 
     logger = get_run_logger()
     t0 = time.perf_counter()
     errors: list[Any] = []
-    with cluster_session():
+    with cluster_session(paths=[*params.sources, params.store, params.reports]):
         # The champion first: an unknown model fails the run before anything is ingested.
         champion = load_model_task(params.model, None)
         n_store = None

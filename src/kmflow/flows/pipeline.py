@@ -25,7 +25,7 @@ def pipeline_flow(params: PipelineParams = PipelineParams()) -> dict[str, Any]: 
     """
     logger = get_run_logger()
     t0 = time.perf_counter()
-    with cluster_session():
+    with cluster_session(paths=[*params.sources, params.store, params.out]):
         ingest = ingest_flow(params.ingest())
         train = train_flow(params.train())
         applied = apply_flow(params.apply(train["version"]))

@@ -27,7 +27,7 @@ def retrain_flow(params: RetrainParams = RetrainParams()) -> dict[str, Any]:  # 
     the same event (or batch) returns the version the first registered.
     """
     logger = get_run_logger()
-    with cluster_session():
+    with cluster_session(paths=[params.store]):
         champion = load_model_task(params.model, None).record
         if champion.color_space is None:
             raise InvalidInputError(

@@ -92,7 +92,7 @@ def train_flow(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: 
                 params.idempotency_key,
             )
             return _already_done(done, find_champion_task(params.model))
-    with cluster_session() as client:
+    with cluster_session(paths=[params.store]) as client:
         cluster = describe(client)
         warm: list[list[float]] | None = None
         parent: int | None = None
