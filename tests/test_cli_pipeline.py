@@ -92,7 +92,9 @@ def test_pipeline_then_models_commands(setup: dict[str, str]) -> None:
     (line,) = [ln for ln in stdout.splitlines() if "photos" in ln and "models in" not in ln]
     assert line.split("│")[1:5] == [" photos ", " 2        ", " 2      ", " 1        "]
 
-    code, stdout, _ = _run(setup, "models", "show", "photos", "--version", "champion", *reg)
+    code, stdout, _ = _run(
+        setup, "models", "show", "photos", "--version", "champion", "--json", *reg
+    )
     assert code == 0
     shown = json.loads(stdout)
     assert shown["version"] == 1

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -19,13 +20,74 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
-from kmflow.config import ClusterSettings, get_settings
+from kmflow.config import ClusterSettings, Settings
 from kmflow.errors import KmflowError
 from kmflow.storage.fs import join_url, storage_options_for
 
+_WANTS_HELP = "kmflow.wants_help"
+_state = {"verbose": False}  # -v: tracebacks on errors
+
+
+class _Group(TyperGroup):
+    """kmflow's command group: a usage error is two plain lines, not a framed box.
+
+    ``error: Invalid value for '--seed': -1 is not in the range x>=0.`` and where the help
+    is; exit code 2 as for every user mistake.
+    """
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        # Settings are checked before every command except a request for its help.
+        ctx.meta[_WANTS_HELP] = "--help" in args
+        return super().parse_args(ctx, args)
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as exc:  # click's exceptions, as typer vendors them
+            if type(exc).__name__ == "NoArgsIsHelpError":  # as typer itself tells it apart
+                exc.show()  # type: ignore[attr-defined]
+                sys.exit(exc.exit_code)
+            _error_line(exc.format_message())
+            ctx = getattr(exc, "ctx", None)  # a usage error knows its command
+            if ctx is not None:
+                console.print(
+                    f"Try '{ctx.command_path} --help' for help.",
+                    highlight=False,
+                    markup=False,
+                    soft_wrap=True,
+                )
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            console.print("Aborted.", markup=False)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _error_line(message: str) -> None:
+    """``error: <message>`` on stderr, on one line however wide the terminal."""
+    console.print(f"[red]error:[/red] {_escape(message)}", highlight=False, soft_wrap=True)
+
+
 app = typer.Typer(
     name="kmflow",
+    cls=_Group,
     help="k-means clustering as a production workflow on Dask.",
     no_args_is_help=True,
     add_completion=False,
@@ -35,8 +97,18 @@ console = Console(stderr=True)
 out_console = Console()
 
 
+def _settings() -> Settings:
+    """The settings in effect; a bad ``KMFLOW_*`` variable is one line and exit code 2."""
+    from kmflow.preflight import load_settings
+
+    try:
+        return load_settings()
+    except KmflowError as exc:
+        _fail(exc)
+
+
 def _cluster_settings(workers: int | None, scheduler: str | None) -> ClusterSettings:
-    base = get_settings().cluster
+    base = _settings().cluster
     if scheduler:
         return base.model_copy(update={"mode": "address", "address": scheduler})
     if workers is not None:
@@ -58,13 +130,23 @@ def _progress() -> Progress:
 
 @app.callback()
 def main_callback(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every step.")] = False,
+    ctx: typer.Context,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log every step; tracebacks on errors.")
+    ] = False,
 ) -> None:
-    """k-means clustering as a production workflow on Dask."""
+    """k-means clustering as a production workflow on Dask.
+
+    Mistakes (a missing source, an unknown model, a bad option or KMFLOW_* variable) exit
+    with code 2 and one line on stderr naming the culprit, before any cluster starts.
+    """
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    _state["verbose"] = verbose
+    if not ctx.resilient_parsing and not ctx.meta.get(_WANTS_HELP):
+        _settings()  # a bad KMFLOW_* variable fails every command the same way
 
 
 @app.command()
@@ -105,12 +187,18 @@ def quantize(
     ] = "histogram",
     seed: Annotated[
         int | None,
-        typer.Option(help="Random seed (per-image palettes use 0 unless given)."),
+        typer.Option(
+            min=0,
+            help="Random seed, >= 0 (per-image palettes use 0 unless given; a shared palette "
+            "is seeded at random). The report's random_key is the 63-bit key drawn from it.",
+        ),
     ] = None,
     n_init: Annotated[
         int, typer.Option("--n-init", min=1, max=100, help="Per-image: seeded starts per image.")
     ] = 8,
-    max_iter: Annotated[int, typer.Option(min=1, help="Maximum Lloyd iterations.")] = 300,
+    max_iter: Annotated[
+        int, typer.Option(min=1, max=10_000, help="Maximum Lloyd iterations.")
+    ] = 300,
     dither: Annotated[
         bool, typer.Option(help="Floyd-Steinberg dithering (PSNR/ΔE describe the dithered PNG).")
     ] = False,
@@ -159,9 +247,10 @@ def quantize(
     ):
         if value not in allowed:
             raise typer.BadParameter(f"{name} must be one of {', '.join(map(repr, allowed))}")
-    settings = get_settings()
+    settings = _settings()
     t0 = time.perf_counter()
     try:
+        from kmflow.preflight import check_store
         from kmflow.storage.fs import storage_options_for
         from kmflow.storage.pixelstore import PixelStore
 
@@ -185,6 +274,7 @@ def quantize(
 
             sources = [sample_images_dir()]
         store_url = store or join_url(out, "store.zarr")
+        check_store(store_url, settings, label="--store" if store else "store")
         pixel_store = PixelStore(
             store_url,
             storage_options=storage_options_for(store_url, settings.storage),
@@ -257,7 +347,9 @@ def quantize(
         "stage_seconds": {k_: round(v, 3) for k_, v in result.seconds.items()},
         "store": store_url,
         "out": out,
-        "seed": shared.seed if shared is not None else options.per_image_params().seed,
+        # The seed given (per-image palettes: 0 unless given) and, for a shared palette, the
+        # 63-bit key the fit drew every random choice from (derived from the seed).
+        "seed": seed if shared is not None else options.per_image_params().seed,
     }
     if shared is not None:
         summary.update(
@@ -267,6 +359,7 @@ def quantize(
                 "inertia": shared.inertia,
                 "inertia_per_pixel": shared.inertia / max(1, shared.n_pixels),
                 "palette_url": result.palette_url,
+                "random_key": shared.seed,
             }
         )
     _print_quantize_summary(summary, result.images)
@@ -286,7 +379,7 @@ def quantize(
 
 def _job_cluster(workers: int | None, scheduler: str | None, local_bytes: int | None) -> Any:
     """The Dask context of a job: a cluster, or this process's threads for a small local job."""
-    settings = get_settings()
+    settings = _settings()
     small = (
         settings.cluster.mode == "local"
         and workers is None
@@ -309,7 +402,14 @@ def _job_cluster(workers: int | None, scheduler: str | None, local_bytes: int | 
 
 
 def _quiet_distributed() -> None:
-    """Dask's own INFO lines (scheduler, nanny, worker start and stop) only with -v."""
+    """Dask's own INFO lines (scheduler, nanny, worker start and stop) only with -v.
+
+    Also its warning that the default dashboard port is taken (with the dashboard off, the
+    scheduler's HTTP server then just takes another port): noise to a user.
+    """
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
     if not logging.getLogger().isEnabledFor(logging.INFO):
         for name in ("distributed", "distributed.scheduler", "distributed.nanny"):
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -317,11 +417,9 @@ def _quiet_distributed() -> None:
 
 def _fail(exc: BaseException) -> NoReturn:
     """A kmflow error as one line on stderr and exit code 2 (the traceback with -v)."""
-    if logging.getLogger().isEnabledFor(logging.INFO):
+    if _state["verbose"]:
         console.print_exception()
-    from rich.markup import escape
-
-    console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+    _error_line(" ".join(str(exc).split()))  # one line, whatever the message held
     raise typer.Exit(2) from exc
 
 
@@ -343,8 +441,17 @@ def pipeline(
     ] = "kmflow-data/store.zarr",
     color_space: Annotated[str, typer.Option("--color-space", help="'rgb' or 'lab'.")] = "rgb",
     method: Annotated[str, typer.Option(help="'histogram' or 'pixels'.")] = "histogram",
-    seed: Annotated[int | None, typer.Option(min=0, help="Random seed.")] = None,
-    max_iter: Annotated[int, typer.Option(min=1, help="Maximum Lloyd iterations.")] = 300,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Random seed, >= 0 (also seeds the held-out split). The model record keeps it "
+            "as params.seed; its 'seed' field is the 63-bit key the fit drew from it.",
+        ),
+    ] = None,
+    max_iter: Annotated[
+        int, typer.Option(min=1, max=10_000, help="Maximum Lloyd iterations.")
+    ] = 300,
     holdout: Annotated[
         float, typer.Option(min=0.0, max=0.95, help="Share held out for evaluation (0: none).")
     ] = 0.0,
@@ -364,12 +471,13 @@ def pipeline(
 
     With no PREFECT_API_URL set, Prefect runs it against a temporary local server it starts
     itself (ephemeral mode): nothing to start by hand. With PREFECT_API_URL set, the run is
-    recorded on that server (artifacts, logs, subflow runs).
+    recorded on that server (artifacts, logs, subflow runs). Sources, store and registry are
+    checked before any cluster or flow starts.
     """
-    from kmflow.flows.pipeline import pipeline_flow
     from kmflow.params import PipelineParams, SplitParams
 
-    with _as_bad_parameter():
+    # The split is built on its own, so its fields are named without the "holdout." prefix.
+    with _as_bad_parameter({"by": "--holdout-by", "fraction": "--holdout"}):
         params = PipelineParams(
             sources=list(source or []),
             store=store,
@@ -385,28 +493,67 @@ def pipeline(
             pattern=pattern,
             strict=strict,
         )
+
+    def check(settings: Settings) -> None:
+        from kmflow.errors import InvalidInputError
+        from kmflow.preflight import check_folder, check_registry, check_sources, check_store
+
+        found = check_sources(params.sources, settings, pattern=pattern) if params.sources else 1
+        stored = check_store(params.store, settings, label="--store")
+        if not found and not stored:
+            matching = f" matching {pattern!r}" if pattern else ""
+            raise InvalidInputError(
+                f"no images found in {', '.join(params.sources)}{matching}, and no store yet "
+                f"at {params.store}: nothing to train on"
+            )
+        check_folder(params.out, settings, label="--out")
+        check_registry(settings.registry.url, settings)
+
+    _preflight(check, workers, scheduler)
+    from kmflow.flows.pipeline import pipeline_flow
+
     result = _run_flow(pipeline_flow, params, workers, scheduler)
     train = result["train"]
-    table = Table(
-        title=f"kmflow pipeline: {model} version {train['version']}", title_justify="left"
-    )
-    for col in ("images", "k", "version", "champion", "SSE/px", "PSNR dB", "ΔE00", "seconds"):
+    title = f"kmflow pipeline: {model} version {train['version']}"
+    table = Table(title=title, title_justify="left")
+    for col in ("images", "k", "version", "champion", "seconds"):
         table.add_column(col, justify="right")
-    metrics = train["metrics"]
     table.add_row(
         str(result["ingest"]["n_images"]),
         str(k),
         str(train["version"]),
         str(train["champion"]),
-        f"{metrics['inertia_per_pixel']:.2f}",
-        f"{result['apply']['psnr']:.2f}",
-        f"{result['apply']['delta_e']:.2f}",
         f"{result['seconds']:.1f}",
     )
     out_console.print(table)
+    # Training metrics are measured on the evaluation part (held out, or every stored image);
+    # PSNR and ΔE describe the images the apply stage wrote (all of them).
+    measured = (
+        f"held-out {holdout:.0%} of the {'images' if holdout_by == 'image' else 'pixels'}"
+        if holdout > 0
+        else "all stored pixels (no hold-out)"
+    )
+    n_written = len(result["apply"]["images"])
+    metrics = Table(show_header=True, box=None)
+    for col in ("metric", "value", "measured on"):
+        metrics.add_column(col, justify="right" if col == "value" else "left")
+    metrics.add_row("SSE per pixel", f"{train['metrics']['inertia_per_pixel']:.2f}", measured)
+    written = f"all {n_written} image(s) written"
+    metrics.add_row("PSNR dB", f"{result['apply']['psnr']:.2f}", written)
+    metrics.add_row("ΔE00", f"{result['apply']['delta_e']:.2f}", written)
+    out_console.print(metrics)
     out_console.print(f"promotion: {train['reason']}")
     out_console.print(f"outputs:   {out}")
     _write_report(report, result)
+
+
+_THRESHOLD_OPTIONS = {
+    "thresholds.psi": "--psi",
+    "thresholds.js_distance": "--js",
+    "thresholds.sqdist_ratio": "--sqdist-ratio",
+    "thresholds.wasserstein": "--wasserstein",
+    "sources": "SOURCE",
+}
 
 
 @app.command()
@@ -425,13 +572,13 @@ def monitor(
         str, typer.Option(help="Folder or URL for the drift report of each batch.")
     ] = "kmflow-data/drift",
     pattern: Annotated[str | None, typer.Option(help="Glob filter inside folders.")] = None,
-    psi: Annotated[float, typer.Option(min=0.0, help="PSI threshold (occupancy).")] = 0.2,
+    psi: Annotated[float, typer.Option(min=0.0, help="PSI threshold (occupancy), > 0.")] = 0.2,
     js: Annotated[float, typer.Option(min=0.0, max=1.0, help="JS distance threshold.")] = 0.1,
     sqdist_ratio: Annotated[
-        float, typer.Option(min=1.0, help="Squared-distance ratio threshold.")
+        float, typer.Option(min=1.0, help="Squared-distance ratio threshold, > 1.")
     ] = 1.5,
     wasserstein: Annotated[
-        float, typer.Option(min=0.0, help="Per-channel Wasserstein threshold.")
+        float, typer.Option(min=0.0, help="Per-channel Wasserstein threshold, > 0.")
     ] = 8.0,
     workers: Annotated[int | None, typer.Option(min=1, help="Local Dask worker processes.")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Existing Dask scheduler address.")] = None,
@@ -444,12 +591,12 @@ def monitor(
     Ingests the batch, compares the images it added with the champion's training data and
     prints each statistic with its threshold and the decision. On drift the flow raises the
     Prefect event kmflow.drift.detected (which starts retraining where kmflow-retrain is
-    deployed). Runs in Prefect's ephemeral mode unless PREFECT_API_URL is set.
+    deployed). Runs in Prefect's ephemeral mode unless PREFECT_API_URL is set. Sources, store
+    and model are checked before any cluster or flow starts.
     """
-    from kmflow.flows.monitor import monitor_flow
     from kmflow.params import DriftThresholdParams, MonitorParams
 
-    with _as_bad_parameter():
+    with _as_bad_parameter(_THRESHOLD_OPTIONS):
         params = MonitorParams(
             sources=list(source),
             store=store,
@@ -460,6 +607,18 @@ def monitor(
                 psi=psi, js_distance=js, sqdist_ratio=sqdist_ratio, wasserstein=wasserstein
             ),
         )
+
+    def check(settings: Settings) -> None:
+        from kmflow.preflight import check_folder, check_model, check_sources, check_store
+
+        check_sources(params.sources, settings, pattern=pattern)  # an empty folder is fine
+        check_store(params.store, settings, label="--store")
+        check_folder(params.reports, settings, label="--reports")
+        check_model(params.model, settings)
+
+    _preflight(check, workers, scheduler)
+    from kmflow.flows.monitor import monitor_flow
+
     result = _run_flow(monitor_flow, params, workers, scheduler)
     if result["report"] is None:
         out_console.print("no new images: nothing to check")
@@ -516,11 +675,13 @@ def retrain(
     workers: Annotated[int | None, typer.Option(min=1, help="Local Dask worker processes.")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Existing Dask scheduler address.")] = None,
 ) -> None:
-    """Retrain the champion on the store now (the retrain flow), promote only if not worse."""
-    from kmflow.flows.retrain import retrain_flow
+    """Retrain the champion on the store now (the retrain flow), promote only if not worse.
+
+    The store and the model's champion are checked before any cluster or flow starts.
+    """
     from kmflow.params import RetrainParams, SplitParams
 
-    with _as_bad_parameter():
+    with _as_bad_parameter({"fraction": "--holdout"}):
         params = RetrainParams(
             store=store,
             model=model,
@@ -528,29 +689,123 @@ def retrain(
             holdout=SplitParams(fraction=holdout, by="row", seed=0),
             promote=promote,  # type: ignore[arg-type]
         )
+
+    def check(settings: Settings) -> None:
+        from kmflow.preflight import check_model, check_store
+
+        check_store(params.store, settings, must_exist=True, label="--store")
+        check_model(params.model, settings)
+
+    _preflight(check, workers, scheduler)
+    from kmflow.flows.retrain import retrain_flow
+
     result = _run_flow(retrain_flow, params, workers, scheduler)
     state = "promoted to champion" if result["promoted"] else "registered, not promoted"
     out_console.print(f"{model} version {result['version']} (parent {result['parent']}): {state}")
     out_console.print(f"reason: {result['reason']}")
 
 
+@app.command()
+def apply(
+    model: Annotated[str, typer.Option(help="Model whose palette paints the images.")] = "palette",
+    version: Annotated[
+        int | None, typer.Option(min=1, help="Version to apply (default: the champion).")
+    ] = None,
+    store: Annotated[
+        str, typer.Option(help="Pixel store whose images are rendered.")
+    ] = "kmflow-data/store.zarr",
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder or URL.")] = "kmflow-out",
+    dither: Annotated[bool, typer.Option(help="Floyd-Steinberg dithering.")] = False,
+    labels: Annotated[
+        bool, typer.Option(help="Also store labels(pixel) for every stored pixel.")
+    ] = True,
+    workers: Annotated[int | None, typer.Option(min=1, help="Local Dask worker processes.")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="Existing Dask scheduler address.")] = None,
+    report: Annotated[Path | None, typer.Option(help="Write the flow's result as JSON.")] = None,
+) -> None:
+    """Paint every stored image with a registered palette (the apply flow), PNGs under OUT.
+
+    The store, the model and the version are checked before any cluster or flow starts.
+    """
+    from kmflow.params import ApplyParams
+
+    with _as_bad_parameter({}):
+        params = ApplyParams(
+            store=store, model=model, version=version, out=out, dither=dither, labels=labels
+        )
+
+    def check(settings: Settings) -> None:
+        from kmflow.preflight import check_folder, check_model, check_store
+
+        check_store(params.store, settings, must_exist=True, label="--store")
+        check_folder(params.out, settings, label="--out")
+        check_model(params.model, settings, champion=version is None, version=version)
+
+    _preflight(check, workers, scheduler)
+    from kmflow.flows.apply import apply_flow
+
+    result = _run_flow(apply_flow, params, workers, scheduler)
+    out_console.print(
+        f"{model} version {result['version']}: {len(result['images'])} image(s) written to {out}"
+    )
+    out_console.print(
+        f"PSNR {result['psnr']:.2f} dB, ΔE00 {result['delta_e']:.2f} (all images written)"
+    )
+    if result.get("palette_url"):
+        out_console.print(f"palette: {result['palette_url']}")
+    _write_report(report, result)
+
+
 @contextmanager
-def _as_bad_parameter() -> Iterator[None]:
-    """Parameter-model validation errors as a usage error (exit code 2) naming the fields."""
+def _as_bad_parameter(options: Mapping[str, str]) -> Iterator[None]:
+    """Parameter-model validation errors as a usage error (exit code 2) naming the options.
+
+    ``options`` maps a field path of the parameter model (``"thresholds.psi"``) to the CLI
+    option it came from (``"--psi"``); other fields are named ``--field-name``.
+    """
     from pydantic import ValidationError
 
     try:
         yield
     except ValidationError as exc:
-        raise typer.BadParameter(_validation_message(exc)) from exc
+        names, messages = [], []
+        for error in exc.errors():
+            field = ".".join(str(p) for p in error["loc"])
+            names.append(options.get(field) or "--" + field.replace("_", "-"))
+            messages.append(f"{error['input']!r}: {error['msg']}")
+        if len(names) == 1:
+            raise typer.BadParameter(messages[0], param_hint=f"'{names[0]}'") from exc
+        raise typer.BadParameter(
+            "; ".join(f"{n} {m}" for n, m in zip(names, messages, strict=True))
+        ) from exc
+
+
+def _preflight(
+    check: Callable[[Settings], None], workers: int | None, scheduler: str | None
+) -> None:
+    """Run a command's checks before anything starts; a failure is one line, exit code 2."""
+    if workers is not None and scheduler:
+        raise typer.BadParameter("give --workers or --scheduler, not both")
+    settings = _settings()
+    try:
+        check(settings)
+    except KmflowError as exc:
+        _fail(exc)
 
 
 def _run_flow(
     flow: Callable[[Any], dict[str, Any]], params: Any, workers: int | None, scheduler: str | None
 ) -> dict[str, Any]:
-    """Run a flow in this process on the cluster the options ask for; kmflow errors exit 2."""
-    if workers is not None and scheduler:
-        raise typer.BadParameter("give --workers or --scheduler, not both")
+    """Run a flow in this process on the cluster the options ask for; kmflow errors exit 2.
+
+    Without ``PREFECT_API_URL`` Prefect starts a temporary server for the run; on a busy
+    machine its first start (a fresh database) can take longer than Prefect's default 20 s
+    wait, so the wait is 90 s unless ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS``
+    says otherwise.
+    """
+    import os
+
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     from kmflow.cluster import connect
     from kmflow.cluster.session import check_paths_visible, run_paths
 
@@ -561,10 +816,17 @@ def _run_flow(
             return flow(params)
     except KmflowError as exc:
         _fail(exc)
-
-
-def _validation_message(exc: Any) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+    except RuntimeError as exc:
+        if "ephemeral Prefect API server" not in str(exc):
+            raise
+        if _state["verbose"]:
+            console.print_exception()
+        _error_line(
+            f"{exc} Raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS (now "
+            f"{os.environ['PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS']} s), or set "
+            "PREFECT_API_URL to a running Prefect server."
+        )
+        raise typer.Exit(1) from exc
 
 
 models_app = typer.Typer(help="The model registry: list, show and promote versions.")
@@ -577,10 +839,12 @@ RegistryOption = Annotated[
 
 
 def _registry(url: str | None) -> Any:
+    from kmflow.preflight import check_registry
     from kmflow.storage.registry import ModelRegistry
 
-    settings = get_settings()
+    settings = _settings()
     target = url or settings.registry.url
+    check_registry(target, settings)
     return ModelRegistry(target, storage_options=storage_options_for(target, settings.storage))
 
 
@@ -616,18 +880,56 @@ def models_show(
         str, typer.Option(help="A version number, 'latest' or 'champion'.")
     ] = "latest",
     registry: RegistryOption = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print the whole record (model.json: parameters, metrics, reference "
+            "statistics with every histogram count) and the centers as JSON.",
+        ),
+    ] = False,
 ) -> None:
-    """A version's record (model.json) and centers, as JSON."""
+    """A version's record: a readable summary, or everything with --json.
+
+    The summary names both seeds: 'seed given' is the --seed of the training run (its
+    params.seed, empty when none was given); 'random key' is the record's 'seed' field, the
+    63-bit key the fit drew every random choice from (derived from the seed given).
+    """
     which: int | str = int(version) if version.isdigit() else version
     if which not in ("latest", "champion") and not isinstance(which, int):
-        raise typer.BadParameter("--version must be a number, 'latest' or 'champion'")
+        raise typer.BadParameter(
+            f"must be a number, 'latest' or 'champion'; got {version!r}", param_hint="'--version'"
+        )
     try:
-        model = _registry(registry).load(name, which)
+        from kmflow.preflight import check_model
+
+        check_model(name, _settings(), registry=registry, champion=which == "champion")
+        reg = _registry(registry)
+        model = reg.load(name, which)
+        champion = reg.champion(name)
     except KmflowError as exc:
         _fail(exc)
     payload = json.loads(model.record.to_json())
     payload["centers"] = model.centers.tolist()
-    out_console.print_json(json.dumps(payload))
+    if as_json:
+        out_console.print_json(json.dumps(payload))
+        return
+    rgb = None
+    if model.record.color_space is not None:
+        from kmflow.quantize import palette_from_model
+
+        rgb = palette_from_model(model).rgb
+    summary = _model_summary(
+        payload, champion=None if champion is None else champion.version, rgb=rgb
+    )
+    for heading, rows in summary.items():
+        table = Table(title=heading, title_justify="left", show_header=False, box=None)
+        table.add_column("name", style="bold")
+        table.add_column("value", overflow="fold")
+        for key, value in rows.items():
+            table.add_row(key, _escape(str(value)))
+        out_console.print(table)
+    out_console.print("(--json prints the whole record)", style="dim")
 
 
 @models_app.command("promote")
@@ -642,6 +944,116 @@ def models_promote(
     except KmflowError as exc:
         _fail(exc)
     out_console.print(f"{record.name} version {record.version} is now the champion")
+
+
+_MAX_CENTERS = 64
+
+
+def _hex(color: Sequence[float]) -> str:
+    r, g, b = (int(min(255, max(0, round(float(v))))) for v in color)
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def _levels(counts: Sequence[float]) -> str:
+    """Mean, median and 5-95 % range of one 256-bin channel histogram."""
+    import numpy as np
+
+    c = np.asarray(counts, dtype=np.float64)
+    total = c.sum()
+    if total <= 0:
+        return "empty"
+    levels = np.arange(len(c))
+    cdf = np.cumsum(c) / total
+    p5, p50, p95 = (int(np.searchsorted(cdf, q)) for q in (0.05, 0.5, 0.95))
+    return f"mean {float(levels @ c / total):.1f}, median {p50}, 5-95 % {p5}-{p95}"
+
+
+def _model_summary(
+    payload: Mapping[str, Any],
+    *,
+    champion: int | None = None,
+    rgb: Iterable[Sequence[float]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """A model record (``model.json`` plus ``centers``) summarised in sections of rows.
+
+    The reference statistics are summarised (occupancy per cluster, mean squared distance,
+    per-channel levels) instead of listing every histogram count; ``kmflow models show
+    --json`` prints everything. ``seed given`` is the training run's seed parameter,
+    ``random key`` the 63-bit key the fit drew from it (the record's ``seed`` field).
+    """
+    params = payload.get("params") or {}
+    seed_given = params.get("seed")
+    model: dict[str, Any] = {
+        "name": payload.get("name"),
+        "version": payload.get("version"),
+        "champion": (
+            "none yet"
+            if champion is None
+            else "yes"
+            if champion == payload.get("version")
+            else f"no (v{champion} is)"
+        ),
+        "parent": payload.get("parent"),
+        "created": payload.get("created_at"),
+        "k": payload.get("n_clusters"),
+        "features": payload.get("n_features"),
+        "color space": payload.get("color_space"),
+        "init": payload.get("init"),
+        "iterations": payload.get("n_iter"),
+        "converged": payload.get("converged"),
+        "inertia": f"{payload.get('inertia', float('nan')):.6g}",
+        "seed given": "none (random)" if seed_given is None else seed_given,
+        "random key": payload.get("seed"),
+        "training data": payload.get("fingerprint"),
+        "kmflow": payload.get("kmflow_version"),
+    }
+    sections: dict[str, dict[str, Any]] = {"Model": model}
+    metrics = payload.get("metrics") or {}
+    shown = {
+        k: (f"{v:.6g}" if isinstance(v, float) else v)
+        for k, v in metrics.items()
+        if isinstance(v, int | float | str) and not isinstance(v, bool)
+    }
+    promotion = metrics.get("promotion") or {}
+    if promotion:
+        shown["promoted"] = f"{promotion.get('promoted')}: {promotion.get('reason', '')}"
+    if "sizes" in metrics:
+        shown["cluster sizes"] = ", ".join(str(s) for s in metrics["sizes"])
+    sections["Metrics"] = shown
+    ref = payload.get("reference") or {}
+    if ref:
+        summary: dict[str, Any] = {
+            "measured on": f"{ref.get('part', '?')} ({ref.get('n_pixels', '?')} pixels)"
+        }
+        fractions = ref.get("cluster_fractions") or []
+        if fractions:
+            summary["occupancy"] = ", ".join(f"{100 * f:.1f} %" for f in fractions)
+        if "mean_sqdist" in ref:
+            summary["mean squared distance"] = f"{ref['mean_sqdist']:.6g}"
+        hist = ref.get("channel_histograms") or {}
+        space = str(hist.get("space", "")).lower()
+        names = {"srgb": ["R", "G", "B"], "rgb": ["R", "G", "B"], "lab": ["L", "a", "b"]}.get(
+            space, ["1", "2", "3"]
+        )
+        for i, counts in enumerate(hist.get("counts") or []):
+            name = names[i] if i < len(names) else str(i)
+            summary[f"{name} levels"] = _levels(counts)
+        sections["Reference statistics (drift checks)"] = summary
+    centers = payload.get("centers") or []
+    colors = list(rgb) if rgb is not None else None
+    rows: dict[str, Any] = {}
+    for i, center in enumerate(centers[:_MAX_CENTERS]):
+        text = ", ".join(f"{float(v):.4g}" for v in center)
+        if colors is not None:
+            text = f"{_hex(colors[i])}  ({text})"
+        rows[str(i)] = text
+    if len(centers) > _MAX_CENTERS:
+        rows["…"] = f"{len(centers) - _MAX_CENTERS} more (--json)"
+    sections["Centers" + (" (sRGB hex)" if colors is not None else "")] = rows
+    return {
+        heading: {k: "-" if v is None else v for k, v in rows.items()}
+        for heading, rows in sections.items()
+    }
 
 
 def _print_errors(errors: list[Any]) -> None:

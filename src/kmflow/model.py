@@ -144,7 +144,14 @@ class ModelRecord(BaseModel):
             "'warm-start' (from the centers of the parent version)."
         ),
     )
-    seed: int = Field(ge=0, description="Random seed the training run used.")
+    seed: int = Field(
+        ge=0,
+        description=(
+            "The 63-bit random key every random choice of the fit was drawn from (the "
+            "estimator's seed_), derived from the seed given to the training run; that seed "
+            "itself (None when none was given) is params['seed'] in records of kmflow's flows."
+        ),
+    )
     n_iter: int = Field(ge=0, description="Lloyd iterations run.")
     converged: bool = Field(description="Whether the run stopped because it converged.")
     inertia: float = Field(

@@ -8,7 +8,16 @@ from typing import Any
 from prefect import flow
 
 from kmflow.cluster.session import cluster_session, describe
-from kmflow.flows._report import publish_links, publish_metrics, publish_report
+from kmflow.flows._report import (
+    Cell,
+    cluster_table,
+    link,
+    publish_links,
+    publish_metrics,
+    publish_palette,
+    publish_report,
+    timings_table,
+)
 from kmflow.params import ApplyParams
 from kmflow.quantize import palette_from_model
 from kmflow.quantize.per_image import PerImageParams
@@ -33,11 +42,13 @@ def apply_flow(params: ApplyParams = ApplyParams()) -> dict[str, Any]:  # noqa: 
             report = quantize_per_image_task(params.store, params.out, per_image, params.model)
             report["palette_url"] = None
             version = None
+            palette = None
         else:
             model = load_model_task(params.model, params.version)
+            palette = palette_from_model(model)
             report = apply_palette_task(
                 params.store,
-                palette_from_model(model),
+                palette,
                 params.out,
                 params.model,
                 write_labels=params.labels,
@@ -49,10 +60,19 @@ def apply_flow(params: ApplyParams = ApplyParams()) -> dict[str, Any]:  # noqa: 
         "apply",
         {"images": len(report["images"]), "psnr": report["psnr"], "delta_e": report["delta_e"]},
     )
-    links = {"outputs": params.out}
+    publish_links(params.model, {"outputs": params.out})
+    if palette is not None:
+        publish_palette(
+            params.model,
+            f"Palette of {params.model} version {version}",
+            palette.rgb,
+            model.record.metrics.get("sizes"),
+            swatch_url=report["palette_url"],
+            sizes_label="training pixels",
+        )
+    outputs: dict[str, Any] = {"folder": Cell(link(params.out))}
     if report["palette_url"]:
-        links["palette"] = report["palette_url"]
-    publish_links(params.model, links)
+        outputs["palette swatch"] = Cell(link(report["palette_url"]))
     publish_report(
         params.model,
         "apply",
@@ -60,18 +80,18 @@ def apply_flow(params: ApplyParams = ApplyParams()) -> dict[str, Any]:  # noqa: 
         if version is not None
         else f"{params.store}: every image with its own {params.k} colors",
         {
-            "Outputs": {"folder": params.out, "palette": report["palette_url"]},
+            "Outputs": outputs,
             "Images": [
                 {
                     "image": i["relpath"],
-                    "output": i["output"],
-                    "psnr": i["psnr"],
-                    "delta_e": i["delta_e"],
+                    "output": Cell(link(i["output"])),
+                    "PSNR dB": i["psnr"],
+                    "ΔE00": i["delta_e"],
                 }
                 for i in report["images"]
             ],
-            "Dask cluster": cluster,
-            "Timings (s)": {"total": round(time.perf_counter() - t0, 3)},
+            "Dask cluster": cluster_table(cluster),
+            "Timings": timings_table({"total": time.perf_counter() - t0}),
         },
     )
     return {"model": params.model, "version": version, **report}

@@ -8,7 +8,13 @@ from typing import Any
 from prefect import flow
 
 from kmflow.cluster.session import cluster_session, describe
-from kmflow.flows._report import publish_metrics, publish_report
+from kmflow.flows._report import (
+    cluster_table,
+    palette_markdown,
+    publish_metrics,
+    publish_report,
+    timings_table,
+)
 from kmflow.params import EvaluateParams
 from kmflow.quantize import palette_from_model
 from kmflow.tasks.evaluate import evaluate_palette_task
@@ -24,8 +30,9 @@ def evaluate_flow(params: EvaluateParams = EvaluateParams()) -> dict[str, Any]: 
     with cluster_session(paths=[params.store]) as client:
         cluster = describe(client)
         model = load_model_task(params.model, params.version)
+        palette = palette_from_model(model)
         evaluation = evaluate_palette_task(
-            params.store, palette_from_model(model), params.holdout, params.silhouette_sample_size
+            params.store, palette, params.holdout, params.silhouette_sample_size
         )
     version = model.record.version
     publish_metrics(params.model, "evaluate", evaluation.metrics)
@@ -36,13 +43,15 @@ def evaluate_flow(params: EvaluateParams = EvaluateParams()) -> dict[str, Any]: 
         {
             "Parameters": params.model_dump(mode="json"),
             "Metrics": evaluation.metrics,
-            "Cluster sizes": [{"cluster": i, "pixels": s} for i, s in enumerate(evaluation.sizes)],
+            "Cluster sizes": palette_markdown(
+                palette.rgb, evaluation.sizes, sizes_label=f"pixels ({evaluation.part})"
+            ),
             "Images": [
                 {"image": q.relpath, "pixels": q.n_pixels, "psnr": q.psnr, "delta_e": q.delta_e}
                 for q in evaluation.images
             ],
-            "Dask cluster": cluster,
-            "Timings (s)": {"total": round(time.perf_counter() - t0, 3)},
+            "Dask cluster": cluster_table(cluster),
+            "Timings": timings_table({"total": time.perf_counter() - t0}),
         },
     )
     return {"model": params.model, "version": version, **evaluation.to_dict()}

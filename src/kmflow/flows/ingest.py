@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger
 
 from kmflow.cluster.session import cluster_session, describe
 from kmflow.errors import InvalidInputError
-from kmflow.flows._report import publish_metrics, publish_report
+from kmflow.flows._report import cluster_table, publish_metrics, publish_report, timings_table
 from kmflow.params import IngestParams
 from kmflow.tasks.ingest import ingest_images
 
@@ -54,8 +54,8 @@ def ingest_flow(params: IngestParams = IngestParams()) -> dict[str, Any]:  # noq
                 "fingerprint": summary["fingerprint"],
             },
             "Images that could not be ingested": errors,
-            "Cluster": cluster,
-            "Timings": {"seconds": round(time.perf_counter() - t0, 3)},
+            "Dask cluster": cluster_table(cluster),
+            "Timings": timings_table({"total": time.perf_counter() - t0}),
         },
     )
     if params.strict and errors:

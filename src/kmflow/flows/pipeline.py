@@ -8,7 +8,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from kmflow.cluster.session import cluster_session
-from kmflow.flows._report import publish_report
+from kmflow.flows._report import Cell, link, publish_report, timings_table
 from kmflow.flows.apply import apply_flow
 from kmflow.flows.ingest import ingest_flow
 from kmflow.flows.train import train_flow
@@ -56,12 +56,14 @@ def pipeline_flow(params: PipelineParams = PipelineParams()) -> dict[str, Any]: 
                 },
                 {
                     "stage": "apply",
-                    "result": f"{len(applied['images'])} image(s) to "
-                    f"{params.out}, PSNR {applied['psnr']:.2f} dB",
+                    "result": Cell(
+                        f"{len(applied['images'])} image(s) to {link(params.out)}, "
+                        f"PSNR {applied['psnr']:.2f} dB on all of them"
+                    ),
                 },
             ],
-            "Metrics": train["metrics"],
-            "Timings (s)": {"train": train["timings"], "total": round(seconds, 3)},
+            f"Metrics of version {train['version']} ({_measured_on(params)})": train["metrics"],
+            "Timings": timings_table({"train": train["timings"], "pipeline total": seconds}),
         },
     )
     return {
@@ -77,3 +79,11 @@ def pipeline_flow(params: PipelineParams = PipelineParams()) -> dict[str, Any]: 
         },
         "seconds": seconds,
     }
+
+
+def _measured_on(params: PipelineParams) -> str:
+    """Which pixels the training metrics describe: the held-out part or all of them."""
+    if params.holdout.fraction > 0:
+        unit = "images" if params.holdout.by == "image" else "pixels"
+        return f"on the held-out {params.holdout.fraction:.0%} of the {unit}"
+    return "on every stored pixel: no hold-out"

@@ -10,7 +10,13 @@ from prefect import flow, get_run_logger
 
 from kmflow.cluster.session import cluster_session, describe
 from kmflow.errors import InvalidInputError
-from kmflow.flows._report import publish_metrics, publish_report
+from kmflow.flows._report import (
+    cluster_table,
+    palette_markdown,
+    publish_metrics,
+    publish_report,
+    timings_table,
+)
 from kmflow.model import Model, ModelRecord
 from kmflow.params import SplitParams, TrainParams
 from kmflow.quantize import Evaluation, palette_from_model
@@ -185,7 +191,8 @@ def train_flow(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: 
                 "color space": record.color_space,
                 "iterations": record.n_iter,
                 "converged": record.converged,
-                "seed": record.seed,
+                "seed given": "none (random)" if params.seed is None else params.seed,
+                "random key (drawn from the seed)": record.seed,
             },
             "Parameters": params.model_dump(mode="json"),
             "Data": {
@@ -197,16 +204,15 @@ def train_flow(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: 
                 "pixels evaluated": evaluation.n_pixels,
             },
             "Metrics": metrics,
-            "Cluster sizes": [
-                {"cluster": i, "rgb": palette.rgb[i].tolist(), "pixels": s}
-                for i, s in enumerate(evaluation.sizes)
-            ],
+            "Cluster sizes": palette_markdown(
+                palette.rgb, evaluation.sizes, sizes_label=f"pixels ({evaluation.part})"
+            ),
             "Images": [
                 {"image": q.relpath, "pixels": q.n_pixels, "psnr": q.psnr, "delta_e": q.delta_e}
                 for q in evaluation.images
             ],
-            "Dask cluster": cluster,
-            "Timings (s)": {k: round(v, 3) for k, v in timings.items()},
+            "Dask cluster": cluster_table(cluster),
+            "Timings": timings_table(timings),
         },
     )
     return {
