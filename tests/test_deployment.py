@@ -714,8 +714,8 @@ def test_pipeline_deployment_runs_end_to_end(
     assert {"psnr", "inertia_per_pixel", "davies_bouldin"} <= {row["metric"] for row in rows}
     assert f"{MODEL} version 1" in artifacts[f"{MODEL}-train-report"]["data"]
     assert f"Pipeline: {MODEL} version 1" in artifacts[f"{MODEL}-pipeline-report"]["data"]
-    assert artifacts[f"{MODEL}-outputs"]["data"] == f"[outputs]({out})"
-    assert artifacts[f"{MODEL}-palette"]["data"] == f"[palette]({out / 'palette.png'})"
+    assert artifacts[f"{MODEL}-outputs"]["data"] == f"[outputs]({out.as_uri()})"
+    assert f"({(out / 'palette.png').as_uri()})" in artifacts[f"{MODEL}-palette"]["data"]
     assert artifacts[f"{MODEL}-training-progress"]["data"] == pytest.approx(100.0)
 
 
