@@ -155,7 +155,7 @@ def test_pipeline_then_models_commands(setup: dict[str, str]) -> None:
 def test_pipeline_rejects_bad_parameters_before_running(setup: dict[str, str]) -> None:
     code, _, stderr = _run(setup, "pipeline", setup["photos"], "--holdout-by", "pixel")
     assert code == 2
-    assert "by: Input should be 'image' or 'row'" in stderr
+    assert "'--holdout-by': 'pixel': Input should be 'image' or 'row'" in stderr
     code, _, stderr = _run(setup, "pipeline", setup["photos"], "--model", "bad name")
     assert code == 2
-    assert "model: String should match pattern" in stderr
+    assert "'--model': 'bad name': String should match pattern" in stderr

@@ -543,7 +543,7 @@ def pipeline(
     metrics.add_row("ΔE00", f"{result['apply']['delta_e']:.2f}", written)
     out_console.print(metrics)
     out_console.print(f"promotion: {train['reason']}")
-    out_console.print(f"outputs:   {out}")
+    out_console.print(f"outputs:   {out}", soft_wrap=True)
     _write_report(report, result)
 
 
@@ -643,7 +643,7 @@ def monitor(
         if result["drifted"]
         else "decision: no drift"
     )
-    out_console.print(f"report:   {result['report_url']}")
+    out_console.print(f"report:   {result['report_url']}", soft_wrap=True)
     _write_report(
         report,
         {
@@ -752,7 +752,7 @@ def apply(
         f"PSNR {result['psnr']:.2f} dB, ΔE00 {result['delta_e']:.2f} (all images written)"
     )
     if result.get("palette_url"):
-        out_console.print(f"palette: {result['palette_url']}")
+        out_console.print(f"palette: {result['palette_url']}", soft_wrap=True)
     _write_report(report, result)
 
 
@@ -1108,10 +1108,10 @@ def _print_quantize_summary(summary: dict[str, Any], images: list[Any]) -> None:
         f"{summary['seconds']:.1f}",
     )
     out_console.print(total)
-    out_console.print(f"outputs: {summary['out']}")
+    out_console.print(f"outputs: {summary['out']}", soft_wrap=True)
     if "palette_url" in summary:
-        out_console.print(f"palette: {summary['palette_url']}")
-    out_console.print(f"store:   {summary['store']}")
+        out_console.print(f"palette: {summary['palette_url']}", soft_wrap=True)
+    out_console.print(f"store:   {summary['store']}", soft_wrap=True)
 
 
 def _json_ready(value: Any) -> Any:

@@ -15,7 +15,7 @@ from prefect.events import emit_event
 from kmflow.cluster.session import cluster_session
 from kmflow.config import get_settings
 from kmflow.errors import InvalidInputError, SourceNotFoundError
-from kmflow.flows._report import publish_metrics, publish_report
+from kmflow.flows._report import Cell, link, publish_metrics, publish_report, timings_table
 from kmflow.params import IngestParams, MonitorParams
 from kmflow.storage.fs import (
     join_url,
@@ -192,10 +192,10 @@ def monitor_flow(params: MonitorParams = MonitorParams()) -> dict[str, Any]:  # 
                 "images": len(added),
                 "pixels": payload["n_pixels"],
                 "batch id": batch,
-                "report": report_url,
+                "report": Cell(link(report_url)),
             },
             "Images": [{"image": image["relpath"]} for image in added],
-            "Timings (s)": {"total": round(time.perf_counter() - t0, 3)},
+            "Timings": timings_table({"total": time.perf_counter() - t0}),
         },
     )
     event_id = None
