@@ -306,3 +306,25 @@ def test_verbose_shows_the_traceback(world: dict[str, Path]) -> None:
     assert code == 2
     assert "Traceback" in err
     assert "error: no model 'palete'" in err
+
+
+def test_an_object_store_error_past_the_storage_layer_is_one_storage_error() -> None:
+    from botocore.exceptions import EndpointConnectionError
+
+    from kmflow.cli import _storage_failure
+    from kmflow.errors import StorageError
+
+    endpoint = EndpointConnectionError(endpoint_url="http://127.0.0.1:9/bucket/store.zarr")
+    try:
+        try:
+            raise endpoint
+        except EndpointConnectionError as exc:
+            raise RuntimeError("a task failed") from exc
+    except RuntimeError as wrapped:
+        failure = _storage_failure(wrapped)
+    assert isinstance(failure, StorageError)
+    assert str(failure) == (
+        "storage failed: EndpointConnectionError: Could not connect to the endpoint URL: "
+        '"http://127.0.0.1:9/bucket/store.zarr"'
+    )
+    assert _storage_failure(ValueError("a bug")) is None

@@ -318,6 +318,11 @@ def quantize(
             bar.update(ingest_task, completed=len(checked.sources))
     except KmflowError as exc:
         _fail(exc)
+    except Exception as exc:
+        failure = _storage_failure(exc)
+        if failure is None:
+            raise
+        _fail(failure)
     ingest = result.ingest
     if ingest.errors:
         _print_errors(ingest.errors)
@@ -413,6 +418,32 @@ def _quiet_distributed() -> None:
     if not logging.getLogger().isEnabledFor(logging.INFO):
         for name in ("distributed", "distributed.scheduler", "distributed.nanny"):
             logging.getLogger(name).setLevel(logging.WARNING)
+
+
+# Where an object store's client raises its own exceptions from.
+_STORAGE_MODULES = frozenset({"botocore", "aiobotocore", "s3fs", "aiohttp", "gcsfs", "adlfs"})
+
+
+def _storage_failure(exc: BaseException) -> KmflowError | None:
+    """An object store's own exception that got past kmflow's storage layer, as a StorageError.
+
+    botocore's ``EndpointConnectionError`` (an S3 endpoint that still does not answer after
+    the bounded retries), ``ClientError`` and the like, found on `exc` or its chain of
+    causes, become one line naming the exception and its message (which names the
+    endpoint, never the credentials); None for anything else (a bug keeps its traceback).
+    """
+    from kmflow.errors import StorageError
+    from kmflow.storage.fs import redact_url
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if type(current).__module__.split(".")[0] in _STORAGE_MODULES:
+            message = redact_url(" ".join(str(current).split()))
+            return StorageError(f"storage failed: {type(current).__name__}: {message}")
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _fail(exc: BaseException) -> NoReturn:
@@ -816,8 +847,11 @@ def _run_flow(
             return flow(params)
     except KmflowError as exc:
         _fail(exc)
-    except RuntimeError as exc:
-        if "ephemeral Prefect API server" not in str(exc):
+    except Exception as exc:
+        failure = _storage_failure(exc)
+        if failure is not None:
+            _fail(failure)
+        if not isinstance(exc, RuntimeError) or "ephemeral Prefect API server" not in str(exc):
             raise
         if _state["verbose"]:
             console.print_exception()
