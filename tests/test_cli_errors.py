@@ -328,3 +328,10 @@ def test_an_object_store_error_past_the_storage_layer_is_one_storage_error() -> 
         '"http://127.0.0.1:9/bucket/store.zarr"'
     )
     assert _storage_failure(ValueError("a bug")) is None
+
+
+def test_pipeline_on_a_folder_without_images_and_no_store(world: dict[str, Path]) -> None:
+    store = world["root"] / "never.zarr"
+    code, _, err = invoke("pipeline", str(world["empty"]), "--store", str(store))
+    assert_one_clear_error(code, err, "no images found", str(world["empty"]))
+    assert not store.exists()
