@@ -145,6 +145,20 @@ def test_pipeline_then_models_commands(setup: dict[str, str]) -> None:
         assert set(stat) == {"value", "threshold", "drifted"}
     assert (root / "drift" / f"{drift['batch_id']}.json").exists()
 
+    # The recorded batch checked again by its id: nothing ingested, the same statistics.
+    again_json = root / "again.json"
+    monitor = ["--model", "photos", "--store", store, "--reports", str(root / "drift")]
+    code, stdout, stderr = _run(
+        setup, "monitor", "--batch", drift["batch_id"], *monitor, "--report", str(again_json)
+    )
+    assert code == 0, stderr[-3000:]
+    again = json.loads(again_json.read_text())
+    assert (again["batch_id"], again["n_images"]) == (drift["batch_id"], 1)
+    assert again["statistics"] == drift["statistics"]
+    code, _, stderr = _run(setup, "monitor", str(drifted), "--batch", drift["batch_id"], *monitor)
+    assert code == 2
+    assert "not both" in stderr
+
     # Retrain directly: a challenger warm-started from the champion (version 2).
     code, stdout, stderr = _run(setup, "retrain", "--model", "photos", "--store", store)
     assert code == 0, stderr[-3000:]

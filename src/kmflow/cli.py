@@ -590,11 +590,12 @@ _THRESHOLD_OPTIONS = {
 @app.command()
 def monitor(
     source: Annotated[
-        list[str],
+        list[str] | None,
         typer.Argument(
-            help="The new batch: image files, folders, globs or URLs.", show_default=False
+            help="The new batch: image files, folders, globs or URLs (none with --batch).",
+            show_default=False,
         ),
-    ],
+    ] = None,
     model: Annotated[str, typer.Option(help="Model whose champion is the reference.")] = "palette",
     store: Annotated[
         str, typer.Option(help="Pixel store the batch is ingested into.")
@@ -616,20 +617,32 @@ def monitor(
     report: Annotated[
         Path | None, typer.Option(help="Write the drift report (top-level 'drifted') as JSON.")
     ] = None,
+    batch: Annotated[
+        str | None,
+        typer.Option(
+            help="Check this recorded batch id again (from an earlier report) instead of "
+            "ingesting SOURCE.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Check a new batch of images for drift against the champion (the monitor flow).
 
-    Ingests the batch, compares the images it added with the champion's training data and
-    prints each statistic with its threshold and the decision. On drift the flow raises the
+    Ingests the batch, compares every image no saved report covers yet (those it added, and
+    any an earlier failed run left unchecked) with the champion's training data and prints
+    each statistic with its threshold and the decision. On drift the flow raises the
     Prefect event kmflow.drift.detected (which starts retraining where kmflow-retrain is
     deployed). Runs in Prefect's ephemeral mode unless PREFECT_API_URL is set. Sources, store
     and model are checked before any cluster or flow starts.
     """
     from kmflow.params import DriftThresholdParams, MonitorParams
 
+    if bool(source) == (batch is not None):
+        raise typer.BadParameter("give SOURCE (a new batch) or --batch ID, not both or neither")
     with _as_bad_parameter(_THRESHOLD_OPTIONS):
         params = MonitorParams(
-            sources=list(source),
+            **({"sources": list(source)} if source else {}),
+            batch=batch,
             store=store,
             model=model,
             pattern=pattern,
@@ -642,7 +655,8 @@ def monitor(
     def check(settings: Settings) -> None:
         from kmflow.preflight import check_folder, check_model, check_sources, check_store
 
-        check_sources(params.sources, settings, pattern=pattern)  # an empty folder is fine
+        if batch is None:
+            check_sources(params.sources, settings, pattern=pattern)  # an empty folder is fine
         check_store(params.store, settings, label="--store")
         check_folder(params.reports, settings, label="--reports")
         check_model(params.model, settings)
