@@ -335,3 +335,18 @@ def test_pipeline_on_a_folder_without_images_and_no_store(world: dict[str, Path]
     code, _, err = invoke("pipeline", str(world["empty"]), "--store", str(store))
     assert_one_clear_error(code, err, "no images found", str(world["empty"]))
     assert not store.exists()
+
+
+def test_a_store_folder_holding_only_a_writer_lease_is_a_new_store(tmp_path: Path) -> None:
+    """The first ingest takes the lease before it creates zarr.json (and may crash between)."""
+    from kmflow.preflight import check_store
+    from kmflow.storage.pixelstore import PixelStore
+
+    url = str(tmp_path / "store.zarr")
+    with PixelStore(url).writing(by="test"):
+        pass
+    assert (tmp_path / "store.zarr" / ".lease").is_dir()
+    assert check_store(url) is False  # nothing stored yet: one will be created
+    (tmp_path / "store.zarr" / "other.txt").write_text("x")
+    with pytest.raises(Exception, match="folder of other files"):
+        check_store(url)

@@ -23,7 +23,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from kmflow.config import ClusterSettings, Settings
-from kmflow.errors import KmflowError
+from kmflow.errors import KmflowError, ModelCorruptError
 from kmflow.storage.fs import join_url, storage_options_for
 
 _WANTS_HELP = "kmflow.wants_help"
@@ -906,13 +906,20 @@ def models_list(registry: RegistryOption = None) -> None:
             table.add_column(col)
         for name in reg.names():
             versions = reg.versions(name)
-            champion = reg.champion(name)
+            try:
+                champion: str = str(getattr(reg.champion(name), "version", "-"))
+            except ModelCorruptError as exc:  # one bad pointer must not hide the others
+                console.print(f"[yellow]warning:[/yellow] {_escape(str(exc))}", soft_wrap=True)
+                champion = "corrupt"
+            if not versions:
+                table.add_row(name, "0", "-", champion, "-", "-")
+                continue
             latest = versions[-1]
             table.add_row(
                 name,
                 str(len(versions)),
                 str(latest.version),
-                "-" if champion is None else str(champion.version),
+                champion,
                 str(latest.n_clusters),
                 latest.created_at.strftime("%Y-%m-%d %H:%M:%S"),
             )

@@ -175,6 +175,9 @@ def check_store(
             "(Zarr v3, zarr.json): give another path; kmflow does not convert v2 stores"
         )
     if "zarr.json" not in names:
+        # A store's writer lease may exist before its zarr.json: the first ingest takes the
+        # lease, then creates the store (and may have crashed in between).
+        names.discard(".lease")
         if names:
             raise StoreCorruptError(
                 f"{label} {shown} is a folder of other files ({len(names)} entries, no "

@@ -606,3 +606,21 @@ def test_one_corrupt_model_does_not_hide_the_others(
     rows = {line.split()[1]: line for line in proc.stdout.splitlines() if "│" in line}
     assert set(rows) & {"good", "mixed", "broken"} == {"good", "mixed"}
     assert "broken/v000001/model.json is not a valid model record" in proc.stderr
+
+    # A corrupt champion pointer: that model's champion shows as corrupt, the rest as before.
+    registry.promote("good", 2)
+    (tmp_path / "good" / "champion.json").write_bytes(b"\x00garbage")
+    proc = subprocess.run(
+        [sys.executable, "-m", "kmflow.cli", "models", "list", "--registry", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in proc.stdout.splitlines()]
+    table = {row[0]: row[1:4] for row in cells if row}
+    assert table["good"] == ["2", "2", "corrupt"]  # versions, latest, champion
+    assert table["mixed"] == ["1", "2", "-"]
+    assert "good/champion.json is not a valid champion pointer" in proc.stderr
