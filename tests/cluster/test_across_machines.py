@@ -102,16 +102,23 @@ def remote_cluster(tmp_path: Path, s3_endpoint: str) -> Iterator[tuple[str, dict
                     logs / f"worker{i}.log",
                 )
             )
-        deadline = time.monotonic() + 120
+        # Wait for the scheduler's port with a plain socket: a Client that fails to connect
+        # leaves an unclosed transport behind, which a later test's garbage collection
+        # reports as a ResourceWarning.
+        deadline = time.monotonic() + 180
         while True:
             try:
-                with Client(address, timeout=10) as client:
-                    client.wait_for_workers(2, timeout=60)
-                    break
-            except (OSError, TimeoutError):
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+                break
+            except OSError:
                 if time.monotonic() > deadline:
-                    pytest.fail("the cluster did not come up:\n" + _tails(logs))
-                time.sleep(1)
+                    pytest.fail("the scheduler did not come up:\n" + _tails(logs))
+                time.sleep(0.5)
+        with Client(address, timeout=60) as client:
+            try:
+                client.wait_for_workers(2, timeout=180)
+            except TimeoutError:
+                pytest.fail("the workers did not come up:\n" + _tails(logs))
         yield address, env, logs
 
 
