@@ -42,6 +42,7 @@ from kmflow.errors import InvalidInputError, KmflowError, SourceNotFoundError, S
 __all__ = [
     "get_fs",
     "join_url",
+    "local_temp_file",
     "read_bytes",
     "redact_url",
     "s3_attempts",
@@ -308,8 +309,13 @@ def write_bytes_atomic(
     logger.debug("wrote %d bytes to %s", len(data), redact_url(url))
 
 
-def _write_local_atomic(path: str, data: bytes, *, durable: bool = True) -> None:
-    """Write `data` to the local `path` through a temporary file and ``os.replace``."""
+def local_temp_file(path: str, data: bytes, *, durable: bool = True) -> str:
+    """Write `data` to a new temporary file next to the local `path`; return its path.
+
+    The name is unique (``.<name>.<uuid>.tmp``, created with ``O_EXCL``), the folder is
+    created if needed, and with `durable` the data is fsynced before this returns. The
+    caller moves the file into place (rename, hard link) or removes it.
+    """
     folder, name = os.path.split(path)
     folder = folder or "."
     os.makedirs(folder, exist_ok=True)
@@ -321,6 +327,17 @@ def _write_local_atomic(path: str, data: bytes, *, durable: bool = True) -> None
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def _write_local_atomic(path: str, data: bytes, *, durable: bool = True) -> None:
+    """Write `data` to the local `path` through a temporary file and ``os.replace``."""
+    tmp = local_temp_file(path, data, durable=durable)
+    try:
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

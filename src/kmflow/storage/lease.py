@@ -58,7 +58,7 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
 from kmflow.errors import StoreBusyError
-from kmflow.storage.fs import get_fs, join_url, redact_url, storage_errors
+from kmflow.storage.fs import get_fs, join_url, local_temp_file, redact_url, storage_errors
 
 __all__ = [
     "LeaseRecord",
@@ -162,16 +162,8 @@ def write_bytes_exclusive(
 
 def _create_local(path: str, data: bytes) -> bool:
     """Exclusive create on a local disk: a whole temporary file, hard-linked into place."""
-    folder, name = os.path.split(path)
-    folder = folder or "."
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    tmp = local_temp_file(path, data)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
         try:
             os.link(tmp, path)
         except FileExistsError:
