@@ -82,7 +82,7 @@ DEPLOYMENTS = {
 SERVER_START_TIMEOUT = 120.0  # about 20 s on a fresh database with 2 cores
 CLI_TIMEOUT = 180.0
 FLOW_RUN_TIMEOUT = 300.0
-SCHEDULER_TIMEOUT = 30.0  # the server's recent-deployments scheduler loop runs every 5 s
+SCHEDULER_TIMEOUT = 90.0  # the scheduler loop runs every 5 s here (set in _base_env)
 TRIGGER_TIMEOUT = 60.0  # event to triggered flow run: under a second when healthy
 RETRAIN_TIMEOUT = 240.0
 TERMINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
@@ -173,6 +173,9 @@ def _base_env(home: Path, tmpdir: Path, api_url: str) -> dict[str, str]:
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         DO_NOT_TRACK="1",
         PREFECT_SERVER_UI_ENABLED="false",
+        # the scheduler visits every deployment each 5 s (default 60): a schedule resumed
+        # through the API gets its runs within seconds, whatever the phase of its loop
+        PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="5",
         # a loaded two-core machine: give SQLite statements time before the server gives up
         PREFECT_SERVER_DATABASE_TIMEOUT="60",
         PREFECT_API_LOG_RETRYABLE_ERRORS="true",
