@@ -8,7 +8,7 @@ Davies-Bouldin and a 10,000-row silhouette sample of that clustering:
 - scikit-learn on every pixel (float64 ``X``, numpy labels);
 - kmflow on every pixel (``internal_metrics`` + ``silhouette_sample`` on a 2-worker LocalCluster);
 - kmflow on the color histogram (``color_histogram``, then the same two functions on the unique
-  colors weighted by their counts: what ``kmflow.quantize.evaluate_palette`` does).
+  colors weighted by their counts: what ``kmflow.jobs.palette.evaluate_palette`` does).
 
 Every contender runs in its own fresh subprocess (this script re-invoked with ``--worker NAME``)
 so its peak memory is its own; the data travel as ``.npy`` files in a temporary directory.
@@ -190,7 +190,7 @@ def _kmflow_evaluate(
     """(times, values, notes) of kmflow's metrics, on the current Dask client."""
     import dask.array as da
 
-    from kmflow.kernels.histogram import color_histogram
+    from kmflow.jobs.palette.histogram import color_histogram
     from kmflow.kernels.lloyd import assign
     from kmflow.kernels.metrics import internal_metrics, silhouette_sample
 

@@ -7,7 +7,7 @@ per image; each runs in its own fresh subprocess (this script re-invoked with ``
 two cores:
 
 - kmflow ``quantize`` in per-image mode (the default: each image its own k colors) and in
-  shared mode (one palette for all), through ``kmflow.quantize.job.plan`` / ``run`` on a
+  shared mode (one palette for all), through ``kmflow.jobs.palette.job.plan`` / ``run`` on a
   ``LocalCluster(n_workers=2, threads_per_worker=1)``;
 - scikit-learn ``KMeans(k, n_init=1)`` per image on a 1,000-pixel sample, then ``predict`` on
   all pixels (its color-quantization example), and on all of the image's pixels (on a
@@ -159,7 +159,7 @@ def _run_kmflow(args: argparse.Namespace, work: Path, palette: str, mem: PeakRSS
     from distributed import Client, LocalCluster, get_task_stream
 
     from kmflow.config import get_settings
-    from kmflow.quantize.job import QuantizeOptions, plan, run
+    from kmflow.jobs.palette.job import QuantizeOptions, plan, run
     from kmflow.storage.pixelstore import PixelStore
 
     out = work / "out" / args.worker
@@ -237,9 +237,9 @@ def _profile_per_image(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """
     import hashlib
 
+    from kmflow.jobs.palette.per_image import PerImageParams, fit_image_palette
+    from kmflow.jobs.palette.render import ColorHistogram, histogram_error, paint
     from kmflow.kernels.lloyd import nearest
-    from kmflow.quantize.per_image import PerImageParams, fit_image_palette
-    from kmflow.quantize.render import ColorHistogram, histogram_error, paint
     from kmflow.storage.images import encode_png_indexed
 
     names = json.loads((work / "images.json").read_text())[:: args.sklearn_every]
@@ -409,11 +409,11 @@ def worker_main(args: argparse.Namespace) -> int:
 def _image_metrics(job: tuple[str, dict[str, str]]) -> tuple[str, dict[str, Any]]:
     """Per contender: (sum of squared errors, sum of ΔE00, pixels) of one written image.
 
-    Squared errors: int64 over every pixel and channel. ΔE00 (kmflow.kernels.color, CIE Lab
+    Squared errors: int64 over every pixel and channel. ΔE00 (kmflow.jobs.palette.color, CIE Lab
     D65): on the distinct original colors weighted by their counts when each original color
     was written as one color (no dithering), else on the distinct (original, written) pairs.
     """
-    from kmflow.kernels.color import ciede2000, srgb_to_lab
+    from kmflow.jobs.palette.color import ciede2000, srgb_to_lab
 
     src, outs = job
     orig = _read(src).reshape(-1, 3)
@@ -835,7 +835,7 @@ def build_report(
         "them ran (not inside anyone's time): each written PNG read back with Pillow against "
         "its original; squared errors summed in int64 over all pixels and channels, PSNR = "
         "10·log10(255² / MSE) pooled over all images' pixels, and the mean of per-image PSNRs; "
-        "ΔE00 = pixel-weighted mean CIEDE2000 (kmflow.kernels.color, sRGB → Lab D65).",
+        "ΔE00 = pixel-weighted mean CIEDE2000 (kmflow.jobs.palette.color, sRGB → Lab D65).",
         "- peak RSS: summed RSS of the contender's subprocess and all its descendants (Dask "
         "nanny and workers, pool processes, pngquant), sampled every 50 ms; shared pages count "
         "once per process.",

@@ -236,7 +236,7 @@ def quantize(
     this process without one. The store keeps every image's pixels and per-image palette, so
     a later run over the same images re-renders without fitting again.
     """
-    from kmflow.quantize.job import QuantizeOptions, plan, run
+    from kmflow.jobs.palette.job import QuantizeOptions, plan, run
 
     if workers is not None and scheduler:
         raise typer.BadParameter("give --workers or --scheduler, not both")
@@ -971,7 +971,7 @@ def models_show(
         return
     rgb = None
     if model.record.color_space is not None:
-        from kmflow.quantize import palette_from_model
+        from kmflow.jobs.palette import palette_from_model
 
         rgb = palette_from_model(model).rgb
     summary = _model_summary(

@@ -181,7 +181,7 @@ def model() -> tuple[np.ndarray, dict[str, Any]]:
     per pixel, not this module's code) feeds an ``Evaluation`` whose
     ``reference_statistics()`` is what the registry writes.
     """
-    from kmflow.quantize import Evaluation
+    from kmflow.jobs.palette import Evaluation
 
     train = _pixels(200_000, seed=0)
     centers = KMeans(6, random_state=0).fit(train).cluster_centers_

@@ -123,7 +123,7 @@ def test_register_is_idempotent_within_a_flow_run(
 
 def test_palette_serializer_round_trips_exactly_and_refuses_anything_else() -> None:
     from kmflow.errors import InvalidInputError
-    from kmflow.quantize import Palette
+    from kmflow.jobs.palette import Palette
     from kmflow.tasks.train import PaletteSerializer
 
     rng = np.random.default_rng(0)

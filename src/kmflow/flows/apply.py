@@ -18,9 +18,9 @@ from kmflow.flows._report import (
     publish_report,
     timings_table,
 )
+from kmflow.jobs.palette import palette_from_model
+from kmflow.jobs.palette.per_image import PerImageParams
 from kmflow.params import ApplyParams
-from kmflow.quantize import palette_from_model
-from kmflow.quantize.per_image import PerImageParams
 from kmflow.tasks.apply import apply_palette_task, quantize_per_image_task
 from kmflow.tasks.registry import load_model_task
 

@@ -15,8 +15,8 @@ from kmflow.flows._report import (
     publish_report,
     timings_table,
 )
+from kmflow.jobs.palette import palette_from_model
 from kmflow.params import EvaluateParams
-from kmflow.quantize import palette_from_model
 from kmflow.tasks.evaluate import evaluate_palette_task
 from kmflow.tasks.registry import load_model_task
 

@@ -17,9 +17,9 @@ from kmflow.flows._report import (
     publish_report,
     timings_table,
 )
+from kmflow.jobs.palette import Evaluation, palette_from_model
 from kmflow.model import Model, ModelRecord
 from kmflow.params import SplitParams, TrainParams
-from kmflow.quantize import Evaluation, palette_from_model
 from kmflow.tasks.evaluate import evaluate_palette_task
 from kmflow.tasks.registry import (
     find_champion_task,

@@ -7,7 +7,7 @@
 - :func:`drift_report`: every statistic against its threshold, and the overall decision
 
 The reference is the dict a model's record stores (``Evaluation.reference_statistics()`` in
-:mod:`kmflow.quantize`)::
+:mod:`kmflow.jobs.palette`)::
 
     {"part": "all" | "eval", "n_pixels": int,
      "cluster_fractions": [k floats summing to 1],

@@ -869,7 +869,7 @@ class PixelStore:
         ----------
         keys : sequence of str
             32-hex-digit palette keys (an image's content hash and the fitting parameters
-            hashed together, see :meth:`kmflow.quantize.per_image.PerImageParams.palette_key`).
+            hashed together, see :meth:`kmflow.jobs.palette.per_image.PerImageParams.palette_key`).
 
         Returns
         -------

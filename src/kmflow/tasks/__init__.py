@@ -1,8 +1,8 @@
 """Prefect tasks: thin wrappers over kmflow's library code.
 
-Each task calls one library step (:mod:`kmflow.quantize`, :mod:`kmflow.storage`), logs with
+Each task calls one library step (:mod:`kmflow.jobs.palette`, :mod:`kmflow.storage`), logs with
 Prefect's run logger and returns something small and picklable: parameter models, metric
-dicts, a :class:`~kmflow.quantize.Palette` (k centers), a
+dicts, a :class:`~kmflow.jobs.palette.Palette` (k centers), a
 :class:`~kmflow.model.ModelRecord`. Never a Dask array, a client or an open store. Tasks find
 the flow run's Dask cluster as Dask's default client (see :mod:`kmflow.cluster.session`).
 

@@ -8,9 +8,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from kmflow.config import get_settings
-from kmflow.quantize import Palette, apply_palette
-from kmflow.quantize.outputs import output_urls
-from kmflow.quantize.per_image import PerImageParams, quantize_images
+from kmflow.jobs.palette import Palette, apply_palette
+from kmflow.jobs.palette.outputs import output_urls
+from kmflow.jobs.palette.per_image import PerImageParams, quantize_images
 from kmflow.storage.fs import storage_options_for
 from kmflow.tasks._common import (
     ProgressArtifact,
@@ -46,7 +46,7 @@ def apply_palette_task(
     Returns
     -------
     dict
-        The :class:`~kmflow.quantize.ApplyReport` as a dict (outputs, PSNR, ΔE per image).
+        The :class:`~kmflow.jobs.palette.ApplyReport` as a dict (outputs, PSNR, ΔE per image).
     """
     logger = run_logger()
     store = open_store(store_url)

@@ -9,10 +9,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from kmflow.config import get_settings
+from kmflow.jobs.palette import batch_drift, palette_from_model
 from kmflow.kernels.drift import DriftThresholds
 from kmflow.model import Model
 from kmflow.params import DriftThresholdParams
-from kmflow.quantize import batch_drift, palette_from_model
 from kmflow.storage.fs import join_url, storage_options_for, write_bytes_atomic
 from kmflow.storage.pixelstore import ImageRecord
 from kmflow.tasks._common import open_store, retry_on_transient_io, run_logger

@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from kmflow.jobs.palette import Evaluation, Palette, evaluate_palette
 from kmflow.params import SplitParams
-from kmflow.quantize import Evaluation, Palette, evaluate_palette
 from kmflow.tasks._common import open_store, run_logger, window_images
 from kmflow.tasks.train import split_of
 

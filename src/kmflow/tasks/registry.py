@@ -8,9 +8,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from kmflow.jobs.palette import Evaluation, Palette
 from kmflow.model import Model, ModelRecord
 from kmflow.params import TrainParams
-from kmflow.quantize import Evaluation, Palette
 from kmflow.tasks._common import open_registry, retry_on_transient_io, run_logger
 
 __all__ = [

@@ -11,9 +11,9 @@ from prefect.cache_policies import INPUTS, NO_CACHE, RUN_ID, TASK_SOURCE
 from prefect.serializers import Serializer
 from pydantic import Field
 
+from kmflow.jobs.palette import Palette, Split, fit_palette
 from kmflow.kernels.lloyd import IterationInfo
 from kmflow.params import SplitParams, TrainParams
-from kmflow.quantize import Palette, Split, fit_palette
 from kmflow.tasks._common import (
     ProgressArtifact,
     artifact_key,

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kmflow.kernels.color import ciede2000, psnr, srgb_to_lab
-from kmflow.quantize._compiled import image_histogram
-from kmflow.quantize.render import ColorHistogram, paint
+from kmflow.jobs.palette._compiled import image_histogram
+from kmflow.jobs.palette.color import ciede2000, psnr, srgb_to_lab
+from kmflow.jobs.palette.render import ColorHistogram, paint
 
 
 def _decode(png: bytes) -> np.ndarray:

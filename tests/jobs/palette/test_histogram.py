@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from kmflow import InvalidInputError, KMeans
-from kmflow.kernels.histogram import color_histogram, pack_rgb, unpack_rgb
+from kmflow.jobs.palette.histogram import color_histogram, pack_rgb, unpack_rgb
 
 
 def test_pack_unpack_round_trip() -> None:

@@ -12,10 +12,10 @@ from sklearn.cluster import KMeans as SKKMeans
 from sklearn.datasets import load_sample_images
 
 from kmflow import InvalidInputError
-from kmflow.kernels.color import psnr
-from kmflow.quantize.outputs import output_urls
-from kmflow.quantize.per_image import PerImageParams, fit_image_palette, quantize_images
-from kmflow.quantize.render import ColorHistogram, paint
+from kmflow.jobs.palette.color import psnr
+from kmflow.jobs.palette.outputs import output_urls
+from kmflow.jobs.palette.per_image import PerImageParams, fit_image_palette, quantize_images
+from kmflow.jobs.palette.render import ColorHistogram, paint
 from kmflow.storage.images import discover_images
 from kmflow.storage.pixelstore import PixelStore
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from kmflow.errors import OutputConflictError
-from kmflow.quantize.outputs import check_outputs, output_names, output_urls
+from kmflow.jobs.palette.outputs import check_outputs, output_names, output_urls
 from kmflow.storage.images import discover_images
 
 

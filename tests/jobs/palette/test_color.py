@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage.color import deltaE_ciede2000, lab2rgb, rgb2lab
 
-from kmflow.kernels.color import ciede2000, lab_to_srgb, psnr, srgb_to_lab
+from kmflow.jobs.palette.color import ciede2000, lab_to_srgb, psnr, srgb_to_lab
 
 # Pairs and ΔE00 from Sharma, Wu & Dalal (2005), supplementary test data.
 SHARMA = [

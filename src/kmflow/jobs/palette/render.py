@@ -15,9 +15,9 @@ from typing import Literal
 
 import numpy as np
 
-from kmflow.kernels.color import ciede2000, psnr, srgb_to_lab
+from kmflow.jobs.palette._compiled import floyd_steinberg, image_histogram
+from kmflow.jobs.palette.color import ciede2000, psnr, srgb_to_lab
 from kmflow.kernels.lloyd import nearest
-from kmflow.quantize._compiled import floyd_steinberg, image_histogram
 from kmflow.storage.images import encode_png, encode_png_indexed
 
 __all__ = ["ColorHistogram", "Painted", "histogram_error", "paint", "to_fit_space"]

@@ -38,10 +38,10 @@ import numba as nb
 import numpy as np
 
 from kmflow.errors import InvalidInputError
+from kmflow.jobs.palette.color import lab_to_srgb
+from kmflow.jobs.palette.render import ColorHistogram, ColorSpace, paint
 from kmflow.kernels import _numba
-from kmflow.kernels.color import lab_to_srgb
 from kmflow.kernels.lloyd import tolerance
-from kmflow.quantize.render import ColorHistogram, ColorSpace, paint
 from kmflow.storage.fs import write_bytes_atomic
 from kmflow.storage.pixelstore import ImageRecord, PixelStore
 
@@ -492,8 +492,8 @@ def _quantize_batch(
 def _fit_large(store: PixelStore, record: ImageRecord, params: PerImageParams) -> np.ndarray:
     """Centers for an image too large for one task: the distributed histogram and estimator."""
     from kmflow.estimator import KMeans
-    from kmflow.kernels.color import srgb_to_lab
-    from kmflow.kernels.histogram import color_histogram
+    from kmflow.jobs.palette.color import srgb_to_lab
+    from kmflow.jobs.palette.histogram import color_histogram
 
     pixels = store.pixels()[record.offset : record.offset + record.n_pixels]
     colors, counts = color_histogram(pixels)
@@ -541,7 +541,7 @@ def quantize_images(
         Holds the images' pixels, and the palettes fitted by earlier runs.
     images : sequence of (ImageRecord, str)
         Each stored image with the URL its PNG goes to (see
-        :func:`kmflow.quantize.outputs.output_urls`).
+        :func:`kmflow.jobs.palette.outputs.output_urls`).
     params : PerImageParams
     centers : ndarray of shape (k, 3), optional
         One palette (in ``params.color_space``) for every image instead of a fit per
@@ -629,7 +629,7 @@ def quantize_images(
     n = sum(q.height * q.width for q in quantized)
     sse = sum(q.sse for q in quantized)
     de = sum(q.delta_e * q.height * q.width for q in quantized)
-    from kmflow.kernels.color import psnr
+    from kmflow.jobs.palette.color import psnr
 
     return PerImageReport(
         images=quantized,

@@ -24,15 +24,15 @@ import dask.array as da
 import numpy as np
 
 from kmflow.errors import InvalidInputError, TooFewDistinctPointsError
-from kmflow.kernels.color import psnr, srgb_to_lab
+from kmflow.jobs.palette.color import psnr, srgb_to_lab
+from kmflow.jobs.palette.histogram import color_histogram
+from kmflow.jobs.palette.per_image import QuantizedImage, palette_rgb
+from kmflow.jobs.palette.render import ColorHistogram, histogram_error, to_fit_space
 from kmflow.kernels.drift import DriftReport, DriftThresholds, batch_statistics, drift_report
-from kmflow.kernels.histogram import color_histogram
 from kmflow.kernels.lloyd import Callback, assign, nearest
 from kmflow.kernels.metrics import internal_metrics, silhouette_sample
 from kmflow.kernels.split import holdout_items, holdout_rows
 from kmflow.model import Model
-from kmflow.quantize.per_image import QuantizedImage, palette_rgb
-from kmflow.quantize.render import ColorHistogram, histogram_error, to_fit_space
 from kmflow.storage.fs import join_url, write_bytes_atomic
 from kmflow.storage.images import encode_png
 from kmflow.storage.pixelstore import ImageRecord, PixelStore
@@ -472,7 +472,7 @@ def apply_palette(
     palette : Palette
     out : str
         Output folder or URL; the palette swatch goes to ``out/palette.png`` and each image
-        to the name :func:`kmflow.quantize.outputs.output_names` gives it, unless
+        to the name :func:`kmflow.jobs.palette.outputs.output_names` gives it, unless
         ``outputs`` says otherwise.
     storage_options : dict, optional
         fsspec options for ``out``.
@@ -496,11 +496,11 @@ def apply_palette(
     -----
     Rendering reads each image's pixels once, labels its unique colors (not every pixel),
     encodes and writes the PNG in the same task, a batch of images per task, all submitted
-    at once (:func:`kmflow.quantize.per_image.quantize_images`). With ``write_labels``, one
+    at once (:func:`kmflow.jobs.palette.per_image.quantize_images`). With ``write_labels``, one
     more ``compute`` writes the labels.
     """
-    from kmflow.quantize.outputs import PALETTE_NAME, output_urls
-    from kmflow.quantize.per_image import PerImageParams, quantize_images
+    from kmflow.jobs.palette.outputs import PALETTE_NAME, output_urls
+    from kmflow.jobs.palette.per_image import PerImageParams, quantize_images
 
     t0 = time.perf_counter()
     if write_labels:

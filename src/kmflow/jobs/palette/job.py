@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from kmflow.errors import InvalidInputError
-from kmflow.quantize.outputs import PALETTE_NAME, check_outputs, output_urls
-from kmflow.quantize.per_image import PerImageParams, QuantizedImage, quantize_images
+from kmflow.jobs.palette.outputs import PALETTE_NAME, check_outputs, output_urls
+from kmflow.jobs.palette.per_image import PerImageParams, QuantizedImage, quantize_images
 from kmflow.storage.fs import join_url
 from kmflow.storage.images import ImageSource, discover_images
 from kmflow.storage.pixelstore import ImageRecord, IngestProgress, IngestReport, PixelStore
@@ -231,7 +231,7 @@ def run(
             palette_url=None,
             seconds={"ingest": t_ingest, "fit+render": time.perf_counter() - t1},
         )
-    from kmflow.quantize.shared import apply_palette, fit_palette
+    from kmflow.jobs.palette.shared import apply_palette, fit_palette
 
     records = [r for r, _ in todo]
     unique = list({r.sha256: r for r in records}.values())

@@ -10,8 +10,8 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 
 from kmflow import InvalidInputError
-from kmflow.kernels.color import ciede2000, lab_to_srgb, psnr, srgb_to_lab
-from kmflow.quantize import apply_palette, fit_palette
+from kmflow.jobs.palette import apply_palette, fit_palette
+from kmflow.jobs.palette.color import ciede2000, lab_to_srgb, psnr, srgb_to_lab
 from kmflow.storage.images import discover_images
 from kmflow.storage.pixelstore import PixelStore
 
@@ -188,7 +188,7 @@ def _all_pixels(store: PixelStore) -> np.ndarray:
 
 
 def test_fit_on_an_image_split_sees_only_the_training_images(store: PixelStore) -> None:
-    from kmflow.quantize import Split, select
+    from kmflow.jobs.palette import Split, select
 
     split = Split(by="image", fraction=0.4, seed=1)
     train, held = select(store, split, "train"), select(store, split, "eval")
@@ -214,7 +214,7 @@ def test_fit_on_an_image_split_sees_only_the_training_images(store: PixelStore) 
 
 
 def test_fit_on_a_row_split_histogram_and_pixels_agree(store: PixelStore) -> None:
-    from kmflow.quantize import Split
+    from kmflow.jobs.palette import Split
 
     split = Split(by="row", fraction=0.3, seed=2)
     start = np.array([[20.0, 20, 20], [200, 200, 200], [200, 60, 40], [60, 120, 200], [90] * 3])
@@ -229,7 +229,7 @@ def test_fit_on_a_row_split_histogram_and_pixels_agree(store: PixelStore) -> Non
 def test_evaluate_matches_scikit_learn_and_apply(store: PixelStore, tmp_path: Path) -> None:
     from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score
 
-    from kmflow.quantize import evaluate_palette
+    from kmflow.jobs.palette import evaluate_palette
 
     palette = fit_palette(store, 6, random_state=0)
     ev = evaluate_palette(store, palette, silhouette_sample_size=500, random_state=0)
@@ -263,8 +263,8 @@ def test_evaluate_matches_scikit_learn_and_apply(store: PixelStore, tmp_path: Pa
 
 
 def test_evaluate_on_held_out_rows_only(store: PixelStore) -> None:
+    from kmflow.jobs.palette import Split, evaluate_palette
     from kmflow.kernels.split import holdout_rows
-    from kmflow.quantize import Split, evaluate_palette
 
     split = Split(by="row", fraction=0.25, seed=5)
     palette = fit_palette(store, 4, random_state=0, split=split)
@@ -281,7 +281,7 @@ def test_evaluate_on_held_out_rows_only(store: PixelStore) -> None:
 
 
 def test_palette_from_centers_validates() -> None:
-    from kmflow.quantize import palette_from_centers
+    from kmflow.jobs.palette import palette_from_centers
 
     p = palette_from_centers(np.array([[0.0, 0, 0], [255, 255, 255]]), "rgb")
     assert p.rgb.tolist() == [[0, 0, 0], [255, 255, 255]]
@@ -292,7 +292,7 @@ def test_palette_from_centers_validates() -> None:
 
 
 def test_evaluate_a_single_cluster_gives_nan_scores_not_an_error(tmp_path: Path) -> None:
-    from kmflow.quantize import evaluate_palette, palette_from_centers
+    from kmflow.jobs.palette import evaluate_palette, palette_from_centers
 
     folder = tmp_path / "flat"
     folder.mkdir()
