@@ -47,7 +47,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         converged=True,
         inertia=1.0,
         fingerprint="f" * 64,
-        color_space="rgb",
+        kind="palette",
+        preprocessing={"type": "color", "color_space": "rgb"},
         params={"seed": 7},
     )
     registry.promote("palette", record.version)

@@ -32,7 +32,8 @@ def registry(tmp_path: Path) -> str:
         converged=True,
         inertia=1234.5,
         fingerprint="a" * 64,
-        color_space="rgb",
+        kind="palette",
+        preprocessing={"type": "color", "color_space": "rgb"},
         params={"seed": SEED_GIVEN, "k": 3},
         metrics={"inertia_per_pixel": 1.5, "psnr": 30.25, "sizes": [50, 30, 20]},
         reference={

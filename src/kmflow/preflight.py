@@ -21,13 +21,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from kmflow.config import Settings, get_settings
+from kmflow.core.model import ModelRecord
 from kmflow.errors import (
     InvalidInputError,
     ModelNotFoundError,
     StoreCorruptError,
     StoreNotFoundError,
 )
-from kmflow.model import ModelRecord
 from kmflow.storage.fs import get_fs, redact_url, storage_errors, storage_options_for
 
 __all__ = [

@@ -28,8 +28,8 @@ import pytest
 from fsspec.core import url_to_fs
 
 import kmflow
+from kmflow.core.model import ModelRecord, centers_sha256
 from kmflow.errors import InvalidInputError, ModelCorruptError, ModelNotFoundError
-from kmflow.model import ModelRecord, centers_sha256
 from kmflow.storage.registry import ModelRegistry
 
 NAME = "palette"
@@ -132,7 +132,8 @@ class TestRegistryContract:
         r1 = _register(
             registry,
             C1,
-            color_space="lab",
+            kind="palette",
+            preprocessing={"type": "color", "color_space": "lab"},
             params={"max_iter": 300, "tol": 1e-4},
             metrics={"silhouette": math.nan, "gain": math.inf},
             reference={"proportions": np.array([0.5, 0.5])},
@@ -434,7 +435,8 @@ class TestRegistryContract:
         bad_fields: list[tuple[dict[str, Any], str]] = [
             ({"inertia": math.nan}, "inertia"),
             ({"seed": -1}, "seed"),
-            ({"color_space": "hsv"}, "color_space"),
+            ({"kind": "palette"}, "needs preprocessing of type 'color'"),
+            ({"kind": "hsv"}, "kind"),
             ({"metrics": {"when": dt.date(2025, 1, 1)}}, "not JSON-ready"),
             ({"run_key": ""}, "run_key"),
             ({"params": ["not", "a", "dict"]}, "params"),
@@ -624,3 +626,50 @@ def test_one_corrupt_model_does_not_hide_the_others(
     assert table["good"] == ["2", "2", "corrupt"]  # versions, latest, champion
     assert table["mixed"] == ["1", "2", "-"]
     assert "good/champion.json is not a valid champion pointer" in proc.stderr
+
+
+def test_model_files_round_trip_and_are_checked(tmp_path: Path) -> None:
+    """Preprocessing arrays (.npy) and other files are stored with the version and checked."""
+    registry = ModelRegistry(str(tmp_path / "models"))
+    center = np.array([1.5, -2.0, 0.25])
+    record = _register(
+        registry,
+        kind="vectors",
+        arrays={"center": center},
+        files={"classifier.segment-0.skops": b"not pickle"},
+    )
+    assert set(record.artifacts) == {"prep.center.npy", "classifier.segment-0.skops"}
+    model = registry.load(NAME, record.version)
+    assert model.artifacts["classifier.segment-0.skops"] == b"not pickle"
+    stored = np.load(tmp_path / "models" / NAME / "v000001" / "prep.center.npy")
+    np.testing.assert_array_equal(stored, center)
+    (tmp_path / "models" / NAME / "v000001" / "classifier.segment-0.skops").write_bytes(b"evil")
+    with pytest.raises(ModelCorruptError, match="changed after registration"):
+        registry.load(NAME, record.version)
+    (tmp_path / "models" / NAME / "v000001" / "classifier.segment-0.skops").unlink()
+    with pytest.raises(ModelCorruptError, match="is missing"):
+        registry.load(NAME, record.version)
+    with pytest.raises(InvalidInputError, match="plain file name"):
+        _register(registry, files={"../escape": b"x"})
+    with pytest.raises(InvalidInputError, match="plain file name"):
+        _register(registry, files={"centers.npy": b"x"})
+
+
+def test_records_written_before_kinds_read_as_palettes(tmp_path: Path) -> None:
+    """A model.json from before the kind field (color_space as the marker) still loads."""
+    registry = ModelRegistry(str(tmp_path / "models"))
+    record = _register(
+        registry, kind="palette", preprocessing={"type": "color", "color_space": "lab"}
+    )
+    path = tmp_path / "models" / NAME / "v000001" / "model.json"
+    old = json.loads(path.read_text())
+    for key in ("kind", "preprocessing", "artifacts"):
+        del old[key]
+    old["color_space"] = "lab"
+    path.write_text(json.dumps(old))
+    loaded = registry.load(NAME, record.version)
+    assert loaded.record.kind == "palette"
+    assert loaded.record.color_space == "lab"
+    old["color_space"] = None
+    path.write_text(json.dumps(old))
+    assert registry.record(NAME, record.version).kind == "vectors"

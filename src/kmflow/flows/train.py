@@ -9,6 +9,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from kmflow.cluster.session import cluster_session, describe
+from kmflow.core.model import Model, ModelRecord
 from kmflow.errors import InvalidInputError
 from kmflow.flows._report import (
     cluster_table,
@@ -18,7 +19,6 @@ from kmflow.flows._report import (
     timings_table,
 )
 from kmflow.jobs.palette import Evaluation, palette_from_model
-from kmflow.model import Model, ModelRecord
 from kmflow.params import SplitParams, TrainParams
 from kmflow.tasks.evaluate import evaluate_palette_task
 from kmflow.tasks.registry import (

@@ -3,7 +3,7 @@
 Layout under the registry URL::
 
     <name>/v000001/centers.npy    float64 (n_clusters, n_features), written by numpy.save
-    <name>/v000001/model.json     the ModelRecord (kmflow.model), written last
+    <name>/v000001/model.json     the ModelRecord (kmflow.core.model), written last
     <name>/v000002/...
     <name>/champion.json          {"version": N, "promoted_at": "<ISO 8601, UTC>", "previous": M}
 
@@ -48,6 +48,7 @@ array([1., 1., 1.])
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import json
 import logging
@@ -62,6 +63,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from kmflow.core.model import NAME_PATTERN, Model, ModelRecord, centers_sha256, read_npy
+from kmflow.core.preprocessing import array_file
 from kmflow.errors import (
     InvalidInputError,
     ModelCorruptError,
@@ -69,7 +72,6 @@ from kmflow.errors import (
     SourceNotFoundError,
     StorageError,
 )
-from kmflow.model import NAME_PATTERN, Model, ModelRecord, centers_sha256
 from kmflow.storage.fs import (
     get_fs,
     join_url,
@@ -191,7 +193,10 @@ class ModelRegistry:
         converged: bool,
         inertia: float,
         fingerprint: str,
-        color_space: Literal["rgb", "lab"] | None = None,
+        kind: str = "vectors",
+        preprocessing: Mapping[str, Any] | None = None,
+        arrays: Mapping[str, np.ndarray] | None = None,
+        files: Mapping[str, bytes] | None = None,
         params: Mapping[str, Any] | None = None,
         metrics: Mapping[str, Any] | None = None,
         reference: Mapping[str, Any] | None = None,
@@ -204,15 +209,23 @@ class ModelRegistry:
         ----------
         name : str
             Model name (letters, digits, ``.``, ``_``, ``-``; see
-            :data:`kmflow.model.NAME_PATTERN`).
+            :data:`kmflow.core.model.NAME_PATTERN`).
         centers : array-like of shape (n_clusters, n_features)
             The cluster centers; stored as float64. ``n_clusters`` and ``n_features`` of the
             record come from this shape.
-        init, seed, n_iter, converged, inertia, fingerprint, color_space : see ModelRecord
+        init, seed, n_iter, converged, inertia, fingerprint : see ModelRecord
             How the model was trained and on what.
+        kind : {"vectors", "palette", "segments"}, default "vectors"
+            What the model clusters (see :class:`~kmflow.core.model.ModelRecord`).
+        preprocessing : mapping, optional
+            The JSON part of the model's preprocessing (with its ``"type"``).
+        arrays : mapping of str to numpy.ndarray, optional
+            The preprocessing's arrays, stored as ``prep.<name>.npy`` (no pickle).
+        files : mapping of str to bytes, optional
+            Other files of the version (e.g. per-segment classifiers), by plain file name.
         params, metrics, reference : mapping, optional
             JSON-ready training parameters, evaluation metrics and reference statistics for
-            drift checks (non-finite floats allowed; see :mod:`kmflow.model`).
+            drift checks (non-finite floats allowed; see :mod:`kmflow.core.model`).
         parent : int, optional
             The complete version this one was warm-started or retrained from.
         run_key : str, optional
@@ -250,6 +263,7 @@ class ModelRegistry:
         array = _checked_centers(centers)
         if run_key is not None and (not isinstance(run_key, str) or not run_key):
             raise InvalidInputError(f"run_key must be a non-empty string; got {run_key!r}")
+        extra = _artifact_bytes(arrays, files)
         scan = self._scan(name)
         if run_key is not None:
             existing = self._find_run_key(name, run_key, scan.complete)
@@ -276,7 +290,11 @@ class ModelRegistry:
                     "version": version,
                     "n_clusters": array.shape[0],
                     "n_features": array.shape[1],
-                    "color_space": color_space,
+                    "kind": kind,
+                    "preprocessing": {} if preprocessing is None else preprocessing,
+                    "artifacts": {
+                        file: hashlib.sha256(data).hexdigest() for file, data in extra.items()
+                    },
                     "init": init,
                     "seed": seed,
                     "n_iter": n_iter,
@@ -299,6 +317,8 @@ class ModelRegistry:
         np.save(buffer, array, allow_pickle=False)
         record = self._claim(record, buffer.getvalue())
         version = record.version
+        for file, data in extra.items():
+            write_bytes_atomic(self._file_url(name, version, file), data, self._options)
         self._publish(record)
         logger.info(
             "registered %s v%d (%d clusters x %d features) in %s",
@@ -605,7 +625,23 @@ class ModelRegistry:
                 f"{shown} has sha256 {digest}, but {RECORD_FILE} says {record.centers_sha256}"
                 " (the centers were changed after registration)"
             )
-        return Model(record=record, centers=centers)
+        artifacts: dict[str, bytes] = {}
+        for file, want in record.artifacts.items():
+            file_url = self._file_url(name, record.version, file)
+            try:
+                artifacts[file] = read_bytes(file_url, self._options)
+            except SourceNotFoundError as exc:
+                raise ModelCorruptError(
+                    f"{redact_url(file_url)} is missing, but {RECORD_FILE} of {name!r} "
+                    f"v{record.version} lists it"
+                ) from exc
+            got = hashlib.sha256(artifacts[file]).hexdigest()
+            if got != want:
+                raise ModelCorruptError(
+                    f"{redact_url(file_url)} has sha256 {got}, but {RECORD_FILE} says {want}"
+                    " (the file was changed after registration)"
+                )
+        return Model(record=record, centers=centers, artifacts=artifacts)
 
     def champion(self, name: str) -> ModelRecord | None:
         """Return the record of the champion of `name`, or None if none was promoted yet.
@@ -780,41 +816,32 @@ def _checked_centers(centers: Any) -> np.ndarray:
     return array
 
 
-def _parse_centers(data: bytes, shown: str) -> np.ndarray:
-    """Read ``.npy`` bytes without unpickling; ModelCorruptError if they are not float64.
+def _artifact_bytes(
+    arrays: Mapping[str, np.ndarray] | None, files: Mapping[str, bytes] | None
+) -> dict[str, bytes]:
+    """The bytes of a version's extra files: arrays as ``prep.<name>.npy``, files as given."""
+    out: dict[str, bytes] = {}
+    for key, array in (arrays or {}).items():
+        raw = np.asarray(array)
+        if raw.dtype.kind not in "biuf":
+            raise InvalidInputError(
+                f"preprocessing array {key!r} must hold numbers; got {raw.dtype}"
+            )
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(raw), allow_pickle=False)
+        out[array_file(key)] = buffer.getvalue()
+    for file, data in (files or {}).items():
+        if file in out:
+            raise InvalidInputError(f"file {file!r} is given twice")
+        if not isinstance(data, bytes | bytearray):
+            raise InvalidInputError(f"file {file!r} must be bytes; got {type(data).__name__}")
+        out[file] = bytes(data)
+    return out
 
-    The header is read first and its shape and dtype checked against the size of the data,
-    so a tampered header (claiming 10**12 rows) is refused without allocating anything.
-    """
-    if data[:4] == b"PK\x03\x04":
-        raise ModelCorruptError(f"{shown} is an .npz archive, not an .npy array")
-    stream = io.BytesIO(data)
-    try:
-        major, _ = np.lib.format.read_magic(stream)
-        if major == 1:
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
-        elif major == 2:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
-        else:
-            raise ValueError(f"unsupported .npy format version {major}")
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
-        raise ModelCorruptError(f"{shown} is not a readable .npy array: {exc}") from exc
-    if dtype.hasobject:
-        raise ModelCorruptError(
-            f"{shown} is not a readable .npy array: it holds Python objects, which are never "
-            "unpickled (allow_pickle=False)"
-        )
-    if dtype != np.float64:
-        raise ModelCorruptError(f"{shown} holds {dtype} values, not float64")
-    count = 1
-    for n in shape:
-        count *= int(n)
-    expected = count * dtype.itemsize
-    available = len(data) - stream.tell()
-    if expected != available:
-        raise ModelCorruptError(
-            f"{shown} is not a readable .npy array: its header says shape {shape} "
-            f"({expected:,} bytes of {dtype}) but {available:,} bytes follow it"
-        )
-    flat = np.frombuffer(data, dtype=dtype, count=count, offset=stream.tell())
-    return flat.reshape(shape, order="F" if fortran else "C").copy(order="C")
+
+def _parse_centers(data: bytes, shown: str) -> np.ndarray:
+    """Read the ``centers.npy`` bytes: a float64 array (see :func:`kmflow.core.model.read_npy`)."""
+    array = read_npy(data, shown)
+    if array.dtype != np.float64:
+        raise ModelCorruptError(f"{shown} holds {array.dtype} values, not float64")
+    return array

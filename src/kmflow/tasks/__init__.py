@@ -3,7 +3,7 @@
 Each task calls one library step (:mod:`kmflow.jobs.palette`, :mod:`kmflow.storage`), logs with
 Prefect's run logger and returns something small and picklable: parameter models, metric
 dicts, a :class:`~kmflow.jobs.palette.Palette` (k centers), a
-:class:`~kmflow.model.ModelRecord`. Never a Dask array, a client or an open store. Tasks find
+:class:`~kmflow.core.model.ModelRecord`. Never a Dask array, a client or an open store. Tasks find
 the flow run's Dask cluster as Dask's default client (see :mod:`kmflow.cluster.session`).
 
 Retries only where I/O can fail transiently (:func:`~kmflow.tasks._common.retry_on_transient_io`);

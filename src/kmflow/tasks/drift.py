@@ -9,9 +9,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from kmflow.config import get_settings
+from kmflow.core.model import Model
 from kmflow.jobs.palette import batch_drift, palette_from_model
 from kmflow.kernels.drift import DriftThresholds
-from kmflow.model import Model
 from kmflow.params import DriftThresholdParams
 from kmflow.storage.fs import join_url, storage_options_for, write_bytes_atomic
 from kmflow.storage.pixelstore import ImageRecord

@@ -8,8 +8,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from kmflow.core.model import Model, ModelRecord
 from kmflow.jobs.palette import Evaluation, Palette
-from kmflow.model import Model, ModelRecord
 from kmflow.params import TrainParams
 from kmflow.tasks._common import open_registry, retry_on_transient_io, run_logger
 
@@ -75,7 +75,8 @@ def register_model_task(
         converged=palette.converged,
         inertia=palette.inertia,
         fingerprint=fingerprint,
-        color_space=palette.color_space,
+        kind="palette",
+        preprocessing=palette.preprocessing().to_json(),
         params={
             **params.model_dump(mode="json"),
             "n_pixels": palette.n_pixels,

@@ -11,16 +11,24 @@ so the figures are then summed over (color, index) pairs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
+from kmflow.errors import InvalidInputError
 from kmflow.jobs.palette._compiled import floyd_steinberg, image_histogram
 from kmflow.jobs.palette.color import ciede2000, psnr, srgb_to_lab
 from kmflow.kernels.lloyd import nearest
 from kmflow.storage.images import encode_png, encode_png_indexed
 
-__all__ = ["ColorHistogram", "Painted", "histogram_error", "paint", "to_fit_space"]
+__all__ = [
+    "ColorHistogram",
+    "ColorPreprocessing",
+    "Painted",
+    "histogram_error",
+    "paint",
+    "to_fit_space",
+]
 
 ColorSpace = Literal["rgb", "lab"]
 
@@ -28,6 +36,47 @@ ColorSpace = Literal["rgb", "lab"]
 def to_fit_space(rgb: np.ndarray, color_space: ColorSpace) -> np.ndarray:
     """sRGB colors in the space a palette is fitted in (RGB as is, or CIE Lab)."""
     return srgb_to_lab(rgb) if color_space == "lab" else rgb
+
+
+@dataclass(frozen=True)
+class ColorPreprocessing:
+    """A palette's preprocessing: sRGB pixels to the color space its centers live in.
+
+    Stored in the model record as ``{"type": "color", "color_space": "rgb" | "lab"}`` (no
+    arrays). :meth:`transform` takes ``(n, 3)`` sRGB values in 0-255 (uint8 or numbers).
+    """
+
+    color_space: ColorSpace
+    n_features: int = 3
+
+    def transform(self, data: object) -> np.ndarray:
+        rgb = np.asarray(data)
+        if rgb.ndim != 2 or rgb.shape[1] != 3 or rgb.dtype.kind not in "biuf":
+            raise InvalidInputError(
+                f"pixels must be an (n, 3) array of sRGB values; got shape {rgb.shape}, "
+                f"dtype {rgb.dtype}"
+            )
+        bad = rgb.dtype != np.uint8 and (
+            not np.isfinite(rgb).all() or rgb.min(initial=0) < 0 or rgb.max(initial=0) > 255
+        )
+        if bad:
+            raise InvalidInputError("pixels must be finite sRGB values in 0..255")
+        return np.asarray(to_fit_space(rgb.astype(np.float64), self.color_space), np.float64)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "color", "color_space": self.color_space}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {}
+
+    @classmethod
+    def from_json(cls, spec: dict[str, Any], arrays: dict[str, np.ndarray]) -> ColorPreprocessing:
+        space = spec.get("color_space")
+        if space not in ("rgb", "lab"):
+            raise InvalidInputError(
+                f"a palette's color space must be 'rgb' or 'lab'; got {space!r}"
+            )
+        return cls(color_space=space)
 
 
 @dataclass(eq=False)

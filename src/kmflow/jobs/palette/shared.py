@@ -23,16 +23,21 @@ import dask
 import dask.array as da
 import numpy as np
 
+from kmflow.core.model import Model
 from kmflow.errors import InvalidInputError, TooFewDistinctPointsError
 from kmflow.jobs.palette.color import psnr, srgb_to_lab
 from kmflow.jobs.palette.histogram import color_histogram
 from kmflow.jobs.palette.per_image import QuantizedImage, palette_rgb
-from kmflow.jobs.palette.render import ColorHistogram, histogram_error, to_fit_space
+from kmflow.jobs.palette.render import (
+    ColorHistogram,
+    ColorPreprocessing,
+    histogram_error,
+    to_fit_space,
+)
 from kmflow.kernels.drift import DriftReport, DriftThresholds, batch_statistics, drift_report
 from kmflow.kernels.lloyd import Callback, assign, nearest
 from kmflow.kernels.metrics import internal_metrics, silhouette_sample
 from kmflow.kernels.split import holdout_items, holdout_rows
-from kmflow.model import Model
 from kmflow.storage.fs import join_url, write_bytes_atomic
 from kmflow.storage.images import encode_png
 from kmflow.storage.pixelstore import ImageRecord, PixelStore
@@ -93,6 +98,10 @@ class Palette:
     @property
     def n_clusters(self) -> int:
         return int(self.centers.shape[0])
+
+    def preprocessing(self) -> ColorPreprocessing:
+        """What maps sRGB pixels to the space of these centers (stored with the model)."""
+        return ColorPreprocessing(self.color_space)
 
     def to_dict(self) -> dict[str, Any]:
         """The palette as JSON-ready values (floats as Python writes them: exact)."""
@@ -291,12 +300,13 @@ def palette_from_model(model: Model) -> Palette:
     Raises
     ------
     InvalidInputError
-        If the model is not an image palette (its record has no color space).
+        If the model is not an image palette (its kind is not "palette").
     """
     record = model.record
-    if record.color_space is None:
+    if record.kind != "palette" or record.color_space is None:
         raise InvalidInputError(
-            f"model {record.name} version {record.version} is not an image palette (no color space)"
+            f"model {record.name} version {record.version} is a {record.kind!r} model, "
+            "not an image palette"
         )
     return palette_from_centers(
         model.centers,

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from kmflow.core.model import Model, ModelRecord, centers_sha256
 from kmflow.errors import InvalidInputError
-from kmflow.model import Model, ModelRecord, centers_sha256
 
 CENTERS = np.array([[0.0, 1.0 / 3.0, -2.5], [1e-300, 7.0, 255.0]])
 WHEN = dt.datetime(2025, 3, 4, 5, 6, 7, 123456, tzinfo=dt.UTC)
@@ -26,7 +26,9 @@ def _fields(**overrides: Any) -> dict[str, Any]:
         "version": 2,
         "n_clusters": 2,
         "n_features": 3,
-        "color_space": "lab",
+        "kind": "palette",
+        "preprocessing": {"type": "color", "color_space": "lab"},
+        "artifacts": {},
         "init": "k-means||",
         "seed": 42,
         "n_iter": 9,
@@ -66,10 +68,14 @@ def test_valid_record_keeps_every_field() -> None:
 
 def test_defaults() -> None:
     fields = _fields()
-    for optional in ("color_space", "params", "metrics", "reference", "parent", "run_key"):
+    for optional in ("preprocessing", "artifacts", "params", "metrics", "reference"):
         del fields[optional]
+    for optional in ("parent", "run_key"):
+        del fields[optional]
+    fields["kind"] = "vectors"
     record = ModelRecord(**fields)
     assert record.color_space is None
+    assert record.preprocessing == record.artifacts == {}
     assert record.params == record.metrics == record.reference == {}
     assert record.parent is None
     assert record.run_key is None
@@ -104,7 +110,7 @@ def test_good_names(name: str) -> None:
         ("init", ""),
         ("fingerprint", ""),
         ("kmflow_version", ""),
-        ("color_space", "hsv"),
+        ("kind", "pixels"),
         ("centers_sha256", "abc"),
         ("centers_sha256", "F" * 64),
         ("run_key", ""),
@@ -308,3 +314,43 @@ def test_centers_sha256_is_of_float64_c_order_bytes() -> None:
     assert centers_sha256(CENTERS.astype(">f8")) == expected
     assert centers_sha256(CENTERS + 0.0) == expected
     assert centers_sha256(CENTERS[::-1]) != expected
+
+
+def test_models_predict_on_raw_inputs_through_their_preprocessing() -> None:
+    """A vectors model predicts on rows; a Lab palette converts sRGB pixels first."""
+    from kmflow.jobs.palette.color import srgb_to_lab
+
+    rgb_centers = np.array([[10.0, 10.0, 10.0], [240.0, 30.0, 30.0]])
+    lab_centers = srgb_to_lab(rgb_centers)
+    pixels = np.array([[0, 0, 0], [250, 20, 40], [200, 0, 0]], dtype=np.uint8)
+    record = ModelRecord(
+        **_fields(n_clusters=2, centers_sha256=centers_sha256(lab_centers), parent=None)
+    )
+    palette = Model(record=record, centers=lab_centers)
+    np.testing.assert_array_equal(palette.predict(pixels), [0, 1, 1])
+    np.testing.assert_allclose(palette.transform(pixels), srgb_to_lab(pixels.astype(float)))
+    with pytest.raises(InvalidInputError, match=r"\(n, 3\)"):
+        palette.predict(np.zeros((2, 4)))
+    vectors = Model(
+        record=ModelRecord(
+            **_fields(
+                kind="vectors",
+                preprocessing={},
+                centers_sha256=centers_sha256(rgb_centers),
+                parent=None,
+            )
+        ),
+        centers=rgb_centers,
+    )
+    np.testing.assert_array_equal(vectors.predict([[9.0, 9.0, 9.0], [239.0, 31.0, 29.0]]), [0, 1])
+    with pytest.raises(InvalidInputError, match=r"shape \(n, 3\)"):
+        vectors.predict([[1.0, 2.0]])
+
+
+def test_model_files_are_checked_against_the_record() -> None:
+    record = ModelRecord(**_fields(artifacts={"notes.txt": hashlib.sha256(b"ok").hexdigest()}))
+    Model(record=record, centers=CENTERS, artifacts={"notes.txt": b"ok"})
+    with pytest.raises(InvalidInputError, match="has sha256"):
+        Model(record=record, centers=CENTERS, artifacts={"notes.txt": b"changed"})
+    with pytest.raises(InvalidInputError, match="is missing"):
+        Model(record=record, centers=CENTERS)

@@ -24,7 +24,8 @@ Examples
 --------
 >>> import datetime as dt
 >>> record = ModelRecord(
-...     name="palette", version=1, n_clusters=2, n_features=3, color_space="lab",
+...     name="palette", version=1, n_clusters=2, n_features=3, kind="palette",
+...     preprocessing={"type": "color", "color_space": "lab"},
 ...     init="k-means||", seed=0, n_iter=7, converged=True, inertia=12.5,
 ...     metrics={"silhouette": float("nan")}, fingerprint="abc",
 ...     created_at=dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc),
@@ -39,18 +40,43 @@ True
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
+import io
 import math
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from kmflow.errors import InvalidInputError
+from kmflow.core.preprocessing import ARRAY_PREFIX, Preprocessor, load_preprocessor
+from kmflow.errors import InvalidInputError, ModelCorruptError
 
-__all__ = ["NAME_PATTERN", "Model", "ModelRecord", "centers_sha256"]
+__all__ = [
+    "KINDS",
+    "NAME_PATTERN",
+    "Model",
+    "ModelKind",
+    "ModelRecord",
+    "centers_sha256",
+    "read_npy",
+]
+
+#: What a model clusters. Each kind has one preprocessing type (``preprocessing["type"]``).
+ModelKind = Literal["vectors", "palette", "segments"]
+KINDS: tuple[str, ...] = ("vectors", "palette", "segments")
+_PREPROCESSING_TYPE: dict[str, str | None] = {
+    "vectors": None,
+    "palette": "color",
+    "segments": "table",
+}
+_ARTIFACT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_RESERVED_FILES = frozenset({"centers.npy", "model.json", "champion.json"})
 
 #: What a model name may look like: a letter or digit, then up to 127 letters, digits,
 #: ``.``, ``_`` or ``-`` (safe as a folder name and in a URL on every backend).
@@ -79,6 +105,46 @@ def centers_sha256(centers: np.ndarray) -> str:
     """
     data = np.ascontiguousarray(centers, dtype="<f8")
     return hashlib.sha256(data.tobytes(order="C")).hexdigest()
+
+
+def read_npy(data: bytes, shown: str) -> np.ndarray:
+    """Read ``.npy`` bytes without unpickling (ModelCorruptError if they are not a plain array).
+
+    The header is read first and its shape and dtype checked against the size of the data,
+    so a tampered header (claiming 10**12 rows) is refused without allocating anything.
+    """
+    if data[:4] == b"PK\x03\x04":
+        raise ModelCorruptError(f"{shown} is an .npz archive, not an .npy array")
+    stream = io.BytesIO(data)
+    try:
+        major, _ = np.lib.format.read_magic(stream)
+        if major == 1:
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif major == 2:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"unsupported .npy format version {major}")
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
+        raise ModelCorruptError(f"{shown} is not a readable .npy array: {exc}") from exc
+    if dtype.hasobject:
+        raise ModelCorruptError(
+            f"{shown} is not a readable .npy array: it holds Python objects, which are never "
+            "unpickled (allow_pickle=False)"
+        )
+    if dtype.kind not in "biuf":
+        raise ModelCorruptError(f"{shown} holds {dtype} values, not numbers")
+    count = 1
+    for n in shape:
+        count *= int(n)
+    expected = count * dtype.itemsize
+    available = len(data) - stream.tell()
+    if expected != available:
+        raise ModelCorruptError(
+            f"{shown} is not a readable .npy array: its header says shape {shape} "
+            f"({expected:,} bytes of {dtype}) but {available:,} bytes follow it"
+        )
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=stream.tell())
+    return flat.reshape(shape, order="F" if fortran else "C").copy(order="C")
 
 
 def _json_ready(value: Any, where: str) -> Any:
@@ -133,9 +199,27 @@ class ModelRecord(BaseModel):
     version: int = Field(ge=1, description="Version number within the name, from 1.")
     n_clusters: int = Field(ge=1, description="Number of clusters (rows of the centers).")
     n_features: int = Field(ge=1, description="Number of features (columns of the centers).")
-    color_space: Literal["rgb", "lab"] | None = Field(
-        default=None,
-        description="Color space the centers live in for image models; None for other data.",
+    kind: ModelKind = Field(
+        description=(
+            "What the model clusters, and so how raw inputs reach the centers' space: "
+            "'vectors' (rows of numbers, used as they are), 'palette' (RGB pixels, converted "
+            "to the color space in `preprocessing`) or 'segments' (table records, through the "
+            "stored column preprocessing)."
+        ),
+    )
+    preprocessing: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "The JSON part of the preprocessing that maps raw inputs to the centers' space "
+            "(its arrays are files listed in `artifacts`); empty for 'vectors'."
+        ),
+    )
+    artifacts: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Other files of the version (preprocessing arrays as .npy, per-segment "
+            "classifiers), file name -> SHA-256 (hex) of its bytes; checked on every load."
+        ),
     )
     init: str = Field(
         min_length=1,
@@ -196,7 +280,52 @@ class ModelRecord(BaseModel):
         description="Idempotency key of the run that registered it, if any.",
     )
 
-    @field_validator("params", "metrics", "reference", mode="before")
+    @model_validator(mode="before")
+    @classmethod
+    def _read_legacy(cls, data: Any) -> Any:
+        # Records written before models carried a kind marked palettes by their color space.
+        if isinstance(data, Mapping) and "kind" not in data and "color_space" in data:
+            data = dict(data)
+            space = data.pop("color_space")
+            if space is None:
+                data["kind"] = "vectors"
+            else:
+                data["kind"] = "palette"
+                data.setdefault("preprocessing", {"type": "color", "color_space": space})
+        return data
+
+    @field_validator("artifacts")
+    @classmethod
+    def _check_artifacts(cls, value: dict[str, str]) -> dict[str, str]:
+        for file, digest in value.items():
+            if not _ARTIFACT.match(file) or file in _RESERVED_FILES:
+                raise ValueError(
+                    f"artifact name {file!r} must be a plain file name (letters, digits, "
+                    "'.', '_', '-') other than centers.npy and model.json"
+                )
+            if not _SHA256.match(digest):
+                raise ValueError(f"artifact {file!r} has a malformed sha256 {digest!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> ModelRecord:
+        wanted = _PREPROCESSING_TYPE[self.kind]
+        given = self.preprocessing.get("type") if self.preprocessing else None
+        if given != wanted:
+            raise ValueError(
+                f"a {self.kind!r} model needs preprocessing of type {wanted!r}; got {given!r}"
+            )
+        return self
+
+    @property
+    def color_space(self) -> Literal["rgb", "lab"] | None:
+        """The color space of a palette's centers; None for every other kind."""
+        if self.kind != "palette":
+            return None
+        space: Literal["rgb", "lab"] = self.preprocessing["color_space"]
+        return space
+
+    @field_validator("params", "metrics", "reference", "preprocessing", mode="before")
     @classmethod
     def _check_json_ready(cls, value: Any, info: Any) -> Any:
         if not isinstance(value, Mapping):
@@ -253,7 +382,7 @@ class ModelRecord(BaseModel):
 
 @dataclass(frozen=True)
 class Model:
-    """A registered model: its record and its cluster centers.
+    """A registered model: its record, its cluster centers and its other files.
 
     Attributes
     ----------
@@ -262,16 +391,24 @@ class Model:
     centers : numpy.ndarray of shape (n_clusters, n_features)
         float64, C-contiguous and read-only (``centers.flags.writeable`` is False); a private
         copy of the array given.
+    artifacts : mapping of str to bytes
+        The version's other files (``record.artifacts``), checked against their SHA-256.
 
     Raises
     ------
     InvalidInputError
-        On construction, if `centers` is not a finite real array of the record's shape or its
-        SHA-256 is not ``record.centers_sha256``.
+        On construction, if `centers` is not a finite real array of the record's shape, its
+        SHA-256 is not ``record.centers_sha256``, or an artifact is missing or altered.
+
+    Examples
+    --------
+    A "vectors" model predicts on rows of numbers as they are; palettes and segment models
+    apply their stored preprocessing first (pixels, table records).
     """
 
     record: ModelRecord
     centers: np.ndarray
+    artifacts: Mapping[str, bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         raw = np.asarray(self.centers)
@@ -294,3 +431,62 @@ class Model:
             )
         centers.flags.writeable = False
         object.__setattr__(self, "centers", centers)
+        files = dict(self.artifacts)
+        for file, want in self.record.artifacts.items():
+            if file not in files:
+                raise InvalidInputError(
+                    f"file {file!r} of {self.record.name!r} v{self.record.version} is missing"
+                )
+            got = hashlib.sha256(files[file]).hexdigest()
+            if got != want:
+                raise InvalidInputError(
+                    f"file {file!r} of {self.record.name!r} v{self.record.version} has "
+                    f"sha256 {got} but the record says {want}"
+                )
+        object.__setattr__(self, "artifacts", MappingProxyType(files))
+
+    @property
+    def kind(self) -> str:
+        """What the model clusters (``record.kind``)."""
+        return self.record.kind
+
+    @functools.cached_property
+    def preprocessor(self) -> Preprocessor:
+        """The stored map from raw inputs to the centers' space (built on first use)."""
+        arrays = {
+            file[len(ARRAY_PREFIX) : -len(".npy")]: read_npy(data, file)
+            for file, data in self.artifacts.items()
+            if file.startswith(ARRAY_PREFIX) and file.endswith(".npy")
+        }
+        return load_preprocessor(
+            self.record.preprocessing, arrays, n_features=self.record.n_features
+        )
+
+    def transform(self, data: Any) -> Any:
+        """Raw inputs in the centers' space: pixels for palettes, records for segments.
+
+        Parameters
+        ----------
+        data
+            What the model's kind takes: rows of numbers ("vectors"), RGB pixels as an
+            (n, 3) array ("palette"), or table records as a pandas or dask DataFrame, a list
+            of dicts or a dict of lists ("segments").
+        """
+        return self.preprocessor.transform(data)
+
+    def predict(self, data: Any) -> np.ndarray:
+        """The nearest center of every raw input (see :meth:`transform`), as int32."""
+        return self.predict_features(self.transform(data))
+
+    def predict_features(self, X: Any) -> Any:
+        """The nearest center of every row already in the centers' space."""
+        from kmflow.kernels.lloyd import assign, nearest
+
+        if hasattr(X, "dask"):
+            return assign(X, self.centers)
+        x = np.asarray(X, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.record.n_features:
+            raise InvalidInputError(
+                f"features must have shape (n, {self.record.n_features}); got {x.shape}"
+            )
+        return nearest(x, self.centers)
