@@ -20,6 +20,7 @@ __all__ = [
     "StoreBusyError",
     "StoreCorruptError",
     "StoreNotFoundError",
+    "TableError",
     "TooFewDistinctPointsError",
 ]
 
@@ -72,6 +73,15 @@ class ImageDecodeError(InvalidInputError):
 
     Empty, not an image, truncated or corrupt, zero-size, an unsupported mode, or over the
     pixel limit; the message says which.
+    """
+
+
+class TableError(InvalidInputError):
+    """A table file (CSV, Parquet) or one of its columns is not usable as read.
+
+    Empty file, header without rows, a malformed line, files with different columns or
+    schemas, corrupt Parquet, a column of the wrong kind; the message is one line naming the
+    file, and the column and row (or line) where that applies.
     """
 
 
