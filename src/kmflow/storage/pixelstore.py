@@ -1,6 +1,9 @@
 """The pixel store: every pixel of an image collection in one Zarr v3 group, through xarray.
 
-Layout (one Zarr v3 group, no consolidated metadata; local path or any fsspec URL)::
+A row store (:mod:`kmflow.storage.rowstore`: the commit record, trimming after an interrupted
+writer, derived variables tagged with their fingerprint, the writer lease) whose rows are RGB
+pixels and whose items are images. Layout (one Zarr v3 group, no consolidated metadata; local
+path or any fsspec URL)::
 
     pixels      (pixel, channel)  uint8     RGB rows, chunked (chunk_pixels, 3)
     source      (image,)          string    URL the image was read from
@@ -13,43 +16,39 @@ Layout (one Zarr v3 group, no consolidated metadata; local path or any fsspec UR
     labels      (pixel,)          int32     optional, written by apply
     colors      (color, channel)  uint8     optional color histogram: unique colors ...
     counts      (color,)          int64     ... and how many pixels have each
+    palettes/                     group     optional per-image palettes, with their own commit
 
 The group attribute ``kmflow`` is the **commit record**: ``{"format": "kmflow.pixelstore",
 "version": 1, "channels": "RGB", "n_images": ..., "n_pixels": ..., "fingerprint": ...}``.
 Readers see only the first ``n_images`` images and the first ``n_pixels`` pixels; anything an
 interrupted ingest left beyond them (orphan pixels, half-appended metadata) is invisible and is
 trimmed by the next writer. An ingest appends pixels first, then the per-image metadata, then
-replaces the commit record (a single-object write: atomic on object stores and on zarr's local
-store), so a crash at any point never makes a half-written image visible and never changes an
-image already committed.
+replaces the commit record, so a crash at any point never makes a half-written image visible
+and never changes an image already committed. The fingerprint is
+:func:`kmflow.fingerprint.fingerprint` of the image sha256s.
 
 Derived variables carry the fingerprint of the images they were computed from (array attribute
-``fingerprint``, written after their data): labels and the histogram are ignored once new images
-are ingested. Labels must cover every pixel, so an ingest that adds pixels deletes them.
+``fingerprint``, written after their data; ``counts`` carries it for the histogram): labels and
+the histogram are ignored once new images are ingested. Labels must cover every pixel, so an
+ingest that adds pixels deletes them.
 
-Writers take turns through a **writer lease** (:mod:`kmflow.storage.lease`), kept in the
-subgroup ``.lease`` of the store: every method that writes (:meth:`PixelStore.ingest`,
-:meth:`~PixelStore.write_labels`, :meth:`~PixelStore.write_histogram`,
-:meth:`~PixelStore.write_image_palettes`) holds it for its whole run, so two processes
-ingesting into one store at once append one after the other. A writer that finds the lease
-held waits up to ``KMFLOW_STORAGE__LEASE_TIMEOUT`` seconds, then raises
-:class:`~kmflow.errors.StoreBusyError` naming the holder. A crashed writer's lease expires
-after ``KMFLOW_STORAGE__LEASE_TTL`` seconds (a running one renews it); the next writer then
-takes over and trims what the crashed one left uncommitted. Before each commit a writer checks
-against the storage that the lease is still its own. Any number of readers, at any time.
+Writers take turns through the store's **writer lease**, kept in the subgroup ``.lease``:
+every method that writes (:meth:`PixelStore.ingest`, :meth:`~PixelStore.write_labels`,
+:meth:`~PixelStore.write_histogram`, :meth:`~PixelStore.write_image_palettes`) holds it for
+its whole run, so two processes ingesting into one store at once append one after the other
+(``KMFLOW_STORAGE__LEASE_TIMEOUT``, ``KMFLOW_STORAGE__LEASE_TTL`` and the takeover of a
+crashed writer's lease: see :mod:`kmflow.storage.rowstore`). Any number of readers, at any
+time.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import hashlib
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import dask
 import dask.array as da
@@ -58,11 +57,12 @@ import xarray as xr
 import zarr
 from fsspec.utils import get_protocol
 
-from kmflow.config import get_settings
-from kmflow.errors import InvalidInputError, StoreCorruptError, StoreNotFoundError
-from kmflow.storage.fs import join_url, redact_url
+from kmflow.errors import InvalidInputError, StoreCorruptError
+from kmflow.fingerprint import fingerprint
+from kmflow.storage.fs import redact_url
 from kmflow.storage.images import DecodedImage, ImageSource, check_relpath, read_image
-from kmflow.storage.lease import StoreLease
+from kmflow.storage.rowstore import LEASE_GROUP as LEASE_GROUP  # the lease subgroup
+from kmflow.storage.rowstore import Commit, Layout, RowStoreBase, zarr_array
 
 __all__ = [
     "DEFAULT_BATCH_PIXELS",
@@ -81,10 +81,6 @@ DEFAULT_CHUNK_PIXELS = 2_097_152
 #: Pixels decoded and appended per ingest batch (64 MiB of RGB).
 DEFAULT_BATCH_PIXELS = 64 * 2**20 // 3
 
-_FORMAT = "kmflow.pixelstore"
-_VERSION = 1
-_RECORD_KEY = "kmflow"
-_IMAGE_CHUNK = 4096
 _MAX_BATCH_IMAGES = 4096
 _BATCH_GROWTH = 4
 _DECODE_TASKS = 32
@@ -92,14 +88,24 @@ _STRING = np.dtypes.StringDType()
 _STR_VARS = ("source", "relpath", "sha256")
 _INT_VARS = ("height", "width", "offset")
 _IMAGE_VARS = (*_STR_VARS, *_INT_VARS, "ingested_at")
-_TIME_ENCODING = {"units": "nanoseconds since 1970-01-01", "dtype": "int64"}
-#: Subgroup holding the writer lease's generation files (a Zarr group, so that Zarr and
-#: xarray listings of the store see a valid node and skip it).
-LEASE_GROUP = ".lease"
-_LEASE_MARKER = {
-    "zarr.json": b'{"zarr_format": 3, "node_type": "group", "attributes": '
-    b'{"kmflow": "writer lease of the pixel store (kmflow.storage.lease)"}}\n'
-}
+_NOUN = "pixel store"
+_LAYOUT = Layout(
+    format="kmflow.pixelstore",
+    noun=_NOUN,
+    version=1,
+    rows="pixels",
+    row_dim="pixel",
+    col_dim="channel",
+    item_dim="image",
+    item_vars=_IMAGE_VARS,
+    hash_var="sha256",
+    rows_key="n_pixels",
+    items_key="n_images",
+    fixed={"channels": "RGB"},
+    item_chunk=4096,
+    derived_sets=(("labels",), ("colors", "counts")),
+    create_hint="ingest images to create one",
+)
 
 
 # --------------------------------------------------------------------------- results
@@ -195,32 +201,6 @@ class _Tally:
     n_pixels: int = 0
 
 
-@dataclass(frozen=True)
-class _Record:
-    """The commit record (group attribute ``kmflow``)."""
-
-    n_images: int
-    n_pixels: int
-    fingerprint: str
-
-    def to_attrs(self) -> dict[str, Any]:
-        return {
-            _RECORD_KEY: {
-                "format": _FORMAT,
-                "version": _VERSION,
-                "channels": "RGB",
-                "n_images": self.n_images,
-                "n_pixels": self.n_pixels,
-                "fingerprint": self.fingerprint,
-            }
-        }
-
-
-def _fingerprint(sha256s: Sequence[str]) -> str:
-    """``sha256`` of the sorted image hashes joined by newlines (hex)."""
-    return hashlib.sha256("\n".join(sorted(sha256s)).encode("utf-8")).hexdigest()
-
-
 # --------------------------------------------------------------------------- worker-side tasks
 
 
@@ -270,29 +250,13 @@ def _rows_of(images: list[DecodedImage], keep: list[int]) -> np.ndarray:
 
 
 def _array(group: zarr.Group, name: str) -> zarr.Array[Any]:
-    node = group[name]
-    if not isinstance(node, zarr.Array):
-        raise StoreCorruptError(f"{name!r} in the pixel store is a group, not an array")
-    return node
-
-
-def _aligned_chunks(start: int, total: int, chunk: int) -> tuple[int, ...]:
-    """Row chunks for ``total`` rows written at row ``start`` so each Zarr chunk gets one."""
-    chunks: list[int] = []
-    first = (-start) % chunk
-    if first:
-        chunks.append(min(first, total))
-    remaining = total - sum(chunks)
-    chunks.extend([chunk] * (remaining // chunk))
-    if remaining % chunk:
-        chunks.append(remaining % chunk)
-    return tuple(chunks)
+    return zarr_array(group, name, _NOUN)
 
 
 # --------------------------------------------------------------------------- the store
 
 
-class PixelStore:
+class PixelStore(RowStoreBase):
     """The Zarr v3 pixel store of an image collection, written and read through xarray.
 
     Parameters
@@ -316,7 +280,9 @@ class PixelStore:
     The constructor does no I/O. Readers (:meth:`open`, :meth:`pixels`, :meth:`images`, ...)
     only ever see committed images; writers (:meth:`ingest`, :meth:`write_labels`,
     :meth:`write_histogram`, :meth:`write_image_palettes`) hold the store's writer lease
-    (:meth:`writing`) and first trim whatever an interrupted ingest left behind.
+    (:meth:`writing`) and first trim whatever an interrupted ingest left behind. The lease,
+    the commit record, trimming, :meth:`open` and :meth:`fingerprint` are those of
+    :class:`~kmflow.storage.rowstore.RowStoreBase`.
 
     Examples
     --------
@@ -334,206 +300,48 @@ class PixelStore:
         lease_timeout: float | None = None,
         lease_ttl: float | None = None,
     ) -> None:
-        if not isinstance(url, str) or not url:
-            raise InvalidInputError(f"url must be a non-empty string; got {url!r}")
-        if isinstance(chunk_pixels, bool) or not isinstance(chunk_pixels, int | np.integer):
-            raise InvalidInputError(f"chunk_pixels must be an int; got {chunk_pixels!r}")
-        if chunk_pixels < 1:
-            raise InvalidInputError(f"chunk_pixels must be >= 1; got {chunk_pixels}")
-        self.url = url
-        self.storage_options = dict(storage_options) if storage_options else None
-        self.chunk_pixels = int(chunk_pixels)
-        for name, value in (("lease_timeout", lease_timeout), ("lease_ttl", lease_ttl)):
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int | float) or value < 0
-            ):
-                raise InvalidInputError(f"{name} must be a number of seconds >= 0; got {value!r}")
-        if lease_ttl is not None and lease_ttl <= 0:
-            raise InvalidInputError(f"lease_ttl must be > 0 seconds; got {lease_ttl!r}")
-        self.lease_timeout = lease_timeout
-        self.lease_ttl = lease_ttl
-        self._leases: dict[int, StoreLease] = {}  # thread id -> the lease that thread holds
-        self._shown = redact_url(url)  # for messages and logs
-        self._protocol = get_protocol(url)
-        if self._protocol == "file":
-            self._target = url.removeprefix("file://")
-            self._options: dict[str, Any] | None = None
-        else:
-            self._target = url
-            self._options = self.storage_options
-
-    def __repr__(self) -> str:
-        return f"PixelStore({self._shown!r})"
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_leases"] = {}  # a lease belongs to the process (and thread) that holds it
-        return state
-
-    # ----------------------------------------------------------------------- writer lease
-
-    def lease(self, *, by: str | None = None) -> StoreLease:
-        """A new (not yet acquired) :class:`~kmflow.storage.lease.StoreLease` on this store.
-
-        Its timeout and TTL are this store's, or the settings'. Mostly for tools and tests:
-        the writing methods take the lease themselves (see :meth:`writing`).
-        """
-        storage = get_settings().storage
-        return StoreLease(
-            join_url(self.url, LEASE_GROUP),
-            storage_options=self.storage_options,
-            ttl=storage.lease_ttl if self.lease_ttl is None else self.lease_ttl,
-            timeout=storage.lease_timeout if self.lease_timeout is None else self.lease_timeout,
-            by=by,
-            name=self._shown,
-            marker=_LEASE_MARKER,
+        super().__init__(
+            url,
+            layout=_LAYOUT,
+            storage_options=storage_options,
+            chunk_rows=chunk_pixels,
+            lease_timeout=lease_timeout,
+            lease_ttl=lease_ttl,
+            chunk_name="chunk_pixels",
         )
 
-    @contextlib.contextmanager
-    def writing(self, *, by: str | None = None) -> Iterator[StoreLease]:
-        """Hold the store's writer lease for the block.
+    @property
+    def chunk_pixels(self) -> int:
+        """Pixels per Zarr chunk for a store created by this object."""
+        return self.chunk_rows or DEFAULT_CHUNK_PIXELS
 
-        Every writing method runs inside it; hold it yourself to keep several writes (an
-        ingest, then palettes) free of other writers in between. Re-entrant within a thread:
-        the writing methods called inside the block use the lease already held.
+    # ----------------------------------------------------------------------- layout hooks
 
-        Parameters
-        ----------
-        by : str, optional
-            What is writing, shown to writers kept waiting (default: the Prefect flow run,
-            or the command).
-
-        Raises
-        ------
-        StoreBusyError
-            If another writer held the lease for the whole wait (``lease_timeout``).
-        """
-        me = threading.get_ident()
-        held = self._leases.get(me)
-        if held is not None:
-            yield held
-            return
-        lease = self.lease(by=by)
-        lease.acquire()
-        self._leases[me] = lease
-        try:
-            yield lease
-        finally:
-            del self._leases[me]
-            lease.release()
-
-    def _check_lease(self) -> None:
-        """Before a commit step: the lease must still be this writer's (StoreBusyError)."""
-        lease = self._leases.get(threading.get_ident())
-        if lease is None:  # a bug: every writing path holds the lease
-            raise RuntimeError(f"{self!r}: writing without the writer lease")
-        lease.check()
-
-    # ----------------------------------------------------------------------- low level
-
-    def _group(self, mode: Literal["r", "r+"]) -> zarr.Group:
-        """Open the Zarr group (``mode`` 'r' or 'r+'); a missing store raises StoreNotFoundError."""
-        try:
-            return zarr.open_group(
-                self._target, mode=mode, zarr_format=3, storage_options=self._options
-            )
-        except FileNotFoundError as exc:  # zarr's GroupNotFoundError is one too
-            raise StoreNotFoundError(
-                f"no pixel store at {self._shown}: ingest images to create one"
-            ) from exc
-
-    def _record(self, group: zarr.Group) -> _Record:
-        """Validate the layout and return the commit record."""
-        raw = group.attrs.asdict().get(_RECORD_KEY)
-        if not isinstance(raw, dict) or raw.get("format") != _FORMAT:
-            raise StoreCorruptError(
-                f"{self._shown} is a Zarr group but not a kmflow pixel store "
-                f"(no {_RECORD_KEY!r} attribute with format {_FORMAT!r})"
-            )
-        if raw.get("version") != _VERSION:
-            raise StoreCorruptError(
-                f"pixel store {self._shown} has layout version {raw.get('version')!r}; "
-                f"this kmflow reads version {_VERSION}"
-            )
-        n_images, n_pixels, fp = raw.get("n_images"), raw.get("n_pixels"), raw.get("fingerprint")
-        if not (
-            isinstance(n_images, int)
-            and isinstance(n_pixels, int)
-            and isinstance(fp, str)
-            and n_images >= 0
-            and n_pixels >= 0
-        ):
-            raise StoreCorruptError(
-                f"pixel store {self._shown} has a malformed commit record {raw}"
-            )
-        arrays = dict(group.arrays())
-        missing = [name for name in ("pixels", *_IMAGE_VARS) if name not in arrays]
-        if missing:
-            raise StoreCorruptError(f"pixel store {self._shown} lacks the variables {missing}")
-        px = arrays["pixels"]
-        if px.dtype != np.uint8 or px.ndim != 2 or px.shape[1] != 3:
+    def _check_rows_array(self, rows: zarr.Array[Any]) -> None:
+        if rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[1] != 3:
             raise StoreCorruptError(
                 f"pixels in {self._shown} must be uint8 of shape (n, 3); "
-                f"got {px.dtype} of shape {px.shape}"
+                f"got {rows.dtype} of shape {rows.shape}"
             )
-        if px.shape[0] < n_pixels:
-            raise StoreCorruptError(
-                f"pixel store {self._shown} commits {n_pixels} pixels but holds {px.shape[0]}"
-            )
-        for name in _IMAGE_VARS:
-            if arrays[name].ndim != 1 or arrays[name].shape[0] < n_images:
+
+    def _check_committed(self, arrays: dict[str, zarr.Array[Any]], record: Commit) -> None:
+        """The last committed image must end at the last committed pixel."""
+        if record.n_items:
+            last = record.n_items - 1
+            o, h, w = (int(np.asarray(arrays[k][last])) for k in ("offset", "height", "width"))
+            end = o + h * w
+            if end != record.n_rows:
                 raise StoreCorruptError(
-                    f"{name} in pixel store {self._shown} has shape {arrays[name].shape}; "
-                    f"{n_images} images are committed"
+                    f"pixel store {self._shown} commits {record.n_rows} pixels but its last "
+                    f"image ends at pixel {end}"
                 )
-        return _Record(n_images, n_pixels, fp)
+        elif record.n_rows:
+            raise StoreCorruptError(
+                f"pixel store {self._shown} commits {record.n_rows} pixels but no images"
+            )
 
-    def _valid_derived(self, group: zarr.Group, record: _Record) -> set[str]:
-        """Names of the derived variables that describe the committed images."""
-        names = set(group.array_keys())
-        valid: set[str] = set()
-        if "labels" in names:
-            labels = group["labels"]
-            if (
-                isinstance(labels, zarr.Array)
-                and labels.shape == (record.n_pixels,)
-                and labels.attrs.get("fingerprint") == record.fingerprint
-            ):
-                valid.add("labels")
-        if {"colors", "counts"} <= names:
-            colors, counts = group["colors"], group["counts"]
-            if (
-                isinstance(colors, zarr.Array)
-                and isinstance(counts, zarr.Array)
-                and counts.attrs.get("fingerprint") == record.fingerprint
-                and colors.shape == (counts.shape[0], 3)
-            ):
-                valid.update({"colors", "counts"})
-        return valid
-
-    def _to_zarr(self, ds: xr.Dataset, record: _Record, **kwargs: Any) -> None:
-        """``ds.to_zarr`` into this store, keeping the commit record as it is.
-
-        xarray replaces the group's attributes with ``ds.attrs`` on every write, so the current
-        record is passed along; it is only ever advanced by :meth:`_write_record`.
-        """
-        ds = ds.assign_attrs(record.to_attrs())
-        ds.to_zarr(
-            self._target,
-            zarr_format=3,
-            consolidated=False,
-            storage_options=self._options,
-            **kwargs,
-        )
-
-    def _write_record(self, group: zarr.Group, record: _Record) -> None:
-        """Publish the commit record (one metadata-object write), lease checked first."""
-        self._check_lease()
-        group.attrs.update(record.to_attrs())
-
-    def _create(self) -> None:
-        """Create an empty store (zero images) at ``url``."""
-        empty = _Record(0, 0, _fingerprint([]))
+    def _empty(self) -> tuple[xr.Dataset, Commit]:
+        """An empty store (zero images): its variables and first commit record."""
         ds = xr.Dataset(
             {
                 "pixels": (("pixel", "channel"), np.zeros((0, 3), np.uint8)),
@@ -542,131 +350,9 @@ class PixelStore:
                 "ingested_at": ("image", np.array([], dtype="datetime64[ns]")),
             }
         )
-        encoding: dict[str, dict[str, Any]] = {
-            "pixels": {"chunks": (self.chunk_pixels, 3)},
-            **{name: {"chunks": (_IMAGE_CHUNK,)} for name in _IMAGE_VARS},
-        }
-        encoding["ingested_at"].update(_TIME_ENCODING)
-        # Mode "a", not "w-": the lease subgroup is already there (and the lease keeps other
-        # writers out).
-        self._to_zarr(ds, empty, mode="a", encoding=encoding)
-        logger.info("created pixel store %s (chunk_pixels=%d)", self._shown, self.chunk_pixels)
-
-    def _prepare_write(self, *, create: bool) -> tuple[zarr.Group, _Record]:
-        """Open for writing and trim what an interrupted ingest left past the commit record.
-
-        The caller holds the writer lease.
-        """
-        self._check_lease()
-        try:
-            group = self._group("r+")
-        except StoreNotFoundError:
-            if not create:
-                raise
-            self._create()
-            group = self._group("r+")
-        record = self._record(group)
-        arrays = dict(group.arrays())
-        for name in _IMAGE_VARS:
-            if arrays[name].shape[0] > record.n_images:
-                logger.warning(
-                    "%s: trimming %s from %d to %d images (an interrupted ingest)",
-                    self._shown,
-                    name,
-                    arrays[name].shape[0],
-                    record.n_images,
-                )
-                arrays[name].resize((record.n_images,))
-        if record.n_images:
-            last = record.n_images - 1
-            o, h, w = (int(np.asarray(arrays[k][last])) for k in ("offset", "height", "width"))
-            end = o + h * w
-            if end != record.n_pixels:
-                raise StoreCorruptError(
-                    f"pixel store {self._shown} commits {record.n_pixels} pixels but its last "
-                    f"image ends at pixel {end}"
-                )
-        elif record.n_pixels:
-            raise StoreCorruptError(
-                f"pixel store {self._shown} commits {record.n_pixels} pixels but no images"
-            )
-        pixels = arrays["pixels"]
-        if pixels.shape[0] > record.n_pixels:
-            logger.warning(
-                "%s: trimming %d orphan pixels of an interrupted ingest",
-                self._shown,
-                pixels.shape[0] - record.n_pixels,
-            )
-            pixels.resize((record.n_pixels, 3))
-        if "labels" in arrays and "labels" not in self._valid_derived(group, record):
-            del group["labels"]
-        return group, record
+        return ds, Commit(n_rows=0, n_items=0, fingerprint=fingerprint([]))
 
     # ----------------------------------------------------------------------- read side
-
-    def exists(self) -> bool:
-        """Whether a Zarr group exists at ``url`` (it may still fail :meth:`open` as corrupt)."""
-        try:
-            self._group("r")
-        except StoreNotFoundError:
-            return False
-        return True
-
-    def open(self) -> xr.Dataset:
-        """The committed content as a read-only, dask-backed :class:`xarray.Dataset`.
-
-        Returns
-        -------
-        xarray.Dataset
-            ``pixels`` sliced to the committed pixels, the per-image variables to the committed
-            images; ``labels`` and ``colors``/``counts`` only when they describe the current
-            images. Its ``attrs["kmflow"]`` is the commit record.
-
-        Raises
-        ------
-        StoreNotFoundError
-            Nothing at ``url``.
-        StoreCorruptError
-            A Zarr group that is not a kmflow pixel store.
-
-        Notes
-        -----
-        Reads metadata only; no pixel is loaded.
-        """
-        group = self._group("r")
-        record = self._record(group)
-        keep = {"pixels", *_IMAGE_VARS} | self._valid_derived(group, record)
-        arrays = dict(group.arrays())
-        drop = sorted(set(arrays) - keep)
-        sizes: dict[str, set[int]] = {}
-        for name in keep:
-            dims = arrays[name].metadata.dimension_names or ()  # type: ignore[union-attr]
-            for dim, n in zip(dims, arrays[name].shape, strict=False):
-                sizes.setdefault(str(dim), set()).add(n)
-        committed = {"pixel": slice(0, record.n_pixels), "image": slice(0, record.n_images)}
-        if all(len(s) == 1 for s in sizes.values()):
-            ds = self._open_zarr(drop).isel(committed, missing_dims="ignore")
-        else:
-            # An interrupted ingest appended some per-image variables but not all: open each
-            # variable alone (xarray refuses a dimension with two lengths), cut, then merge.
-            parts = [
-                self._open_zarr(sorted(set(arrays) - {name})).isel(committed, missing_dims="ignore")
-                for name in sorted(keep)
-            ]
-            ds = xr.merge(parts, combine_attrs="override", join="exact", compat="override")
-        return ds.assign_attrs(record.to_attrs())
-
-    def _open_zarr(self, drop: Sequence[str]) -> xr.Dataset:
-        return xr.open_dataset(
-            self._target,
-            engine="zarr",
-            zarr_format=3,
-            consolidated=False,
-            storage_options=self._options,
-            drop_variables=list(drop),
-            chunks={},
-            mode="r",
-        )
 
     def pixels(self) -> da.Array:
         """The committed pixels.
@@ -676,7 +362,7 @@ class PixelStore:
         dask.array.Array of uint8, shape (n_pixels, 3)
             RGB rows in the store's chunks (the last one may be partial).
         """
-        return self.open()["pixels"].data
+        return self.rows()
 
     def images(self) -> list[ImageRecord]:
         """The committed images, in the order they were ingested.
@@ -703,18 +389,19 @@ class PixelStore:
     @property
     def n_pixels(self) -> int:
         """Number of committed pixels (0 for an empty store)."""
-        return self._record(self._group("r")).n_pixels
+        return self._record(self._group("r")).n_rows
 
     @property
     def n_images(self) -> int:
         """Number of committed images."""
-        return self._record(self._group("r")).n_images
+        return self._record(self._group("r")).n_items
 
     def fingerprint(self) -> str:
         """Identity of the training data: sha256 (hex) over the sorted image sha256s.
 
-        Exactly ``hashlib.sha256("\\n".join(sorted(image_sha256s)).encode()).hexdigest()``;
-        stored in the commit record, so this reads one small metadata object.
+        Exactly :func:`kmflow.fingerprint.fingerprint` of the image sha256s
+        (``hashlib.sha256("\\n".join(sorted(image_sha256s)).encode()).hexdigest()``); stored in
+        the commit record, so this reads one small metadata object.
         """
         return self._record(self._group("r")).fingerprint
 
@@ -781,25 +468,14 @@ class PixelStore:
             self._write_labels(labels)
 
     def _write_labels(self, labels: da.Array) -> None:
-        group, record = self._prepare_write(create=False)
-        if labels.shape[0] != record.n_pixels:
+        group, record = self._prepare_write()
+        if labels.shape[0] != record.n_rows:
             raise InvalidInputError(
                 f"labels has {labels.shape[0]} entries but the store {self._shown} holds "
-                f"{record.n_pixels} committed pixels"
+                f"{record.n_rows} committed pixels"
             )
-        chunk = _array(group, "pixels").chunks[0]
-        labels = labels.astype(np.int32).rechunk((_aligned_chunks(0, record.n_pixels, chunk),))
-        if "labels" in group:
-            del group["labels"]
-        self._to_zarr(
-            xr.Dataset({"labels": ("pixel", labels)}),
-            record,
-            mode="a",
-            encoding={"labels": {"chunks": (chunk,)}},
-        )
-        self._check_lease()
-        group["labels"].attrs.update({"fingerprint": record.fingerprint})
-        logger.info("%s: wrote %d labels", self._shown, record.n_pixels)
+        self._write_derived({"labels": (("pixel",), labels.astype(np.int32))}, record, group)
+        logger.info("%s: wrote %d labels", self._shown, record.n_rows)
 
     def write_histogram(self, colors: np.ndarray, counts: np.ndarray) -> None:
         """Store the color histogram of the committed pixels, replacing an older one.
@@ -836,28 +512,21 @@ class PixelStore:
             self._write_histogram(colors, counts)
 
     def _write_histogram(self, colors: np.ndarray, counts: np.ndarray) -> None:
-        group, record = self._prepare_write(create=False)
+        group, record = self._prepare_write()
         total = int(counts.sum(dtype=np.int64))
-        if total != record.n_pixels:
+        if total != record.n_rows:
             raise InvalidInputError(
                 f"counts add up to {total} pixels but the store {self._shown} holds "
-                f"{record.n_pixels} committed pixels"
+                f"{record.n_rows} committed pixels"
             )
-        for name in ("counts", "colors"):
-            if name in group:
-                del group[name]
-        self._to_zarr(
-            xr.Dataset(
-                {
-                    "colors": (("color", "channel"), colors),
-                    "counts": ("color", counts.astype(np.int64)),
-                }
-            ),
+        self._write_derived(
+            {
+                "colors": (("color", "channel"), colors),
+                "counts": (("color",), counts.astype(np.int64)),
+            },
             record,
-            mode="a",
+            group,
         )
-        self._check_lease()
-        group["counts"].attrs.update({"fingerprint": record.fingerprint})
         logger.info("%s: wrote a histogram of %d colors", self._shown, colors.shape[0])
 
     # ----------------------------------------------------------------------- image palettes
@@ -939,7 +608,7 @@ class PixelStore:
             self._write_image_palettes(keys, blocks)
 
     def _write_image_palettes(self, keys: list[np.ndarray], blocks: list[np.ndarray]) -> None:
-        group, _ = self._prepare_write(create=False)
+        group, _ = self._prepare_write()
         table = _palette_table(group)
         if table is None:
             table = group.create_group("palettes")
@@ -1048,10 +717,8 @@ class PixelStore:
         progress: Callable[[IngestProgress], None] | None,
         t0: float,
     ) -> IngestReport:
-        group, record = self._prepare_write(create=True)
-        chunk = _array(group, "pixels").chunks[0]
-        n = record.n_images
-        known = [str(s) for s in np.asarray(_array(group, "sha256")[:n])] if n else []
+        group, record = self._prepare_write(create=self._empty)
+        known = self._known_hashes(group, record)
         tally = _Tally(known=known, seen=set(known))
 
         done = 0
@@ -1060,7 +727,7 @@ class PixelStore:
         while done < len(sources):
             batch = sources[done : done + n_batch]
             record, batch_largest = self._ingest_batch(
-                group, record, batch, tally, chunk, max_pixels, storage_options
+                group, record, batch, tally, max_pixels, storage_options
             )
             done += len(batch)
             largest = max(largest, batch_largest)
@@ -1099,13 +766,12 @@ class PixelStore:
     def _ingest_batch(
         self,
         group: zarr.Group,
-        record: _Record,
+        record: Commit,
         batch: list[ImageSource],
         tally: _Tally,
-        chunk: int,
         max_pixels: int,
         storage_options: dict[str, Any] | None,
-    ) -> tuple[_Record, int]:
+    ) -> tuple[Commit, int]:
         """Decode, deduplicate and commit one batch; returns the new record and largest image."""
         # A decode task per group of adjacent images (at most _DECODE_TASKS per batch), so
         # that thousands of small images cost tens of tasks, not thousands.
@@ -1142,8 +808,7 @@ class PixelStore:
         if not new:
             return record, largest
 
-        self._check_lease()
-        offsets = record.n_pixels + np.concatenate(
+        offsets = record.n_rows + np.concatenate(
             [[0], np.cumsum([h * w for _, _, h, w, _ in new])[:-1]]
         ).astype(np.int64)
         kept: dict[int, list[int]] = {}
@@ -1159,52 +824,40 @@ class PixelStore:
             )
             for gi, idx in kept.items()
         ]
-        n_new = sum(h * w for _, _, h, w, _ in new)
-        rows = da.concatenate(pieces, axis=0).rechunk(
-            (_aligned_chunks(record.n_pixels, n_new, chunk), 3)
+
+        def meta() -> xr.Dataset:  # after the pixels are written
+            now = np.datetime64(dt.datetime.now(dt.UTC).replace(tzinfo=None), "ns")
+            return xr.Dataset(
+                {
+                    "source": ("image", np.array([s.url for s, *_ in new], dtype=_STRING)),
+                    "relpath": ("image", np.array([s.relpath for s, *_ in new], dtype=_STRING)),
+                    "sha256": ("image", np.array([sha for _, sha, *_ in new], dtype=_STRING)),
+                    "height": ("image", np.array([h for _, _, h, _, _ in new], dtype=np.int64)),
+                    "width": ("image", np.array([w for _, _, _, w, _ in new], dtype=np.int64)),
+                    "offset": ("image", offsets),
+                    "ingested_at": ("image", np.full(len(new), now, dtype="datetime64[ns]")),
+                }
+            )
+
+        new_record = self._append(
+            group, record, da.concatenate(pieces, axis=0), meta, known=tally.known
         )
-        self._append_pixels(group, record, rows)
-        now = np.datetime64(dt.datetime.now(dt.UTC).replace(tzinfo=None), "ns")
-        meta = xr.Dataset(
-            {
-                "source": ("image", np.array([s.url for s, *_ in new], dtype=_STRING)),
-                "relpath": ("image", np.array([s.relpath for s, *_ in new], dtype=_STRING)),
-                "sha256": ("image", np.array([sha for _, sha, *_ in new], dtype=_STRING)),
-                "height": ("image", np.array([h for _, _, h, _, _ in new], dtype=np.int64)),
-                "width": ("image", np.array([w for _, _, _, w, _ in new], dtype=np.int64)),
-                "offset": ("image", offsets),
-                "ingested_at": ("image", np.full(len(new), now, dtype="datetime64[ns]")),
-            }
-        )
-        new_record = _Record(
-            n_images=record.n_images + len(new),
-            n_pixels=record.n_pixels + n_new,
-            fingerprint=_fingerprint([*tally.known, *(sha for _, sha, *_ in new)]),
-        )
-        self._commit_images(group, record, new_record, meta)
         tally.known.extend(sha for _, sha, *_ in new)
         for (src, sha, h, w, _), off in zip(new, offsets.tolist(), strict=True):
             tally.added.append(ImageRecord(src.url, src.relpath, sha, h, w, int(off)))
-        tally.n_pixels += n_new
+        tally.n_pixels += new_record.n_rows - record.n_rows
         return new_record, largest
 
-    def _append_pixels(self, group: zarr.Group, record: _Record, rows: da.Array) -> None:
-        """Append new pixel rows after the committed ones (invisible until committed)."""
-        if "labels" in group:
-            # Labels must cover every pixel: once pixels are added they no longer do.
-            del group["labels"]
-        self._to_zarr(
-            xr.Dataset({"pixels": (("pixel", "channel"), rows)}),
-            record,
-            append_dim="pixel",
-        )
+    def _commit_items(
+        self, group: zarr.Group, record: Commit, new_record: Commit, items: xr.Dataset
+    ) -> None:
+        self._commit_images(group, record, new_record, items)
 
     def _commit_images(
-        self, group: zarr.Group, record: _Record, new_record: _Record, meta: xr.Dataset
+        self, group: zarr.Group, record: Commit, new_record: Commit, meta: xr.Dataset
     ) -> None:
         """Append the per-image metadata, then publish the new commit record."""
-        self._to_zarr(meta, record, append_dim="image")
-        self._write_record(group, new_record)
+        super()._commit_items(group, record, new_record, meta)
 
 
 def _palette_table(group: zarr.Group) -> zarr.Group | None:
