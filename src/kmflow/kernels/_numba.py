@@ -15,10 +15,13 @@ import numpy as np
 
 __all__ = [
     "accumulate",
+    "accumulate_multi",
     "assign",
+    "assign_multi",
     "block_stats",
     "cost",
     "round_thresholds",
+    "spread_multi",
     "uniform_fill",
     "update_nearest",
 ]
@@ -364,3 +367,226 @@ def round_thresholds(X, w, has_w, centers_t, base_label, d2, labels, base, start
         u = (np.float64(z >> np.uint64(11)) + 0.5) * _TO_UNIT
         t[i] = ell * wd2 / u
     return psi
+
+
+#: Rows per tile of the multi-set kernels: the tile's products with every center (one GEMM)
+#: stay in cache.
+GEMM_TILE = 128
+#: Relative margin of the GEMM distances: when the two nearest centers of a set are closer than
+#: this times ``|x - shift|^2 + max |c - shift|^2``, the row's nearest center is found again
+#: from per-feature differences (float64 rounding of the GEMM form is far below it).
+GEMM_MARGIN = 1e-9
+
+
+@nb.njit(nogil=True, cache=True)
+def _prepare_sets(centers_t, shift, starts):  # type: ignore[no-untyped-def]
+    """Centered centers (K, d) for the GEMM, their squared norms (K,), and per set the
+    largest squared norm (S,)."""
+    d, k = centers_t.shape
+    cent = np.empty((k, d))
+    cc = np.zeros(k)
+    for j in range(k):
+        for f in range(d):
+            t = centers_t[f, j] - shift[f]
+            cent[j, f] = t
+            cc[j] += t * t
+    n_sets = starts.shape[0] - 1
+    ccmax = np.zeros(n_sets)
+    for g in range(n_sets):
+        for j in range(starts[g], starts[g + 1]):
+            ccmax[g] = max(ccmax[g], cc[j])
+    return cent, cc, ccmax
+
+
+@nb.njit(nogil=True, cache=True)
+def _label_tile(X, s, m, shift, centers_t, cent, cc, ccmax, starts, xs, xc, G, b1, b2, labs, bests):  # type: ignore[no-untyped-def]
+    """Nearest center within every set for rows ``s .. s + m`` of ``X``.
+
+    Distances to all centers come from one GEMM of the centered rows (``G = cent @ xc``,
+    shape (K, tile)); each set's nearest is the smallest ``|c|^2 - 2 x.c``, found for the
+    whole tile at once, unless the runner-up is within the margin (:data:`GEMM_MARGIN`):
+    then the row's set is scanned again with per-feature differences. The winner's squared
+    distance is always computed from per-feature differences, in the order
+    :func:`_tile_nearest` adds them, and exact ties go to the lowest index, so ``labs[g, i]``
+    and ``bests[g, i]`` are what :func:`assign` gives for that set alone. ``xs`` receives the
+    tile as float64 (d, tile).
+    """
+    d = X.shape[1]
+    T = xs.shape[1]
+    for i in range(m):
+        for f in range(d):
+            v = np.float64(X[s + i, f])
+            xs[f, i] = v
+            xc[f, i] = v - shift[f]
+    np.dot(cent, xc, G)
+    xx = b2  # scratch: squared norms of the centered rows
+    for i in range(T):
+        xx[i] = 0.0
+    for f in range(d):
+        for i in range(T):
+            xx[i] += xc[f, i] * xc[f, i]
+    n_sets = starts.shape[0] - 1
+    q = bests[0]
+    for g in range(n_sets):
+        a = starts[g]
+        b = starts[g + 1]
+        lab = labs[g]
+        best = bests[g]
+        for i in range(T):
+            b1[i] = np.inf
+            best[i] = np.inf  # the runner-up, for now
+            lab[i] = a
+        for j in range(a, b):
+            c = cc[j]
+            for i in range(T):
+                v = c - 2.0 * G[j, i]
+                lt = v < b1[i]
+                best[i] = min(best[i], max(v, b1[i]))
+                lab[i] = j if lt else lab[i]
+                b1[i] = v if lt else b1[i]
+        margin = GEMM_MARGIN * ccmax[g]
+        for i in range(m):
+            if best[i] - b1[i] <= margin + GEMM_MARGIN * xx[i]:
+                b1[i] = -1.0  # ambiguous: rescanned below
+            else:
+                b1[i] = 0.0
+        q = best
+        for i in range(T):
+            q[i] = 0.0
+        for i in range(m):
+            if b1[i] < 0:
+                bq = np.inf
+                for j in range(a, b):
+                    t = xs[0, i] - centers_t[0, j]
+                    dq = t * t
+                    for f in range(1, d):
+                        t = xs[f, i] - centers_t[f, j]
+                        dq += t * t
+                    if dq < bq:
+                        bq = dq
+                        lab[i] = j
+        t0 = xs[0]
+        for i in range(m):
+            t = t0[i] - centers_t[0, lab[i]]
+            q[i] = t * t
+        for f in range(1, d):
+            xf = xs[f]
+            for i in range(m):
+                t = xf[i] - centers_t[f, lab[i]]
+                q[i] += t * t
+
+
+@nb.njit(nogil=True, cache=True)
+def _multi_buffers(d, k, n_sets):  # type: ignore[no-untyped-def]
+    T = GEMM_TILE
+    xs = np.zeros((d, T))
+    xc = np.zeros((d, T))
+    G = np.empty((k, T))
+    b1 = np.empty(T)
+    b2 = np.empty(T)
+    labs = np.zeros((n_sets, T), np.int64)
+    bests = np.empty((n_sets, T))
+    return xs, xc, G, b1, b2, labs, bests
+
+
+@nb.njit(nogil=True, cache=True)
+def accumulate_multi(X, w, has_w, centers_t, starts, shift, sums, counts, sizes, inertias):  # type: ignore[no-untyped-def]
+    """:func:`accumulate` for several center sets at once, reading each row once.
+
+    The center sets are the column ranges ``starts[g]:starts[g + 1]`` of ``centers_t``. Every
+    row is assigned to its nearest center within each set (labels are global columns; see
+    :func:`_label_tile`: the same labels and squared distances as :func:`accumulate` on that
+    set alone) and added to that set's sums in row order, so each set's sums, counts and
+    inertia are the numbers :func:`accumulate` gives on the same block.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d)
+    w : ndarray of shape (n,) (ignored unless ``has_w``)
+    has_w : bool
+    centers_t : float64 ndarray of shape (d, K), every set's centers transposed, side by side
+    starts : int64 ndarray of shape (S + 1,), column ranges of the S sets
+    shift : float64 ndarray of shape (d,), subtracted from rows and centers before the GEMM
+        (the data mean keeps it accurate for data far from the origin)
+    sums : float64 ndarray of shape (K, d), added to in place
+    counts : float64 ndarray of shape (K,), weights added to in place
+    sizes : int64 ndarray of shape (K,), rows added to in place
+    inertias : float64 ndarray of shape (S,), weighted squared distances added to in place
+    """
+    n, d = X.shape
+    n_sets = starts.shape[0] - 1
+    cent, cc, ccmax = _prepare_sets(centers_t, shift, starts)
+    xs, xc, G, b1, b2, labs, bests = _multi_buffers(d, centers_t.shape[1], n_sets)
+    for s in range(0, n, GEMM_TILE):
+        m = min(GEMM_TILE, n - s)
+        _label_tile(
+            X, s, m, shift, centers_t, cent, cc, ccmax, starts, xs, xc, G, b1, b2, labs, bests
+        )
+        for g in range(n_sets):
+            inertia = inertias[g]
+            if has_w:
+                for i in range(m):
+                    bj = labs[g, i]
+                    wi = np.float64(w[s + i])
+                    counts[bj] += wi
+                    sizes[bj] += 1
+                    for f in range(d):
+                        sums[bj, f] += wi * xs[f, i]
+                    inertia += wi * bests[g, i]
+            else:
+                for i in range(m):
+                    bj = labs[g, i]
+                    counts[bj] += 1.0
+                    sizes[bj] += 1
+                    for f in range(d):
+                        sums[bj, f] += xs[f, i]
+                    inertia += bests[g, i]
+            inertias[g] = inertia
+
+
+@nb.njit(nogil=True, cache=True)
+def spread_multi(X, w, has_w, centers_t, starts, shift, means, dist, sqd):  # type: ignore[no-untyped-def]
+    """Per-cluster spread around the clusters' means, for several center sets at once.
+
+    Each row is labelled by its nearest center within every set (as in
+    :func:`accumulate_multi`); then its weighted Euclidean and squared Euclidean distances to
+    the mean of that cluster (``means[label]``, shape (K, d)) are added to ``dist[label]`` and
+    ``sqd[label]`` (float64, shape (K,)), from per-feature differences (no cancellation).
+    """
+    n, d = X.shape
+    n_sets = starts.shape[0] - 1
+    cent, cc, ccmax = _prepare_sets(centers_t, shift, starts)
+    xs, xc, G, b1, b2, labs, bests = _multi_buffers(d, centers_t.shape[1], n_sets)
+    for s in range(0, n, GEMM_TILE):
+        m = min(GEMM_TILE, n - s)
+        _label_tile(
+            X, s, m, shift, centers_t, cent, cc, ccmax, starts, xs, xc, G, b1, b2, labs, bests
+        )
+        for g in range(n_sets):
+            for i in range(m):
+                bj = labs[g, i]
+                q = 0.0
+                for f in range(d):
+                    t = xs[f, i] - means[bj, f]
+                    q += t * t
+                wi = np.float64(w[s + i]) if has_w else 1.0
+                dist[bj] += wi * np.sqrt(q)
+                sqd[bj] += wi * q
+
+
+@nb.njit(nogil=True, cache=True)
+def assign_multi(X, centers_t, starts, shift, labels):  # type: ignore[no-untyped-def]
+    """Nearest center within every set (as :func:`accumulate_multi`): ``labels[i, g]`` is
+    the global column of row ``i``'s nearest center in set ``g`` (int64, shape (n, S))."""
+    n, d = X.shape
+    n_sets = starts.shape[0] - 1
+    cent, cc, ccmax = _prepare_sets(centers_t, shift, starts)
+    xs, xc, G, b1, b2, labs, bests = _multi_buffers(d, centers_t.shape[1], n_sets)
+    for s in range(0, n, GEMM_TILE):
+        m = min(GEMM_TILE, n - s)
+        _label_tile(
+            X, s, m, shift, centers_t, cent, cc, ccmax, starts, xs, xc, G, b1, b2, labs, bests
+        )
+        for g in range(n_sets):
+            for i in range(m):
+                labels[s + i, g] = labs[g, i]
