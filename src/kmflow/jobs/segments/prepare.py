@@ -49,6 +49,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -595,7 +596,9 @@ def _order_statistics(X: da.Array, wanted: list[list[int]]) -> list[dict[int, fl
     which one more pass gathers and sorts. Typically three computes.
     """
     blocks = [b for b in X.rechunk({1: -1}).to_delayed().ravel()]
-    lo_hi = dask.compute(da.nanmin(X, axis=0), da.nanmax(X, axis=0), (~da.isnan(X)).sum(axis=0))
+    with warnings.catch_warnings():  # an all-NaN column: no rank is wanted of it
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo_hi = dask.compute(da.nanmin(X, axis=0), da.nanmax(X, axis=0), (~da.isnan(X)).sum(axis=0))
     mins, maxs, counts = (np.asarray(a) for a in lo_hi)
     # state per (j, r): [lo, hi, n_below_lo, n_in_interval]
     state = {
@@ -616,8 +619,8 @@ def _order_statistics(X: da.Array, wanted: list[list[int]]) -> list[dict[int, fl
         for (j, r), task, res in zip(keys, tasks, results, strict=True):
             lo, hi, below, _ = state[(j, r)]
             if task[3]:
-                # Each block's values come sorted; their concatenation is not.
-                out[j][r] = float(np.partition(res, r - below)[r - below])
+                k = int(r - below)
+                out[j][r] = float(np.partition(np.asarray(res, dtype=np.float64), k)[k])
                 del state[(j, r)]
                 continue
             cum = below + np.cumsum(res)
