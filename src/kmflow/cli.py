@@ -505,7 +505,8 @@ def pipeline(
     recorded on that server (artifacts, logs, subflow runs). Sources, store and registry are
     checked before any cluster or flow starts.
     """
-    from kmflow.params import PipelineParams, SplitParams
+    from kmflow.core.split import Split
+    from kmflow.params import PipelineParams
 
     # The split is built on its own, so its fields are named without the "holdout." prefix.
     with _as_bad_parameter({"by": "--holdout-by", "fraction": "--holdout"}):
@@ -519,7 +520,7 @@ def pipeline(
             method=method,  # type: ignore[arg-type]
             seed=seed,
             max_iter=max_iter,
-            holdout=SplitParams(fraction=holdout, by=holdout_by, seed=seed or 0),  # type: ignore[arg-type]
+            holdout=Split(fraction=holdout, by=holdout_by, seed=seed or 0),  # type: ignore[arg-type]
             promote=promote,  # type: ignore[arg-type]
             pattern=pattern,
             strict=strict,
@@ -724,14 +725,15 @@ def retrain(
 
     The store and the model's champion are checked before any cluster or flow starts.
     """
-    from kmflow.params import RetrainParams, SplitParams
+    from kmflow.core.split import Split
+    from kmflow.params import RetrainParams
 
     with _as_bad_parameter({"fraction": "--holdout"}):
         params = RetrainParams(
             store=store,
             model=model,
             window=window,
-            holdout=SplitParams(fraction=holdout, by="row", seed=0),
+            holdout=Split(fraction=holdout, by="row", seed=0),
             promote=promote,  # type: ignore[arg-type]
         )
 

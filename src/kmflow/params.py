@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kmflow.core.split import Split
+
 __all__ = [
     "ApplyParams",
     "DriftThresholdParams",
@@ -20,7 +22,6 @@ __all__ = [
     "MonitorParams",
     "PipelineParams",
     "RetrainParams",
-    "SplitParams",
     "TrainParams",
 ]
 
@@ -38,22 +39,6 @@ StoreUrl = Field(
 
 class _Params(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class SplitParams(_Params):
-    """A seeded train / held-out split for evaluation."""
-
-    fraction: float = Field(
-        default=0.0,
-        ge=0.0,
-        lt=1.0,
-        description="Share held out for evaluation; 0 trains and evaluates on everything.",
-    )
-    by: Literal["image", "row"] = Field(
-        default="image",
-        description="Hold out whole images (by content hash) or single pixels (by row).",
-    )
-    seed: int = Field(default=0, ge=0, description="Seed of the split.")
 
 
 class IngestParams(_Params):
@@ -98,9 +83,7 @@ class TrainParams(_Params):
     seed: int | None = Field(default=None, ge=0, description="Random seed; empty: random.")
     max_iter: int = Field(default=300, ge=1, le=10_000, description="Maximum Lloyd iterations.")
     tol: float = Field(default=1e-4, ge=0.0, description="Relative center-shift tolerance.")
-    holdout: SplitParams = Field(
-        default_factory=SplitParams, description="Held-out split for evaluation."
-    )
+    holdout: Split = Field(default_factory=Split, description="Held-out split for evaluation.")
     silhouette_sample_size: int = Field(
         default=10_000,
         ge=0,
@@ -138,8 +121,8 @@ class EvaluateParams(_Params):
     version: int | None = Field(
         default=None, ge=1, description="Version to evaluate; empty: the champion."
     )
-    holdout: SplitParams = Field(
-        default_factory=SplitParams,
+    holdout: Split = Field(
+        default_factory=Split,
         description="Evaluate only this split's held-out part (fraction 0: everything).",
     )
     silhouette_sample_size: int = Field(default=10_000, ge=0, le=100_000)
@@ -188,7 +171,7 @@ class PipelineParams(_Params):
     method: Literal["histogram", "pixels"] = Field(default="histogram")
     seed: int | None = Field(default=None, ge=0, description="Random seed; empty: random.")
     max_iter: int = Field(default=300, ge=1, le=10_000)
-    holdout: SplitParams = Field(default_factory=SplitParams)
+    holdout: Split = Field(default_factory=Split)
     silhouette_sample_size: int = Field(default=10_000, ge=0, le=100_000)
     promote: Literal["if-better", "always", "never"] = Field(default="if-better")
     pattern: str | None = Field(default=None, description="Glob filter inside folders.")
@@ -277,8 +260,8 @@ class RetrainParams(_Params):
         ge=2,
         description="Train on the most recent N images (the new batch included); empty: all.",
     )
-    holdout: SplitParams = Field(
-        default_factory=lambda: SplitParams(fraction=0.2, by="row", seed=0),
+    holdout: Split = Field(
+        default_factory=lambda: Split(fraction=0.2, by="row", seed=0),
         description=(
             "Held-out split on which challenger and champion are compared; by row (default) "
             "the held-out pixels follow the data as it is now, old and new images alike."

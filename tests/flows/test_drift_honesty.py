@@ -16,8 +16,9 @@ from distributed import LocalCluster
 from PIL import Image, ImageOps
 from sklearn.datasets import load_sample_images
 
+from kmflow.core.split import Split
 from kmflow.flows import ingest_flow, monitor_flow, train_flow
-from kmflow.params import IngestParams, MonitorParams, SplitParams, TrainParams
+from kmflow.params import IngestParams, MonitorParams, TrainParams
 from kmflow.storage.registry import ModelRegistry
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
@@ -101,7 +102,7 @@ def test_copies_of_the_training_images_never_drift(
             model="pal",
             k=8,
             seed=0,
-            holdout=SplitParams(fraction=0.2, by="image", seed=0),
+            holdout=Split(fraction=0.2, by="image", seed=0),
         )
     )
     record = ModelRegistry(tmp_path / "models").record("pal", trained["version"])

@@ -18,6 +18,7 @@ from distributed import Client, LocalCluster
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
+from kmflow.core.split import Split
 from kmflow.errors import InvalidInputError, ModelNotFoundError
 from kmflow.flows import apply_flow, evaluate_flow, ingest_flow, pipeline_flow, train_flow
 from kmflow.params import (
@@ -25,7 +26,6 @@ from kmflow.params import (
     EvaluateParams,
     IngestParams,
     PipelineParams,
-    SplitParams,
     TrainParams,
 )
 from kmflow.storage.pixelstore import PixelStore
@@ -202,7 +202,7 @@ def test_held_out_evaluation_and_the_evaluate_and_apply_flows(
     env: dict[str, str], photo_dir: Path
 ) -> None:
     ingest_flow(IngestParams(sources=[str(photo_dir)], store=env["store"]))
-    holdout = SplitParams(fraction=0.34, by="image", seed=1)
+    holdout = Split(fraction=0.34, by="image", seed=1)
     trained = train_flow(TrainParams(store=env["store"], model="h", k=4, seed=1, holdout=holdout))
     registry = ModelRegistry(env["registry"])
     record = registry.record("h", trained["version"])

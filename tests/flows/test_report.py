@@ -152,8 +152,9 @@ def test_every_link_in_the_artifacts_resolves(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Relative --out and --store (as a worker's defaults are): links still absolute and live."""
+    from kmflow.core.split import Split
     from kmflow.flows import pipeline_flow
-    from kmflow.params import PipelineParams, SplitParams
+    from kmflow.params import PipelineParams
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("KMFLOW_REGISTRY__URL", "models")
@@ -167,7 +168,7 @@ def test_every_link_in_the_artifacts_resolves(
         Image.fromarray(colors[labels].astype(np.uint8)).save(tmp_path / "photos" / f"{i}.png")
     params = PipelineParams(
         sources=["photos"], store="data/linkcheck.zarr", out="out", model="swatch", k=4, seed=0,
-        holdout=SplitParams(fraction=0.5, by="row", seed=0),
+        holdout=Split(fraction=0.5, by="row", seed=0),
     )  # fmt: skip
     pipeline_flow(params)
 

@@ -11,13 +11,14 @@ from prefect import flow
 from prefect.states import Completed, Failed
 from sklearn.datasets import load_sample_images
 
+from kmflow.core.split import Split
 from kmflow.errors import (
     InvalidInputError,
     SourceNotFoundError,
     StorageError,
     StoreNotFoundError,
 )
-from kmflow.params import IngestParams, SplitParams, TrainParams
+from kmflow.params import IngestParams, TrainParams
 from kmflow.storage.registry import ModelRegistry
 from kmflow.tasks import (
     evaluate_palette_task,
@@ -82,11 +83,11 @@ def test_tasks_as_plain_functions(images: Path, tmp_path: Path, registry_url: st
     palette = fit_palette_task.fn(params)
     assert palette.centers.shape == (3, 3)
     assert palette.n_pixels == summary["n_pixels"]
-    evaluation = evaluate_palette_task.fn(store, palette, SplitParams(), 0)
+    evaluation = evaluate_palette_task.fn(store, palette, Split(), 0)
     assert sum(evaluation.sizes) == summary["n_pixels"]
-    fingerprint = training_fingerprint_task.fn(store, SplitParams())
+    fingerprint = training_fingerprint_task.fn(store, Split())
     assert fingerprint == summary["fingerprint"]
-    split_fp = training_fingerprint_task.fn(store, SplitParams(fraction=0.5))
+    split_fp = training_fingerprint_task.fn(store, Split(fraction=0.5))
     assert split_fp != fingerprint
     assert len(split_fp) == 64
 
@@ -106,7 +107,7 @@ def test_register_is_idempotent_within_a_flow_run(
     ingest_images.fn(IngestParams(sources=[str(images)], store=store))
     params = TrainParams(store=store, model="idem", k=2, seed=0)
     palette = fit_palette_task.fn(params)
-    evaluation = evaluate_palette_task.fn(store, palette, SplitParams(), 0)
+    evaluation = evaluate_palette_task.fn(store, palette, Split(), 0)
 
     @flow
     def register_twice() -> tuple[int, int]:

@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger
 
 from kmflow.cluster.session import cluster_session, describe
 from kmflow.core.model import Model, ModelRecord
+from kmflow.core.split import Split
 from kmflow.errors import InvalidInputError
 from kmflow.flows._report import (
     cluster_table,
@@ -19,7 +20,7 @@ from kmflow.flows._report import (
     timings_table,
 )
 from kmflow.jobs.palette import Evaluation, palette_from_model
-from kmflow.params import SplitParams, TrainParams
+from kmflow.params import TrainParams
 from kmflow.tasks.evaluate import evaluate_palette_task
 from kmflow.tasks.registry import (
     find_champion_task,
@@ -130,7 +131,7 @@ def train_flow(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: 
             reference = evaluate_palette_task(
                 params.store,
                 palette,
-                SplitParams(),
+                Split(),
                 0,
                 per_image=False,
                 window=params.window,

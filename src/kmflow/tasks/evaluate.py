@@ -5,10 +5,9 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from kmflow.core.split import Split
 from kmflow.jobs.palette import Evaluation, Palette, evaluate_palette
-from kmflow.params import SplitParams
 from kmflow.tasks._common import open_store, run_logger, window_images
-from kmflow.tasks.train import split_of
 
 __all__ = ["evaluate_palette_task"]
 
@@ -18,7 +17,7 @@ __all__ = ["evaluate_palette_task"]
 def evaluate_palette_task(
     store_url: str,
     palette: Palette,
-    holdout: SplitParams,
+    holdout: Split,
     silhouette_sample_size: int = 10_000,
     per_image: bool = True,
     window: int | None = None,
@@ -32,7 +31,7 @@ def evaluate_palette_task(
     evaluation = evaluate_palette(
         store,
         palette,
-        split=split_of(holdout),
+        split=holdout,
         silhouette_sample_size=silhouette_sample_size,
         random_state=holdout.seed,
         per_image=per_image,

@@ -11,9 +11,10 @@ from prefect.cache_policies import INPUTS, NO_CACHE, RUN_ID, TASK_SOURCE
 from prefect.serializers import Serializer
 from pydantic import Field
 
-from kmflow.jobs.palette import Palette, Split, fit_palette
+from kmflow.core.split import Split, active_split
+from kmflow.jobs.palette import Palette, fit_palette
 from kmflow.kernels.lloyd import IterationInfo
-from kmflow.params import SplitParams, TrainParams
+from kmflow.params import TrainParams
 from kmflow.tasks._common import (
     ProgressArtifact,
     artifact_key,
@@ -22,7 +23,7 @@ from kmflow.tasks._common import (
     window_images,
 )
 
-__all__ = ["PaletteSerializer", "fit_palette_task", "split_of", "training_fingerprint_task"]
+__all__ = ["PaletteSerializer", "fit_palette_task", "training_fingerprint_task"]
 
 
 # Not Serializer[Palette]: Prefect's type registry needs every subclass to carry a dispatch
@@ -43,13 +44,6 @@ class PaletteSerializer(Serializer):  # type: ignore[type-arg]
 
     def loads(self, blob: bytes) -> Palette:
         return Palette.from_dict(json.loads(blob))
-
-
-def split_of(holdout: SplitParams) -> Split | None:
-    """The library split for a parameter model; ``None`` when nothing is held out."""
-    if holdout.fraction <= 0.0:
-        return None
-    return Split(by=holdout.by, fraction=holdout.fraction, seed=holdout.seed)
 
 
 # Cached within a flow run only (inputs + task source + run id): a retried flow run reuses a
@@ -101,7 +95,7 @@ def fit_palette_task(params: TrainParams, warm_start: list[list[float]] | None =
         max_iter=params.max_iter,
         tol=params.tol,
         callback=on_iteration,
-        split=split_of(params.holdout),
+        split=params.holdout,
         images=window_images(store, params.window),
     )
     progress.done()
@@ -118,11 +112,9 @@ def fit_palette_task(params: TrainParams, warm_start: list[list[float]] | None =
 
 
 @task(name="training-fingerprint", cache_policy=NO_CACHE)
-def training_fingerprint_task(
-    store_url: str, holdout: SplitParams, window: int | None = None
-) -> str:
+def training_fingerprint_task(store_url: str, holdout: Split, window: int | None = None) -> str:
     """Identity of the training data: the images' content hashes, the window and the split."""
-    split = split_of(holdout)
+    split = active_split(holdout)
     store = open_store(store_url)
     images = window_images(store, window)
     if images is None:

@@ -17,6 +17,7 @@ Floyd–Steinberg error diffusion.
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from kmflow.core.split import Split
     from kmflow.jobs.palette.per_image import (
         PerImageParams,
         PerImageReport,
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
         ImageQuality,
         Palette,
         Selection,
-        Split,
         apply_palette,
         batch_drift,
         evaluate_palette,

@@ -24,6 +24,7 @@ import dask.array as da
 import numpy as np
 
 from kmflow.core.model import Model
+from kmflow.core.split import Split, active_split
 from kmflow.errors import InvalidInputError, TooFewDistinctPointsError
 from kmflow.jobs.palette.color import psnr, srgb_to_lab
 from kmflow.jobs.palette.histogram import color_histogram
@@ -47,7 +48,6 @@ __all__ = [
     "Evaluation",
     "ImageQuality",
     "Palette",
-    "Split",
     "apply_palette",
     "batch_drift",
     "evaluate_palette",
@@ -168,31 +168,6 @@ def _pixels_in(pixels: da.Array, color_space: ColorSpace) -> da.Array:
     return da.map_blocks(srgb_to_lab, pixels, dtype=np.float64, meta=np.empty((0, 3)))
 
 
-@dataclass(frozen=True)
-class Split:
-    """A seeded train / held-out split of the stored pixels.
-
-    Attributes
-    ----------
-    by : {"image", "row"}
-        "image" holds out whole images (chosen by their content hash), "row" holds out
-        single pixels (chosen by their row index); both are the same for any chunking.
-    fraction : float in (0, 1)
-        Share of images or rows held out for evaluation.
-    seed : int
-    """
-
-    by: Literal["image", "row"]
-    fraction: float
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.by not in ("image", "row"):
-            raise InvalidInputError(f"split by must be 'image' or 'row'; got {self.by!r}")
-        if not 0.0 < self.fraction < 1.0:
-            raise InvalidInputError(f"holdout fraction must be in (0, 1); got {self.fraction!r}")
-
-
 Part = Literal["all", "train", "eval"]
 
 
@@ -218,7 +193,7 @@ def select(
     ----------
     store : PixelStore
     split : Split, optional
-        ``None`` selects everything whatever ``part`` says.
+        ``None`` (or a split holding nothing out) selects everything whatever ``part`` says.
     part : {"all", "train", "eval"}
     images : sequence of ImageRecord, optional
         Only these images of the store (e.g. the most recent ones); the split is then made
@@ -229,6 +204,7 @@ def select(
     InvalidInputError
         If nothing is selected, or a split by image has fewer than 2 images.
     """
+    split = active_split(split)
     records = list(store.images() if images is None else images)
     if not records:
         raise InvalidInputError(f"the pixel store {store.url} holds no images: ingest some first")
@@ -373,6 +349,7 @@ def fit_palette(
         raise InvalidInputError(f"color_space must be 'rgb' or 'lab'; got {color_space!r}")
     if method not in ("histogram", "pixels"):
         raise InvalidInputError(f"method must be 'histogram' or 'pixels'; got {method!r}")
+    split = active_split(split)
     sel = select(store, split, "train", images)
     cacheable = split is None and images is None
     pixels = sel.pixels
@@ -678,6 +655,7 @@ def evaluate_palette(
     figures (a task per image).
     """
     t0 = time.perf_counter()
+    split = active_split(split)
     part: Part = "all" if split is None else "eval"
     sel = select(store, split, part, images)
     cacheable = split is None and images is None
