@@ -13,10 +13,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from kmflow.core.split import Split
+from kmflow.kernels.drift import DriftThresholds
 
 __all__ = [
     "ApplyParams",
-    "DriftThresholdParams",
     "EvaluateParams",
     "IngestParams",
     "MonitorParams",
@@ -200,29 +200,6 @@ class PipelineParams(_Params):
         return ApplyParams(store=self.store, model=self.model, version=version, out=self.out)
 
 
-class DriftThresholdParams(_Params):
-    """When a batch counts as drifted: any statistic above its threshold."""
-
-    psi: float = Field(
-        default=0.2,
-        gt=0,
-        description="Population stability index of cluster occupancy (0.1-0.25: moderate).",
-    )
-    js_distance: float = Field(
-        default=0.1, gt=0, le=1, description="Jensen-Shannon distance (base 2) of occupancy."
-    )
-    sqdist_ratio: float = Field(
-        default=1.5,
-        gt=1,
-        description="Mean squared distance to the nearest center, batch over reference.",
-    )
-    wasserstein: float = Field(
-        default=8.0,
-        gt=0,
-        description="Largest per-channel Wasserstein-1 distance of the sRGB histograms.",
-    )
-
-
 class MonitorParams(_Params):
     """Ingest a new batch of images and check it for drift against the champion."""
 
@@ -234,7 +211,10 @@ class MonitorParams(_Params):
     store: str = StoreUrl
     model: str = ModelName
     pattern: str | None = Field(default=None, description="Glob filter inside folders.")
-    thresholds: DriftThresholdParams = Field(default_factory=DriftThresholdParams)
+    thresholds: DriftThresholds = Field(
+        default_factory=DriftThresholds,
+        description="When the batch counts as drifted: any statistic above its threshold.",
+    )
     reports: str = Field(
         default="kmflow-data/drift",
         min_length=1,

@@ -624,6 +624,8 @@ def test_thresholds_accept_any_positive_real() -> None:
         ({"sqdist_ratio": math.nan}, "sqdist_ratio must be a positive number"),
         ({"wasserstein": "8"}, "wasserstein must be a positive number; got '8'"),
         ({"psi": True}, "psi must be a positive number; got True"),
+        ({"js_distance": 1.5}, "js_distance must be at most 1; got 1.5"),
+        ({"sqdist_ratio": 1.0}, "sqdist_ratio must be above 1; got 1.0"),
     ],
 )
 def test_thresholds_must_be_positive(kwargs: dict[str, Any], match: str) -> None:
@@ -638,3 +640,18 @@ def test_batch_statistics_validates_its_fields() -> None:
         batch_statistics(np.zeros((2, 1)), [[0.0]], channel_counts=[1, 2, 3])
     with pytest.raises(InvalidInputError, match="mean_sqdist must be finite and >= 0"):
         BatchStatistics(n_samples=1.0, cluster_weights=np.ones(1), mean_sqdist=math.inf)
+
+
+def test_thresholds_as_a_parameter_model_field() -> None:
+    """The monitor flow's parameters take the kernel's thresholds: errors name the field."""
+    from pydantic import ValidationError
+
+    from kmflow.params import MonitorParams
+
+    params = MonitorParams(thresholds={"psi": 0.3})  # type: ignore[arg-type]
+    assert params.thresholds == DriftThresholds(psi=0.3)
+    assert MonitorParams.model_validate(params.model_dump(mode="json")) == params
+    for bad in ({"psi": 0}, {"js_distance": 2}, {"sqdist_ratio": 1}, {"bogus": 1.0}):
+        with pytest.raises(ValidationError) as info:
+            MonitorParams(thresholds=bad)  # type: ignore[arg-type]
+        assert info.value.errors()[0]["loc"] == ("thresholds", next(iter(bad)))

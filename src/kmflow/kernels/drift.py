@@ -24,9 +24,10 @@ import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
+from annotated_types import Gt, Le
 
 from kmflow.errors import InvalidInputError
 from kmflow.kernels import _numba
@@ -57,7 +58,14 @@ class DriftThresholds:
     """Above which value each drift statistic reports drift.
 
     A statistic drifts when its value is strictly greater than its threshold. Every
-    threshold must be positive; ``math.inf`` switches a statistic off (it never fires).
+    threshold must be positive; ``math.inf`` switches a statistic off (it never fires; for
+    ``js_distance``, a distance never above 1, the threshold 1 does).
+
+    The one definition of the thresholds: the kernels take it, and the monitor flow's
+    parameters (:class:`kmflow.params.MonitorParams`) take it as a field. Pydantic validates
+    it there with the bounds in the annotations (an error names the field, e.g.
+    ``thresholds.psi``) and renders each field's docstring as its description;
+    ``__post_init__`` checks the same bounds for a plain construction.
 
     Attributes
     ----------
@@ -70,17 +78,18 @@ class DriftThresholds:
         independent, though: a batch of a few images differs from the training collection
         more than its pixel count suggests, so judge thresholds on batches of several
         images.
-    js_distance : float, default 0.1
+    js_distance : float in (0, 1], default 0.1
         Jensen-Shannon distance (base 2, in [0, 1]) of the occupancy. For small shifts
         ``JS distance ~ sqrt(PSI / (8 ln 2))``, so 0.1 matches PSI ~ 0.055: the more sensitive
         of the two occupancy statistics with these defaults, and bounded where PSI is not
         (a cluster holding a fraction ``f`` on one side and nothing on the other adds about
         ``f ln(f / eps)`` to PSI, but JS distance never exceeds 1).
-    sqdist_ratio : float, default 1.5
+    sqdist_ratio : float > 1, default 1.5
         New mean squared distance to the nearest center over the reference one: the batch
         is 50 % farther from the centers (in squared distance) than the data the model was
         measured on. Only an increase drifts: a batch closer to the centers is quantized at
-        least as well, which is no reason to retrain.
+        least as well, which is no reason to retrain (hence a threshold above 1: the
+        reference data itself has the ratio 1).
     wasserstein : float, default 8.0
         Largest, over the channels, Wasserstein-1 distance between the batch's and the
         reference's channel histograms, in channel units (sRGB levels 0..255 for images):
@@ -90,7 +99,8 @@ class DriftThresholds:
     Raises
     ------
     InvalidInputError
-        A threshold that is not a positive number.
+        A threshold that is not a positive number, a ``js_distance`` above 1 or a
+        ``sqdist_ratio`` of at most 1.
 
     References
     ----------
@@ -98,10 +108,25 @@ class DriftThresholds:
        Credit Scoring", Wiley, 2006 (the PSI bands).
     """
 
-    psi: float = 0.2
-    js_distance: float = 0.1
-    sqdist_ratio: float = 1.5
-    wasserstein: float = 8.0
+    # Read by pydantic where the class is a field of a parameter model (a plain dict: the
+    # kernels do not import pydantic): unknown fields are errors, the field docstrings are
+    # the run form's descriptions, and the form shows one line, not this docstring.
+    __pydantic_config__: ClassVar[dict[str, Any]] = {
+        "extra": "forbid",
+        "use_attribute_docstrings": True,
+        "json_schema_extra": {
+            "description": "When a batch counts as drifted: any statistic above its threshold."
+        },
+    }
+
+    psi: Annotated[float, Gt(0)] = 0.2
+    """Population stability index of cluster occupancy (0.1-0.25: moderate)."""
+    js_distance: Annotated[float, Gt(0), Le(1)] = 0.1
+    """Jensen-Shannon distance (base 2) of occupancy."""
+    sqdist_ratio: Annotated[float, Gt(1)] = 1.5
+    """Mean squared distance to the nearest center, batch over reference."""
+    wasserstein: Annotated[float, Gt(0)] = 8.0
+    """Largest per-channel Wasserstein-1 distance of the channel histograms (sRGB levels)."""
 
     def __post_init__(self) -> None:
         for name in _STATISTICS:
@@ -112,6 +137,14 @@ class DriftThresholds:
                     f"drift threshold {name} must be a positive number; got {value!r}"
                 )
             object.__setattr__(self, name, float(value))
+        if self.js_distance > 1:
+            raise InvalidInputError(
+                f"drift threshold js_distance must be at most 1; got {self.js_distance!r}"
+            )
+        if self.sqdist_ratio <= 1:
+            raise InvalidInputError(
+                f"drift threshold sqdist_ratio must be above 1; got {self.sqdist_ratio!r}"
+            )
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from kmflow.config import get_settings
 from kmflow.core.model import Model
 from kmflow.jobs.palette import batch_drift, palette_from_model
 from kmflow.kernels.drift import DriftThresholds
-from kmflow.params import DriftThresholdParams
 from kmflow.storage.fs import join_url, storage_options_for, write_bytes_atomic
 from kmflow.storage.pixelstore import ImageRecord
 from kmflow.tasks._common import open_store, retry_on_transient_io, run_logger
@@ -26,7 +25,7 @@ def check_drift_task(
     store_url: str,
     model: Model,
     batch: list[dict[str, Any]],
-    thresholds: DriftThresholdParams,
+    thresholds: DriftThresholds,
 ) -> dict[str, Any]:
     """The drift report (as a dict) of the batch's images against ``model``'s reference.
 
@@ -40,7 +39,7 @@ def check_drift_task(
         palette,
         record.reference,
         images,
-        DriftThresholds(**thresholds.model_dump()),
+        thresholds,
     )
     logger = run_logger()
     for stat in report.statistics:
