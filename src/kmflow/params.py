@@ -157,25 +157,17 @@ class ApplyParams(_Params):
     )
 
 
-class PipelineParams(_Params):
-    """The whole chain: ingest → train (fit, evaluate, register) → apply."""
+class PipelineParams(TrainParams):
+    """The whole chain: ingest → train (fit, evaluate, register) → apply.
+
+    Every training field is :class:`TrainParams`' own (inherited, declared once) and reaches
+    the train step unchanged; ingest adds its sources and filters, apply its output folder.
+    """
 
     sources: list[str] = IngestParams.model_fields["sources"]  # type: ignore[assignment]
-    store: str = StoreUrl
+    pattern: str | None = IngestParams.model_fields["pattern"]  # type: ignore[assignment]
+    strict: bool = IngestParams.model_fields["strict"]  # type: ignore[assignment]
     out: str = ApplyParams.model_fields["out"]  # type: ignore[assignment]
-    model: str = ModelName
-    k: int = Field(default=16, ge=1, le=65536, description="Number of colors (clusters).")
-    color_space: Literal["rgb", "lab"] = Field(
-        default="rgb", description="Fit in sRGB or in perceptual CIE Lab."
-    )
-    method: Literal["histogram", "pixels"] = Field(default="histogram")
-    seed: int | None = Field(default=None, ge=0, description="Random seed; empty: random.")
-    max_iter: int = Field(default=300, ge=1, le=10_000)
-    holdout: Split = Field(default_factory=Split)
-    silhouette_sample_size: int = Field(default=10_000, ge=0, le=100_000)
-    promote: Literal["if-better", "always", "never"] = Field(default="if-better")
-    pattern: str | None = Field(default=None, description="Glob filter inside folders.")
-    strict: bool = Field(default=False, description="Fail if any image cannot be ingested.")
 
     def ingest(self) -> IngestParams:
         return IngestParams(
@@ -183,18 +175,7 @@ class PipelineParams(_Params):
         )
 
     def train(self) -> TrainParams:
-        return TrainParams(
-            store=self.store,
-            model=self.model,
-            k=self.k,
-            color_space=self.color_space,
-            method=self.method,
-            seed=self.seed,
-            max_iter=self.max_iter,
-            holdout=self.holdout,
-            silhouette_sample_size=self.silhouette_sample_size,
-            promote=self.promote,
-        )
+        return TrainParams(**{name: getattr(self, name) for name in TrainParams.model_fields})
 
     def apply(self, version: int) -> ApplyParams:
         return ApplyParams(store=self.store, model=self.model, version=version, out=self.out)
