@@ -17,7 +17,7 @@ import numpy as np
 from kmflow.errors import InvalidInputError
 from kmflow.kernels._random import uniform
 
-__all__ = ["holdout_items", "holdout_rows"]
+__all__ = ["holdout_items", "holdout_row_numbers", "holdout_rows"]
 
 # Stream of kmflow.kernels._random reserved for row splits (k-means|| and inits use 1..99).
 _SPLIT_STREAM = 1_000_003
@@ -107,3 +107,29 @@ def holdout_rows(X: da.Array, fraction: float, *, seed: int) -> da.Array:
         dtype=bool,
         meta=np.empty(0, dtype=bool),
     )
+
+
+def _ids_block(ids: np.ndarray, key: int, fraction: float) -> np.ndarray:
+    if ids.size == 0:
+        return np.zeros(0, dtype=bool)
+    lo, hi = int(ids.min()), int(ids.max())
+    return uniform(key, _SPLIT_STREAM, lo, hi - lo + 1)[ids - lo] < fraction
+
+
+def holdout_row_numbers(rows: da.Array, fraction: float, *, seed: int) -> da.Array:
+    """:func:`holdout_rows` for rows named by their global row numbers.
+
+    Row number ``i`` is held out exactly when :func:`holdout_rows` holds out row ``i`` of the
+    full data, so a subset of the rows (e.g. a table after dropping rows with missing
+    values) keeps every row's side.
+
+    Parameters
+    ----------
+    rows : dask.array.Array of int64, shape (n,)
+        Non-negative global row numbers (any order, gaps allowed).
+    fraction : float in (0, 1)
+    seed : int
+    """
+    fraction = _check_fraction(fraction)
+    key = int(np.random.default_rng(seed).integers(0, 2**63 - 1))
+    return da.map_blocks(_ids_block, rows, key, fraction, dtype=bool, meta=np.empty(0, dtype=bool))

@@ -1,0 +1,553 @@
+"""The records job, step by step: prepare a table, sweep k, fit, evaluate, profile, classify.
+
+Each step is a library function; the ``segment`` flow (:mod:`kmflow.flows.segment`) calls
+them in order through its tasks, and ``kmflow segment`` runs that flow. Steps pass small
+handles (:class:`Prepared`, :class:`Fitted`): URLs, the fitted preprocessing, scores; the
+prepared matrix itself stays in its row store.
+
+1. :func:`prepare`: read the table (:func:`~kmflow.storage.tables.read_table`), plan its
+   columns, fit the preprocessing on the training rows (the seeded split of the row
+   numbers), and write the prepared matrix ``X(row, feature)`` with the row numbers to a
+   row store (:class:`~kmflow.storage.rowstore.RowStore`) named by what it holds, so a
+   re-run on the same table and options streams it again instead of parsing the table.
+2. :func:`fit_segments`: the sweep over k on the training rows (one pass per Lloyd
+   iteration serves every k still iterating), k chosen by the rule
+   (:func:`kmflow.core.sweep.choose_k`), its held-out internal metrics, and external
+   metrics against the target when there is one.
+3. :func:`describe_segments`: labels for every row, ``segments.csv``, the profiles
+   (:mod:`kmflow.jobs.segments.profile`) and, with a target, a classifier per segment
+   (:mod:`kmflow.jobs.segments.classifiers`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import dask
+import dask.array as da
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from kmflow.core.sweep import Choice, SelectRule, choose_k
+from kmflow.errors import InvalidInputError
+from kmflow.jobs.segments.classifiers import SegmentModels, fit_segment_models
+from kmflow.jobs.segments.prepare import (
+    MISSING_LEVEL,
+    ColumnPlan,
+    FitReport,
+    Holdout,
+    Preprocessing,
+    fit_preprocessing,
+    plan_columns,
+)
+from kmflow.jobs.segments.profile import (
+    Profiles,
+    class_name,
+    decode_partition,
+    profile_segments,
+    target_is_numeric,
+)
+from kmflow.kernels.lloyd import assign
+from kmflow.kernels.metrics import external_metrics, internal_metrics
+from kmflow.kernels.split import holdout_row_numbers
+from kmflow.kernels.sweep import SweepInfo, SweepResult, parse_ks
+from kmflow.storage.fs import join_url
+from kmflow.storage.rowstore import RowStore
+from kmflow.storage.tables import Table, read_table
+
+__all__ = [
+    "Described",
+    "Fitted",
+    "Prepared",
+    "SegmentParams",
+    "describe_segments",
+    "fit_segments",
+    "prepare",
+    "segment_labels",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The commit-record format of the records job's row stores.
+STORE_FORMAT = "kmflow.segments"
+
+
+class SegmentParams(BaseModel):
+    """Segment the records of a table: prepare, sweep k, fit, profile, classify, register."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: list[str] = Field(
+        min_length=1,
+        description="CSV/TSV/Parquet files, folders, globs or URLs (s3://bucket/table/).",
+    )
+    id: str | None = Field(default=None, description="Id column: kept, never a feature.")
+    target: str | None = Field(
+        default=None,
+        description="Target column: profiles, external metrics and a classifier per segment.",
+    )
+    features: list[str] | None = Field(
+        default=None, description="Feature columns; empty: inferred (numbers, flags, text)."
+    )
+    exclude: list[str] = Field(default_factory=list, description="Columns never used.")
+    categorical: list[str] = Field(
+        default_factory=list, description="Columns to one-hot even if they hold numbers."
+    )
+    k: str = Field(
+        default="2..12",
+        description="One k ('7') or a sweep ('2..12', '3,5,8').",
+    )
+    select: SelectRule = Field(
+        default="db",
+        description="How the sweep chooses k: lowest Davies-Bouldin, highest "
+        "Calinski-Harabasz or silhouette, or the inertia curve's elbow (Kneedle).",
+    )
+    min_k: int | None = Field(default=None, ge=1, description="Smallest k that may be chosen.")
+    scale: Literal["standard", "robust", "minmax", "none"] = Field(default="standard")
+    missing: Literal["error", "drop", "median"] = Field(
+        default="median",
+        description="Missing numbers: fail, drop the row, or the training median.",
+    )
+    holdout: float = Field(
+        default=0.2,
+        ge=0.0,
+        lt=1.0,
+        description="Share of rows held out (by row number, seeded) for evaluation.",
+    )
+    seed: int = Field(default=0, ge=0, description="Seed of the split, the fits and the models.")
+    max_iter: int = Field(default=300, ge=1, le=10_000)
+    tol: float = Field(default=1e-4, ge=0.0)
+    silhouette_sample_size: int = Field(default=10_000, ge=0, le=100_000)
+    max_levels: int = Field(
+        default=50, ge=2, description="Text columns with more distinct values are left out."
+    )
+    store: str = Field(
+        default="kmflow-data/segments",
+        min_length=1,
+        description="Folder or URL of the prepared row stores.",
+    )
+    model: str = Field(default="segments", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    out: str | None = Field(
+        default=None, description="Folder for segments.csv and profiles.csv; empty: none."
+    )
+    promote: Literal["if-better", "always", "never"] = Field(default="if-better")
+    classifiers: bool = Field(
+        default=True, description="With a target: a classifier per segment and a global one."
+    )
+
+    @field_validator("k")
+    @classmethod
+    def _check_k(cls, value: str) -> str:
+        try:
+            parse_ks(value)
+        except InvalidInputError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
+
+    @property
+    def ks(self) -> list[int]:
+        return parse_ks(self.k)
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A prepared table: where its matrix is, and how it was made."""
+
+    store: str
+    key: str
+    table_fingerprint: str
+    files: list[str]
+    n_rows: int
+    n_prepared: int
+    plan: ColumnPlan
+    preprocessing: Preprocessing
+    fit_report: FitReport
+    missing: dict[str, int]
+    report: tuple[str, ...]
+    reused: bool
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.preprocessing.feature_names)
+
+    def open(self) -> RowStore:
+        return RowStore(self.store, format=STORE_FORMAT)
+
+
+def _key(table: Table, params: SegmentParams) -> str:
+    spec = {
+        "table": table.fingerprint,
+        "options": params.model_dump(
+            include={
+                "id",
+                "target",
+                "features",
+                "exclude",
+                "categorical",
+                "scale",
+                "missing",
+                "holdout",
+                "seed",
+                "max_levels",
+            }
+        ),
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def _row_numbers(pdf: pd.DataFrame, plan: ColumnPlan, prep: Preprocessing) -> np.ndarray:
+    return decode_partition(pdf, plan, prep).index.to_numpy(dtype=np.int64)
+
+
+def prepare(
+    params: SegmentParams,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    by: str | None = None,
+) -> Prepared:
+    """Read, plan, fit the preprocessing on the training rows, and store the prepared matrix.
+
+    Raises
+    ------
+    SourceNotFoundError, TableError, InvalidInputError
+        A missing or malformed table, a column that does not exist, a column of mixed
+        types, missing values under ``missing="error"``, no features left.
+    """
+    table = read_table(params.source, storage_options=storage_options)
+    plan = plan_columns(
+        table,
+        id=params.id,
+        target=params.target,
+        features=params.features,
+        exclude=params.exclude,
+        categorical=params.categorical or None,
+        max_levels=params.max_levels,
+    )
+    if not plan.features:
+        raise InvalidInputError(
+            "no feature columns left: "
+            + ("; ".join(plan.report) if plan.report else "the table has no usable column")
+        )
+    train = Holdout(params.holdout, params.seed) if params.holdout > 0 else None
+    prep = fit_preprocessing(
+        table, plan, train_rows=train, missing=params.missing, scale=params.scale
+    )
+    key = _key(table, params)
+    url = join_url(params.store, f"{key[:24]}.zarr")
+    store = RowStore(url, storage_options=storage_options, format=STORE_FORMAT)
+    reused = store.exists() and store.meta.get("key") == key
+    X, transform_report = prep.transform(table, report=True)
+    if not reused:
+        if store.exists():
+            raise InvalidInputError(f"row store {url} holds other data; remove it first")
+        parts = table.frame.to_delayed()
+        ids = da.concatenate(
+            [
+                da.from_delayed(
+                    dask.delayed(_row_numbers)(p, plan, prep), shape=(n,), dtype=np.int64
+                )
+                for p, n in zip(parts, X.chunks[0], strict=True)
+            ]
+        )
+        meta = {
+            "key": key,
+            "table": table.fingerprint,
+            "files": table.files,
+            "features": list(prep.feature_names),
+        }
+        store.append(X, ids=ids.compute(), meta=meta, by=by)
+    n_prepared = store.n_rows
+    logger.info(
+        "%s: %d rows, %d prepared as %d features in %s%s",
+        ", ".join(table.files[:3]),
+        table.n_rows,
+        n_prepared,
+        prep.n_features,
+        url,
+        " (reused)" if reused else "",
+    )
+    return Prepared(
+        store=url,
+        key=key,
+        table_fingerprint=table.fingerprint,
+        files=list(table.files),
+        n_rows=table.n_rows,
+        n_prepared=n_prepared,
+        plan=plan,
+        preprocessing=prep,
+        fit_report=prep.fit_report,
+        missing=dict(transform_report.missing),
+        report=tuple(plan.report),
+        reused=reused,
+    )
+
+
+# --------------------------------------------------------------------------- fit
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """The sweep, the chosen k and its evaluation."""
+
+    sweep: list[dict[str, Any]]
+    choice: Choice
+    centers: np.ndarray
+    inertia: float
+    n_iter: int
+    converged: bool
+    seed: int
+    metrics: dict[str, Any]
+    n_train: int
+    n_test: int
+    seconds: float
+
+    @property
+    def k(self) -> int:
+        return self.choice.k
+
+
+def _split(prepared: Prepared, params: SegmentParams) -> tuple[da.Array, da.Array, da.Array]:
+    store = prepared.open()
+    X = store.rows().astype(np.float64)
+    ids = da.from_array(store.ids(), chunks=(X.chunks[0],))
+    if params.holdout > 0:
+        held = holdout_row_numbers(ids, params.holdout, seed=params.seed)
+    else:
+        held = da.zeros(X.shape[0], chunks=(X.chunks[0],), dtype=bool)
+    return X, ids, held
+
+
+def fit_segments(
+    prepared: Prepared,
+    params: SegmentParams,
+    *,
+    callback: Callable[[SweepInfo], None] | None = None,
+) -> Fitted:
+    """Sweep k on the training rows, choose k, evaluate it on the held-out rows."""
+    from kmflow.cluster.sweep import sweep_fit
+
+    t0 = time.perf_counter()
+    ks = params.ks
+    X, _, held = _split(prepared, params)
+    train_x = X[~held]
+    train_x = train_x.compute_chunk_sizes()
+    test_x = X[held].compute_chunk_sizes()
+    n_train, n_test = int(train_x.shape[0]), int(test_x.shape[0])
+    if n_train == 0:
+        raise InvalidInputError("no training rows: lower --holdout or give more rows")
+    result: SweepResult = sweep_fit(
+        train_x,
+        ks,
+        seed=params.seed,
+        max_iter=params.max_iter,
+        tol=params.tol,
+        silhouette_sample_size=params.silhouette_sample_size,
+        callback=callback,
+    )
+    table = [r.to_dict() for r in result.results.values()]
+    choice = choose_k(table, params.select, min_k=params.min_k)
+    chosen = result.results[choice.k]
+    metrics: dict[str, Any] = {
+        "train": {k: v for k, v in chosen.to_dict().items() if k != "seconds"},
+        "chosen_k": choice.k,
+        "rule": choice.rule,
+        "runner_up": choice.runner_up,
+    }
+    if n_test:
+        im = internal_metrics(test_x, chosen.centers, undefined="nan")
+        metrics["held_out"] = {
+            "n_rows": n_test,
+            "inertia_per_row": im.inertia / n_test,
+            "davies_bouldin": im.davies_bouldin,
+            "calinski_harabasz": im.calinski_harabasz,
+        }
+    return Fitted(
+        sweep=table,
+        choice=choice,
+        centers=np.asarray(chosen.centers),
+        inertia=float(chosen.inertia),
+        n_iter=int(chosen.n_iter),
+        converged=bool(chosen.converged),
+        seed=int(result.seed),
+        metrics=metrics,
+        n_train=n_train,
+        n_test=n_test,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+# --------------------------------------------------------------------------- describe
+
+
+@dataclass(frozen=True)
+class Described:
+    """Labels, profiles and per-segment models of the chosen segmentation."""
+
+    sizes: list[int]
+    profiles: Profiles
+    external: dict[str, Any] | None
+    segment_models: SegmentModels | None
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+def segment_labels(X: da.Array, centers: np.ndarray) -> tuple[da.Array, da.Array]:
+    """Each row's segment and its Euclidean distance to the segment's center."""
+    labels = assign(X, centers)
+
+    def dist(x: np.ndarray, lab: np.ndarray) -> np.ndarray:
+        return np.sqrt(((x - centers[lab]) ** 2).sum(axis=1))
+
+    distance = da.map_blocks(dist, X, labels, drop_axis=1, dtype=np.float64)
+    return labels, distance
+
+
+def _target_codes(
+    frame: Any, plan: ColumnPlan, prep: Preprocessing, chunks: tuple[int, ...]
+) -> tuple[da.Array, list[str]]:
+    target = plan.target
+    assert target is not None
+    numeric = target_is_numeric(frame, target)
+    meta = decode_partition(frame._meta, plan, prep, numeric)
+    parts = [
+        dask.delayed(decode_partition)(p, plan, prep, numeric)[target] for p in frame.to_delayed()
+    ]
+    values = dd.from_delayed(parts, meta=meta[target], verify_meta=False)
+    found = values.dropna().unique().compute()
+    classes = sorted({class_name(v) for v in found} - {MISSING_LEVEL})
+    if numeric:
+        classes = sorted(classes, key=float)
+    lookup = {c: i for i, c in enumerate(classes)}
+
+    def codes(s: pd.Series) -> np.ndarray:
+        return np.array([lookup.get(class_name(v), -1) for v in s], dtype=np.int64)
+
+    arrays = [
+        da.from_delayed(dask.delayed(codes)(p), shape=(n,), dtype=np.int64)
+        for p, n in zip(parts, chunks, strict=True)
+    ]
+    return da.concatenate(arrays), classes
+
+
+def _write_segments_csv(
+    url: str, frame: Any, plan: ColumnPlan, prep: Preprocessing, labels: da.Array, dist: da.Array
+) -> None:
+    id_col = plan.id
+
+    def part(pdf: pd.DataFrame, lab: np.ndarray, d: np.ndarray) -> pd.DataFrame:
+        rows = decode_partition(pdf, plan, prep).index
+        first = pdf.loc[rows, id_col].to_numpy() if id_col is not None else rows.to_numpy(np.int64)
+        return pd.DataFrame(
+            {id_col if id_col is not None else "row": first, "segment": lab, "distance": d}
+        )
+
+    id_meta = frame._meta[id_col] if id_col is not None else pd.Series([], dtype=np.int64)
+    meta = pd.DataFrame(
+        {
+            id_col if id_col is not None else "row": id_meta.to_numpy(),
+            "segment": np.array([], dtype=np.int32),
+            "distance": np.array([], dtype=np.float64),
+        }
+    )
+    parts = [
+        dask.delayed(part)(p, lb, db)
+        for p, lb, db in zip(
+            frame.to_delayed(),
+            labels.to_delayed().ravel(),
+            dist.to_delayed().ravel(),
+            strict=True,
+        )
+    ]
+    dd.from_delayed(parts, meta=meta, verify_meta=False).to_csv(url, single_file=True, index=False)
+
+
+def describe_segments(
+    prepared: Prepared,
+    params: SegmentParams,
+    centers: np.ndarray,
+    *,
+    out: str | None = None,
+) -> Described:
+    """Labels for every row, ``segments.csv``, profiles and the per-segment classifiers."""
+    table = read_table(prepared.files)
+    if table.fingerprint != prepared.table_fingerprint:
+        raise InvalidInputError(
+            "the table changed since it was prepared; run the segmentation again"
+        )
+    prep = prepared.preprocessing
+    X, _, held = _split(prepared, params)
+    X = X.rechunk((tuple(_partition_sizes(table, prepared)), X.shape[1]))
+    k = int(centers.shape[0])
+    labels, dist = segment_labels(X, centers)
+    labels = labels.persist()
+    sizes = np.bincount(labels.compute(), minlength=k).tolist()
+    profiles = profile_segments(table.frame, prepared.plan, prep, X, labels, k)
+    external = None
+    models = None
+    if prepared.plan.target is not None:
+        y, classes = _target_codes(table.frame, prepared.plan, prep, X.chunks[0])
+        known = y >= 0
+        ext = external_metrics(y[known], labels[known])
+        external = ext.to_dict()
+        if params.classifiers and len(classes) >= 2:
+            models = fit_segment_models(
+                X,
+                y,
+                classes,
+                labels,
+                ~held.rechunk((X.chunks[0],)),
+                k,
+                seed=params.seed,
+            )
+    outputs: dict[str, str] = {}
+    if out is not None:
+        seg_url = join_url(out, "segments.csv")
+        prof_url = join_url(out, "profiles.csv")
+        for url in (seg_url, prof_url):
+            if url in table.files:
+                raise InvalidInputError(f"{url} is one of the source files; choose another --out")
+        _write_segments_csv(seg_url, table.frame, prepared.plan, prep, labels, dist)
+        from kmflow.storage.fs import write_bytes_atomic
+
+        write_bytes_atomic(prof_url, profiles.table().to_csv(index=False).encode("utf-8"))
+        outputs = {"segments": seg_url, "profiles": prof_url}
+    return Described(
+        sizes=sizes,
+        profiles=profiles,
+        external=external,
+        segment_models=models,
+        outputs=outputs,
+    )
+
+
+def _partition_sizes(table: Table, prepared: Prepared) -> list[int]:
+    """Prepared rows per partition of the table (fewer than its rows under ``drop``)."""
+    if prepared.preprocessing.missing != "drop":
+        return list(table.partition_rows)
+    ids = prepared.open().ids()
+    starts = np.append(table.row_starts(), table.n_rows)
+    return np.diff(np.searchsorted(ids, starts)).astype(int).tolist()
+
+
+def json_ready(value: Any) -> Any:
+    """NaN and infinities as None, numpy scalars as Python numbers (for report JSON)."""
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

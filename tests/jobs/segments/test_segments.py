@@ -1,0 +1,190 @@
+"""The records job end to end in the library: prepare, sweep, profile, classify."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from kmflow.errors import InvalidInputError, KmflowError
+from kmflow.jobs.segments.job import (
+    SegmentParams,
+    describe_segments,
+    fit_segments,
+    prepare,
+)
+
+Customers = Callable[..., tuple[pd.DataFrame, np.ndarray]]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, make_customers: Customers) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("segments")
+    df, seg = make_customers()
+    df.to_csv(root / "customers.csv", index=False)
+    params = SegmentParams(
+        source=[str(root / "customers.csv")],
+        id="customer id",
+        target="churn",
+        k="2..6",
+        store=str(root / "store"),
+    )
+    prepared = prepare(params)
+    fitted = fit_segments(prepared, params)
+    described = describe_segments(prepared, params, fitted.centers, out=str(root / "out"))
+    return {
+        "root": root,
+        "df": df,
+        "seg": seg,
+        "params": params,
+        "prepared": prepared,
+        "fitted": fitted,
+        "described": described,
+    }
+
+
+def test_columns_are_inferred_and_reported(run: dict[str, Any]) -> None:
+    prepared = run["prepared"]
+    assert prepared.feature_names == [
+        "monthly $",
+        "calls (per day)",
+        "tenure",
+        "roaming",
+        "plan=basic",
+        "plan=gold",
+        "plan=plus",
+        "plan=team",
+    ]
+    assert prepared.missing["tenure"] == 25
+    assert any("name" in line and "left out" in line for line in prepared.report)
+    assert prepared.n_prepared == prepared.n_rows == 2400
+
+
+def test_planted_segments_are_recovered_and_the_sweep_picks_k(run: dict[str, Any]) -> None:
+    fitted, seg = run["fitted"], run["seg"]
+    assert fitted.k == 4
+    assert fitted.choice.rule == "db"
+    assert [row["k"] for row in fitted.sweep] == [2, 3, 4, 5, 6]
+    best_silhouette = max(fitted.sweep, key=lambda r: r["silhouette"])["k"]
+    assert best_silhouette == 4
+    out = pd.read_csv(run["root"] / "out" / "segments.csv")
+    assert list(out.columns) == ["customer id", "segment", "distance"]
+    assert out["customer id"].tolist() == run["df"]["customer id"].tolist()
+    assert adjusted_rand_score(seg, out["segment"]) >= 0.95
+    assert (out["distance"] >= 0).all()
+    assert fitted.metrics["held_out"]["n_rows"] == fitted.n_test > 0
+
+
+def test_profiles_equal_pandas_group_by(run: dict[str, Any]) -> None:
+    df = run["df"].copy()
+    out = pd.read_csv(run["root"] / "out" / "segments.csv")
+    df["segment"] = out["segment"].to_numpy()
+    df["tenure"] = pd.to_numeric(df["tenure"].replace("", np.nan))
+    grouped = df.groupby("segment")
+    profiles = {p.segment: p for p in run["described"].profiles.segments}
+    for s, group in grouped:
+        p = profiles[int(s)]
+        assert p.size == len(group)
+        assert p.share == pytest.approx(len(group) / len(df))
+        for col in ("monthly $", "calls (per day)", "tenure"):
+            assert p.numeric[col]["mean"] == pytest.approx(group[col].mean(), rel=1e-12)
+            assert p.numeric[col]["median"] == pytest.approx(group[col].median(), rel=1e-12)
+            assert p.numeric[col]["std"] == pytest.approx(group[col].std(), rel=1e-10)
+        assert p.flags["roaming"] == pytest.approx((group["roaming"] == "yes").mean())
+        top_level, top_share = p.categories["plan"][0]
+        counts = group["plan"].value_counts()
+        assert top_level == counts.index[0]
+        assert top_share == pytest.approx(counts.iloc[0] / len(group))
+        assert p.target["churn rate"] == pytest.approx(group["churn"].mean())
+        assert len(p.distinguishing) == 5
+    table = pd.read_csv(run["root"] / "out" / "profiles.csv")
+    assert len(table) == 4
+    assert {"size", "monthly $ median", "churn rate"} <= set(table.columns)
+
+
+def test_segment_models_beat_chance(run: dict[str, Any]) -> None:
+    models = run["described"].segment_models
+    assert models is not None
+    assert models.classes == ["0", "1"]
+    overall = models.scores["overall"]
+    assert overall["segmented"]["roc_auc"] > 0.7
+    assert overall["global"]["roc_auc"] > 0.7
+    assert set(models.files) == {
+        "classifier.global.skops",
+        *(f"classifier.segment-{s}.skops" for s in range(4)),
+    }
+    rows = models.scores["segments"]
+    assert sum(r["n_test"] for r in rows) == overall["n_test"] == run["fitted"].n_test
+
+
+def test_a_second_run_streams_the_stored_matrix(run: dict[str, Any]) -> None:
+    again = prepare(run["params"])
+    assert again.reused
+    assert again.store == run["prepared"].store
+    assert again.key == run["prepared"].key
+
+
+def test_drop_policy_keeps_row_numbers(tmp_path: Path, make_customers: Customers) -> None:
+    df, _ = make_customers(n=600, seed=3)
+    df.to_csv(tmp_path / "c.csv", index=False)
+    params = SegmentParams(
+        source=[str(tmp_path / "c.csv")],
+        k="4",
+        missing="drop",
+        store=str(tmp_path / "store"),
+        target="churn",
+        classifiers=False,
+    )
+    prepared = prepare(params)
+    assert prepared.n_prepared == 600 - 25
+    fitted = fit_segments(prepared, params)
+    described = describe_segments(prepared, params, fitted.centers, out=str(tmp_path / "out"))
+    out = pd.read_csv(tmp_path / "out" / "segments.csv")
+    blank = df["tenure"] == ""
+    assert out["row"].tolist() == np.flatnonzero(~blank.to_numpy()).tolist()
+    assert sum(described.sizes) == 575
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"id": "client"}, "client"),
+        ({"target": "churned"}, "churned"),
+        ({"features": ["monthly"]}, "monthly"),
+        ({"k": "2..5000"}, "only 238 rows"),
+    ],
+)
+def test_bad_options_are_clear_errors(
+    tmp_path: Path, edit: dict[str, Any], message: str, make_customers: Customers
+) -> None:
+    df, _ = make_customers(n=300, seed=1)
+    df.to_csv(tmp_path / "c.csv", index=False)
+    params = SegmentParams(source=[str(tmp_path / "c.csv")], store=str(tmp_path / "s"), **edit)
+    with pytest.raises(KmflowError, match=message):
+        fit_segments(prepare(params), params)
+
+
+def test_out_never_overwrites_a_source(tmp_path: Path, make_customers: Customers) -> None:
+    df, _ = make_customers(n=300, seed=1)
+    df.to_csv(tmp_path / "profiles.csv", index=False)
+    params = SegmentParams(
+        source=[str(tmp_path / "profiles.csv")], k="3", store=str(tmp_path / "s")
+    )
+    prepared = prepare(params)
+    fitted = fit_segments(prepared, params)
+    with pytest.raises(InvalidInputError, match="one of the source files"):
+        describe_segments(prepared, params, fitted.centers, out=str(tmp_path))
+    assert pd.read_csv(tmp_path / "profiles.csv").shape == df.shape
+
+
+def test_k_larger_than_the_distinct_rows_is_a_clear_error(tmp_path: Path) -> None:
+    rows = pd.DataFrame({"a": [1.0, 2.0, 3.0] * 100, "b": [0.5, 0.5, 9.0] * 100})
+    rows.to_csv(tmp_path / "few.csv", index=False)
+    params = SegmentParams(source=[str(tmp_path / "few.csv")], k="2..5", store=str(tmp_path / "s"))
+    with pytest.raises(KmflowError, match="distinct"):
+        fit_segments(prepare(params), params)
