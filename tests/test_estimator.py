@@ -221,10 +221,11 @@ def test_bad_sample_weight(weights, message) -> None:
 def test_init_array_of_wrong_shape() -> None:
     X = np.random.default_rng(0).normal(size=(10, 2))
     with pytest.raises(
-        InvalidInputError, match=r"init array has shape \(3, 3\).*expected \(3, 2\)"
+        InvalidInputError,
+        match=r"init centers must have shape \(3, 2\) .*got shape \(3, 3\)",
     ):
         KMeans(3, init=np.zeros((3, 3))).fit(X)
-    with pytest.raises(InvalidInputError, match="init array contains NaN"):
+    with pytest.raises(InvalidInputError, match="init centers contain 1 NaN or infinite values"):
         KMeans(2, init=np.array([[0.0, np.nan], [1.0, 1.0]])).fit(X)
 
 

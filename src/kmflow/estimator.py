@@ -259,7 +259,13 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):  # type: ignore[mis
         W = check_sample_weight(sample_weight, Xd)
         init_centers = None
         if not isinstance(self.init, str):
-            init_centers = check_centers(self.init, k, Xd.shape[1])
+            init_centers = check_centers(
+                self.init,
+                k,
+                Xd.shape[1],
+                name="init centers",
+                shape_from=f"n_clusters={k}, X has {Xd.shape[1]} features",
+            )
         blocks, persisted, keep_state, placement = _place_data(Xd, W, X, sample_weight)
         try:
             stats, result, key, init_seconds = self._fit_blocks(blocks, k, init_centers, keep_state)

@@ -295,11 +295,14 @@ def test_model_accepts_integer_and_fortran_centers() -> None:
 @pytest.mark.parametrize(
     ("centers", "message"),
     [
-        (CENTERS[:1], r"shape \(1, 3\) but the record of 'palette' v2 says \(2, 3\)"),
+        (
+            CENTERS[:1],
+            r"must have shape \(2, 3\) \(the record of 'palette' v2\); got shape \(1, 3\)",
+        ),
         (CENTERS.T, r"shape \(3, 2\)"),
         (CENTERS + 1.0, "sha256"),
         (np.where(CENTERS == 7.0, np.nan, CENTERS), "NaN or infinite"),
-        (np.array([["a", "b", "c"], ["d", "e", "f"]]), "real array"),
+        (np.array([["a", "b", "c"], ["d", "e", "f"]]), "must be real numbers"),
     ],
 )
 def test_model_rejects_centers_that_do_not_match(centers: np.ndarray, message: str) -> None:

@@ -192,7 +192,7 @@ def test_internal_chunking_invariance(blobs, blob_centers) -> None:
         ({"labels": np.array([1, 1, 1, 1, 1])}, "at least 2 non-empty clusters; got 1 "),
         ({"centers": TOY_X}, "5 non-empty clusters for 5 rows .* every row is its own cluster"),
         ({"centers": np.zeros((2, 3))}, r"centers must have shape \(n_clusters, 1\).*\(2, 3\)"),
-        ({"centers": [[0.0], [np.inf]]}, "centers contain NaN or infinity"),
+        ({"centers": [[0.0], [np.inf]]}, "centers contain 1 NaN or infinite values"),
         ({"sample_weight": [1.0, 1.0, -1.0, 1.0, 1.0]}, r"non-negative; 1 .*-1\.0 at row 2"),
         ({"sample_weight": [np.nan, 1.0, 1.0, 1.0, 1.0]}, r"first: nan at row 0"),
         ({"sample_weight": np.zeros(5)}, "sample_weight sums to zero"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -71,3 +73,30 @@ def test_empty_blocks_and_zero_weights_are_neutral() -> None:
 def test_bad_weights(weights, message) -> None:
     with pytest.raises(InvalidInputError, match=message):
         _stats(np.ones((10, 2)), weights, chunks=3)
+
+
+def test_check_centers_is_the_one_check_of_centers() -> None:
+    from kmflow.kernels.validation import check_centers
+
+    given = np.array([[1, 2], [3, 4]], dtype=np.int32)
+    c = check_centers(given)
+    assert c.dtype == np.float64
+    assert c.flags.c_contiguous
+    assert c.flags.owndata
+    assert check_centers(np.asfortranarray(given), 2, 2).tolist() == [[1, 2], [3, 4]]
+    bad: list[tuple[Any, dict[str, Any], str]] = [
+        ([[1.0, 2.0], [3.0]], {}, "centers are not an array"),
+        (np.array([["a"]]), {}, "centers must be real numbers; got dtype <U1"),
+        (np.zeros(3), {}, r"non-empty 2-D array .*got shape \(3,\)"),
+        (np.zeros((0, 2)), {"n_features": 2}, r"non-empty 2-D array .*got shape \(0, 2\)"),
+        (given, {"n_clusters": 3}, r"centers must have shape \(3, n_features\); got"),
+        (
+            given,
+            {"n_features": 3, "name": "init centers", "shape_from": "X has 3 features"},
+            r"init centers must have shape \(n_clusters, 3\) \(X has 3 features\); got shape",
+        ),
+        (np.array([[np.nan, np.inf]]), {}, "centers contain 2 NaN or infinite values"),
+    ]
+    for centers, kwargs, message in bad:
+        with pytest.raises(InvalidInputError, match=message):
+            check_centers(centers, **kwargs)

@@ -411,18 +411,15 @@ class Model:
     artifacts: Mapping[str, bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        raw = np.asarray(self.centers)
-        if raw.dtype.kind not in "biuf":
-            raise InvalidInputError(f"centers must be a real array; got dtype {raw.dtype}")
-        centers = np.array(raw, dtype=np.float64, order="C", copy=True)
-        expected = (self.record.n_clusters, self.record.n_features)
-        if centers.shape != expected:
-            raise InvalidInputError(
-                f"centers have shape {centers.shape} but the record of "
-                f"{self.record.name!r} v{self.record.version} says {expected}"
-            )
-        if not np.isfinite(centers).all():
-            raise InvalidInputError("centers contain NaN or infinite values")
+        # Imported here: loading a model needs no Dask or numba.
+        from kmflow.kernels.validation import check_centers
+
+        centers = check_centers(
+            self.centers,
+            self.record.n_clusters,
+            self.record.n_features,
+            shape_from=f"the record of {self.record.name!r} v{self.record.version}",
+        )
         digest = centers_sha256(centers)
         if digest != self.record.centers_sha256:
             raise InvalidInputError(

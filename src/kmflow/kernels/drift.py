@@ -33,8 +33,8 @@ from kmflow.errors import InvalidInputError
 from kmflow.kernels import _numba
 from kmflow.kernels._blocks import Blocks, map_reduce
 from kmflow.kernels.lloyd import _require_finite
-from kmflow.kernels.metrics import _block_weights, _check_centers
-from kmflow.kernels.validation import check_array, check_sample_weight
+from kmflow.kernels.metrics import _block_weights
+from kmflow.kernels.validation import check_array, check_centers, check_sample_weight
 
 __all__ = [
     "BatchStatistics",
@@ -462,7 +462,7 @@ def batch_statistics(
     """
     Xd = check_array(X)
     W = check_sample_weight(sample_weight, Xd)
-    c = _check_centers(centers, int(Xd.shape[1]))
+    c = check_centers(centers, None, int(Xd.shape[1]), shape_from=f"X has {Xd.shape[1]} features")
     counts = (
         None if channel_counts is None else _nonnegative(channel_counts, "channel_counts", ndim=2)
     )

@@ -317,7 +317,7 @@ def lloyd(
     """
     Xd = check_array(X)
     W = check_sample_weight(sample_weight, Xd)
-    c = check_centers(centers, np.asarray(centers).shape[0], Xd.shape[1])
+    c = check_centers(centers, None, Xd.shape[1], shape_from=f"X has {Xd.shape[1]} features")
     blocks = Blocks(Xd, W)
     stats = data_stats(blocks)
     return _lloyd(
@@ -334,7 +334,7 @@ def inertia(X: Any, centers: Any, *, sample_weight: Any = None) -> float:
     """
     Xd = check_array(X)
     W = check_sample_weight(sample_weight, Xd)
-    c = check_centers(centers, np.asarray(centers).shape[0], Xd.shape[1])
+    c = check_centers(centers, None, Xd.shape[1], shape_from=f"X has {Xd.shape[1]} features")
     return _cost_pass(Blocks(Xd, W), c)
 
 

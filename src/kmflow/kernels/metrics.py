@@ -27,7 +27,12 @@ from kmflow.kernels import _numba
 from kmflow.kernels._blocks import Blocks, map_reduce
 from kmflow.kernels._random import derive_key, uniform
 from kmflow.kernels.lloyd import _require_finite
-from kmflow.kernels.validation import DEFAULT_CHUNK_ROWS, check_array, check_sample_weight
+from kmflow.kernels.validation import (
+    DEFAULT_CHUNK_ROWS,
+    check_array,
+    check_centers,
+    check_sample_weight,
+)
 
 __all__ = [
     "ExternalMetrics",
@@ -90,21 +95,6 @@ def _block_weights(w: np.ndarray | None, n: int, offset: int) -> np.ndarray:
             f"not (first: {float(wv[i])!r} at row {offset + i})"
         )
     return wv
-
-
-def _check_centers(centers: Any, n_features: int) -> np.ndarray:
-    c = np.asarray(centers.compute() if isinstance(centers, da.Array) else centers)
-    if c.ndim != 2 or c.shape[0] == 0 or c.shape[1] != n_features:
-        raise InvalidInputError(
-            f"centers must have shape (n_clusters, {n_features}) with n_clusters >= 1 "
-            f"(X has {n_features} features); got shape {c.shape}"
-        )
-    if c.dtype.kind not in "uif":
-        raise InvalidInputError(f"centers must be numeric; got dtype {c.dtype}")
-    c = c.astype(np.float64)
-    if not np.isfinite(c).all():
-        raise InvalidInputError("centers contain NaN or infinity")
-    return c
 
 
 # --------------------------------------------------------------------------- internal metrics
@@ -322,7 +312,7 @@ def internal_metrics(
     """
     Xd = check_array(X)
     W = check_sample_weight(sample_weight, Xd)
-    c = _check_centers(centers, Xd.shape[1])
+    c = check_centers(centers, None, Xd.shape[1], shape_from=f"X has {Xd.shape[1]} features")
     n_samples = int(Xd.shape[0])
     blocks = Blocks(Xd, W)
     if labels is None:

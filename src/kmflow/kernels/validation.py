@@ -166,26 +166,65 @@ def check_sample_weight(sample_weight: Any, X: da.Array) -> da.Array | None:
     return sample_weight.astype(np.float64).rechunk((X.chunks[0],))
 
 
-def check_centers(centers: Any, n_clusters: int, n_features: int) -> np.ndarray:
-    """Validate an explicit array of initial centers; return it as float64.
+def check_centers(
+    centers: Any,
+    n_clusters: int | None = None,
+    n_features: int | None = None,
+    *,
+    name: str = "centers",
+    shape_from: str | None = None,
+) -> np.ndarray:
+    """Validate an array of cluster centers; return it as a fresh C-contiguous float64 array.
+
+    The one check of centers: initial centers (the estimator, Lloyd, the sweep), centers to
+    measure (metrics, drift), centers to register (the registry), a model's centers and a
+    palette's.
+
+    Parameters
+    ----------
+    centers : array-like or dask array
+    n_clusters, n_features : int, optional
+        The expected number of rows and columns; ``None`` accepts any (at least 1).
+    name : str, default "centers"
+        What the centers are, in messages (e.g. ``"init centers"``).
+    shape_from : str, optional
+        Where the expected shape comes from, in messages (e.g. ``"X has 3 features"``).
+
+    Returns
+    -------
+    ndarray of shape (n_clusters, n_features), float64
+        A copy: the caller may freeze or modify it.
 
     Raises
     ------
     InvalidInputError
-        Wrong shape or non-finite values.
+        Not an array of real numbers (booleans and integers are accepted), not a non-empty
+        2-D array, not of the expected shape, or NaN or infinite values.
     """
-    c = np.asarray(centers.compute() if isinstance(centers, da.Array) else centers)
-    if c.dtype.kind not in "uif":
-        raise InvalidInputError(f"init array must be numeric; got dtype {c.dtype}")
-    if c.shape != (n_clusters, n_features):
+    try:
+        raw = np.asarray(centers.compute() if isinstance(centers, da.Array) else centers)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInputError(f"{name} are not an array: {exc}") from exc
+    if raw.dtype.kind not in "biuf":
+        raise InvalidInputError(f"{name} must be real numbers; got dtype {raw.dtype}")
+    if raw.ndim != 2 or raw.size == 0:
         raise InvalidInputError(
-            f"init array has shape {c.shape} but n_clusters={n_clusters} and X has "
-            f"{n_features} features: expected ({n_clusters}, {n_features})"
+            f"{name} must be a non-empty 2-D array (n_clusters, n_features); got shape {raw.shape}"
         )
-    c = c.astype(np.float64)
-    if not np.isfinite(c).all():
-        raise InvalidInputError("init array contains NaN or infinity")
-    return c
+    if (n_clusters is not None and raw.shape[0] != n_clusters) or (
+        n_features is not None and raw.shape[1] != n_features
+    ):
+        rows = "n_clusters" if n_clusters is None else str(n_clusters)
+        cols = "n_features" if n_features is None else str(n_features)
+        why = "" if shape_from is None else f" ({shape_from})"
+        raise InvalidInputError(
+            f"{name} must have shape ({rows}, {cols}){why}; got shape {raw.shape}"
+        )
+    array = np.array(raw, dtype=np.float64, order="C", copy=True)
+    bad = int(np.count_nonzero(~np.isfinite(array)))
+    if bad:
+        raise InvalidInputError(f"{name} contain {bad} NaN or infinite values")
+    return array
 
 
 @dataclass(frozen=True)

@@ -799,21 +799,10 @@ def _parse_version(version: int | str) -> int | Literal["latest", "champion"]:
 
 def _checked_centers(centers: Any) -> np.ndarray:
     """`centers` as a fresh C-contiguous float64 array, or InvalidInputError."""
-    try:
-        raw = np.asarray(centers)
-    except (ValueError, TypeError) as exc:
-        raise InvalidInputError(f"centers are not an array: {exc}") from exc
-    if raw.dtype.kind not in "biuf":
-        raise InvalidInputError(f"centers must be real numbers; got dtype {raw.dtype}")
-    if raw.ndim != 2 or raw.size == 0:
-        raise InvalidInputError(
-            f"centers must be a non-empty 2-D array (n_clusters, n_features); got shape {raw.shape}"
-        )
-    array = np.array(raw, dtype=np.float64, order="C", copy=True)
-    bad = int(np.count_nonzero(~np.isfinite(array)))
-    if bad:
-        raise InvalidInputError(f"centers contain {bad} NaN or infinite values")
-    return array
+    # Imported here: listing and reading models needs no Dask or numba.
+    from kmflow.kernels.validation import check_centers
+
+    return check_centers(centers)
 
 
 def _artifact_bytes(

@@ -285,7 +285,7 @@ def test_palette_from_centers_validates() -> None:
 
     p = palette_from_centers(np.array([[0.0, 0, 0], [255, 255, 255]]), "rgb")
     assert p.rgb.tolist() == [[0, 0, 0], [255, 255, 255]]
-    with pytest.raises(InvalidInputError, match=r"shape \(k, 3\); got shape \(2, 2\)"):
+    with pytest.raises(InvalidInputError, match=r"shape \(n_clusters, 3\).*got shape \(2, 2\)"):
         palette_from_centers(np.zeros((2, 2)))
     with pytest.raises(InvalidInputError, match="color_space must be 'rgb' or 'lab'"):
         palette_from_centers(np.zeros((2, 3)), "hsv")  # type: ignore[arg-type]

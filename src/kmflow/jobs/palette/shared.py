@@ -39,6 +39,7 @@ from kmflow.kernels.drift import DriftReport, DriftThresholds, batch_statistics,
 from kmflow.kernels.lloyd import Callback, assign, nearest
 from kmflow.kernels.metrics import internal_metrics, silhouette_sample
 from kmflow.kernels.split import holdout_items, holdout_rows
+from kmflow.kernels.validation import check_centers
 from kmflow.storage.fs import join_url, write_bytes_atomic
 from kmflow.storage.images import encode_png
 from kmflow.storage.pixelstore import ImageRecord, PixelStore
@@ -133,10 +134,11 @@ class Palette:
         if not isinstance(data, Mapping) or set(data) != fields:
             got = sorted(data) if isinstance(data, Mapping) else type(data).__name__
             raise InvalidInputError(f"not a palette: expected fields {sorted(fields)}, got {got}")
-        centers = np.asarray(data["centers"], dtype=np.float64)
+        try:
+            centers = check_centers(data["centers"], None, 3, shape_from="3 color channels")
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"not a palette: {exc}") from exc
         rgb = np.asarray(data["rgb"])
-        if centers.ndim != 2 or centers.shape[1] != 3 or not np.isfinite(centers).all():
-            raise InvalidInputError(f"not a palette: centers of shape {centers.shape}")
         if rgb.shape != centers.shape or rgb.min() < 0 or rgb.max() > 255:
             raise InvalidInputError(f"not a palette: sRGB colors of shape {rgb.shape}")
         if data["color_space"] not in ("rgb", "lab") or data["method"] not in (
@@ -250,11 +252,7 @@ def palette_from_centers(
     """
     if color_space not in ("rgb", "lab"):
         raise InvalidInputError(f"color_space must be 'rgb' or 'lab'; got {color_space!r}")
-    c = np.asarray(centers, dtype=np.float64)
-    if c.ndim != 2 or c.shape[1] != 3 or c.shape[0] < 1 or not np.isfinite(c).all():
-        raise InvalidInputError(
-            f"a palette needs finite centers of shape (k, 3); got shape {c.shape}"
-        )
+    c = check_centers(centers, None, 3, name="palette centers", shape_from="3 color channels")
     return Palette(
         centers=c,
         rgb=palette_rgb(c, color_space),
