@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
@@ -15,6 +14,7 @@ from prefect.events import emit_event
 from kmflow.cluster.session import cluster_session
 from kmflow.config import get_settings
 from kmflow.errors import InvalidInputError, SourceNotFoundError
+from kmflow.fingerprint import fingerprint
 from kmflow.flows._report import Cell, link, publish_metrics, publish_report, timings_table
 from kmflow.params import IngestParams, MonitorParams
 from kmflow.storage.fs import (
@@ -42,8 +42,8 @@ def dataset_resource_id(store: str) -> str:
 
 
 def batch_id(sha256s: list[str]) -> str:
-    """Identity of a batch: sha256 over its images' sorted content hashes."""
-    return hashlib.sha256("\n".join(sorted(sha256s)).encode()).hexdigest()
+    """Identity of a batch: the data fingerprint of its images' content hashes."""
+    return fingerprint(sha256s)
 
 
 def _cursor_url(reports: str, store: str) -> str:

@@ -12,6 +12,7 @@ from prefect.serializers import Serializer
 from pydantic import Field
 
 from kmflow.core.split import Split, active_split
+from kmflow.fingerprint import fingerprint
 from kmflow.jobs.palette import Palette, fit_palette
 from kmflow.kernels.lloyd import IterationInfo
 from kmflow.params import TrainParams
@@ -113,15 +114,17 @@ def fit_palette_task(params: TrainParams, warm_start: list[list[float]] | None =
 
 @task(name="training-fingerprint", cache_policy=NO_CACHE)
 def training_fingerprint_task(store_url: str, holdout: Split, window: int | None = None) -> str:
-    """Identity of the training data: the images' content hashes, the window and the split."""
+    """Identity of the training data: the images' content hashes, the window and the split.
+
+    The data fingerprint (:func:`kmflow.fingerprint.fingerprint`) of the images trained on
+    (the store's own fingerprint, or the window's images'); with a split, a hash of that
+    fingerprint and the split's fields, so the same images split differently are different
+    training data.
+    """
     split = active_split(holdout)
     store = open_store(store_url)
     images = window_images(store, window)
-    if images is None:
-        base = store.fingerprint()
-    else:
-        shas = "\n".join(sorted(r.sha256 for r in images))
-        base = hashlib.sha256(shas.encode()).hexdigest()
+    base = store.fingerprint() if images is None else fingerprint(r.sha256 for r in images)
     if split is None:
         return base
     text = f"{base}:{split.by}:{split.fraction!r}:{split.seed}"
