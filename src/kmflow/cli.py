@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -72,6 +72,9 @@ class _Group(TyperGroup):
             console.print("Aborted.", markup=False)
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+_R = TypeVar("_R")
 
 
 def _escape(text: str) -> str:
@@ -845,8 +848,8 @@ def _preflight(
 
 
 def _run_flow(
-    flow: Callable[[Any], dict[str, Any]], params: Any, workers: int | None, scheduler: str | None
-) -> dict[str, Any]:
+    flow: Callable[[Any], _R], params: Any, workers: int | None, scheduler: str | None
+) -> _R:
     """Run a flow in this process on the cluster the options ask for; kmflow errors exit 2.
 
     Without ``PREFECT_API_URL`` Prefect starts a temporary server for the run; on a busy
@@ -976,7 +979,7 @@ def models_show(
         out_console.print_json(json.dumps(payload))
         return
     rgb = None
-    if model.record.color_space is not None:
+    if model.record.kind == "palette":
         from kmflow.jobs.palette import palette_from_model
 
         rgb = palette_from_model(model).rgb
@@ -1195,10 +1198,23 @@ def _write_report(path: Path | None, payload: dict[str, Any]) -> None:
     write_bytes_atomic(str(path), data, None)
 
 
+def _register_job_commands() -> None:
+    from kmflow import cli_segments
+
+    cli_segments.register(app)
+
+
+_register_job_commands()  # the records job's commands: segment, assign
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="kmflow")
 
 
 if __name__ == "__main__":
-    main()
+    # ``python -m kmflow.cli``: run the one ``kmflow.cli`` module the job commands registered
+    # on (this file is also imported under that name by them), not a second copy of it.
+    from kmflow.cli import main as _main
+
+    _main()

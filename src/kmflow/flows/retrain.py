@@ -29,17 +29,17 @@ def retrain_flow(params: RetrainParams = RetrainParams()) -> dict[str, Any]:  # 
     logger = get_run_logger()
     with cluster_session(paths=[params.store]):
         champion = load_model_task(params.model, None).record
-        if champion.color_space is None:
+        if champion.kind != "palette":
             raise InvalidInputError(
-                f"{params.model} version {champion.version} is not an image palette "
-                "(no color space): the retrain flow retrains palettes"
+                f"{params.model} version {champion.version} is a {champion.kind!r} model, not "
+                "an image palette: the retrain flow retrains palettes"
             )
         result = train_flow(
             TrainParams(
                 store=params.store,
                 model=params.model,
                 k=champion.n_clusters,
-                color_space=champion.color_space,
+                color_space=champion.preprocessing["color_space"],
                 init="warm-start",
                 warm_start_version=champion.version,
                 seed=0,

@@ -277,7 +277,7 @@ def palette_from_model(model: Model) -> Palette:
         If the model is not an image palette (its kind is not "palette").
     """
     record = model.record
-    if record.kind != "palette" or record.color_space is None:
+    if record.kind != "palette" or record.color_space is None:  # a palette always has one
         raise InvalidInputError(
             f"model {record.name} version {record.version} is a {record.kind!r} model, "
             "not an image palette"
