@@ -77,6 +77,7 @@ DEPLOYMENTS = {
     ("apply", "kmflow-apply"): "src/kmflow/flows/apply.py:apply_flow",
     ("monitor", "kmflow-monitor"): "src/kmflow/flows/monitor.py:monitor_flow",
     ("retrain", "kmflow-retrain"): "src/kmflow/flows/retrain.py:retrain_flow",
+    ("segment", "kmflow-segment"): "src/kmflow/flows/segment.py:segment_flow",
 }
 
 SERVER_START_TIMEOUT = 120.0  # about 20 s on a fresh database with 2 cores
@@ -575,8 +576,14 @@ def test_pipeline_deployment_runs_end_to_end(
     assert sorted(schedules.registered) == sorted(flow for flow, _ in DEPLOYMENTS)
     assert crons("train") == [("0 2 * * *", "UTC", False)]
     assert crons("monitor") == [("0 * * * *", "UTC", False)]
-    for flow in ("pipeline", "ingest", "evaluate", "apply", "retrain"):
+    for flow in ("pipeline", "ingest", "evaluate", "apply", "retrain", "segment"):
         assert schedules.registered[flow] == [], f"{flow} has a schedule"
+    # -- the records job's form is typed: the choices of its rules are enums in the UI
+    segment_schema = by_name["segment"]["parameter_openapi_schema"]
+    form = segment_schema["definitions"]["SegmentParams"]["properties"]
+    assert form["select"]["enum"] == ["db", "ch", "silhouette", "elbow"]
+    assert form["missing"]["enum"] == ["error", "drop", "median"]
+    assert by_name["segment"]["parameters"]["params"]["k"] == "2..12"
 
     # -- the server's scheduler made hourly runs of monitor (and of nothing else)
     scheduled = schedules.scheduled_runs

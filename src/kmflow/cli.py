@@ -6,6 +6,14 @@ rich. ``kmflow quantize`` is the main job: images in, images quantized to k colo
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # ``python -m kmflow.cli``: run the one ``kmflow.cli`` module (the job commands use its
+    # helpers and settings), not a second copy of this file under the name __main__.
+    from kmflow.cli import main as _main
+
+    _main()
+    raise SystemExit(0)
+
 import json
 import logging
 import math
@@ -1210,11 +1218,3 @@ _register_job_commands()  # the records job's commands: segment, assign
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="kmflow")
-
-
-if __name__ == "__main__":
-    # ``python -m kmflow.cli``: run the one ``kmflow.cli`` module the job commands registered
-    # on (this file is also imported under that name by them), not a second copy of it.
-    from kmflow.cli import main as _main
-
-    _main()

@@ -26,7 +26,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -65,10 +65,12 @@ from kmflow.storage.rowstore import RowStore
 from kmflow.storage.tables import Table, read_table
 
 __all__ = [
+    "Assigned",
     "Described",
     "Fitted",
     "Prepared",
     "SegmentParams",
+    "assign_records",
     "describe_segments",
     "fit_segments",
     "prepare",
@@ -403,8 +405,8 @@ class Described:
 
 
 def segment_labels(X: da.Array, centers: np.ndarray) -> tuple[da.Array, da.Array]:
-    """Each row's segment and its Euclidean distance to the segment's center."""
-    labels = assign(X, centers)
+    """Each row's segment (persisted) and its Euclidean distance to the segment's center."""
+    labels = assign(X, centers).persist()
 
     def dist(x: np.ndarray, lab: np.ndarray) -> np.ndarray:
         return np.sqrt(((x - centers[lab]) ** 2).sum(axis=1))
@@ -490,7 +492,6 @@ def describe_segments(
     X = X.rechunk((tuple(_partition_sizes(table, prepared)), X.shape[1]))
     k = int(centers.shape[0])
     labels, dist = segment_labels(X, centers)
-    labels = labels.persist()
     sizes = np.bincount(labels.compute(), minlength=k).tolist()
     profiles = profile_segments(table.frame, prepared.plan, prep, X, labels, k)
     external = None
@@ -528,6 +529,69 @@ def describe_segments(
         external=external,
         segment_models=models,
         outputs=outputs,
+    )
+
+
+@dataclass(frozen=True)
+class Assigned:
+    """What :func:`assign_records` wrote and found."""
+
+    out: str
+    n_rows: int
+    n_assigned: int
+    sizes: list[int]
+    missing: dict[str, int]
+    unseen: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_ready(self.__dict__)  # type: ignore[no-any-return]
+
+
+def assign_records(
+    model: Any,
+    source: Sequence[str],
+    out: str,
+    *,
+    storage_options: dict[str, Any] | None = None,
+) -> Assigned:
+    """Segments of new records with a registered segment model, written as a CSV.
+
+    The model's stored preprocessing is applied as in training: missing numbers imputed with
+    the training medians (or the rows dropped, as the model's policy says), unseen
+    categories encoded as all zeros; both are counted per column in the result.
+
+    Raises
+    ------
+    InvalidInputError
+        The model is not a segment model, a column the model needs is missing, or `out`
+        is one of the source files.
+    """
+    if model.record.kind != "segments":
+        raise InvalidInputError(
+            f"model {model.record.name} v{model.record.version} is a {model.record.kind!r} "
+            "model; kmflow assign labels table records with a 'segments' model"
+        )
+    table = read_table(source, storage_options=storage_options)
+    if out in table.files:
+        raise InvalidInputError(f"{out} is one of the source files; choose another --out")
+    prep: Preprocessing = model.preprocessor
+    X, report = prep.transform(table, report=True)
+    if prep.missing == "drop":
+        X = X.compute_chunk_sizes()
+    centers = np.asarray(model.centers)
+    labels, dist = segment_labels(X, centers)
+    k = int(centers.shape[0])
+    sizes = np.bincount(labels.compute(), minlength=k).tolist()
+    roles = ("id", "feature") if prep.id in table.columns else ("feature",)
+    plan = prep.column_plan(roles=roles)
+    _write_segments_csv(out, table.frame, plan, prep, labels, dist)
+    return Assigned(
+        out=out,
+        n_rows=table.n_rows,
+        n_assigned=int(X.shape[0]),
+        sizes=sizes,
+        missing=dict(report.missing),
+        unseen=dict(report.unseen),
     )
 
 

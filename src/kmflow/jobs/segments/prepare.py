@@ -309,7 +309,8 @@ def _tree_reduce(items: list[Any], combine: Callable[[Any, Any], Any]) -> Any:
     return layer[0]
 
 
-def _check_names(names: Sequence[str], columns: Sequence[str], what: str) -> None:
+def check_names(names: Sequence[str], columns: Sequence[str], what: str) -> None:
+    """InvalidInputError naming the first of `names` not among `columns`, with close names."""
     for name in names:
         if name not in columns:
             close = difflib.get_close_matches(name, list(columns), n=3, cutoff=0.5)
@@ -392,7 +393,7 @@ def plan_columns(
         (exclude_l, "exclude"),
         (categorical_l, "categorical"),
     ):
-        _check_names(names, columns, what)
+        check_names(names, columns, what)
     if id is not None and id == target:
         raise InvalidInputError(f"column {id!r} cannot be both the id and the target")
     for role_name, col in (("id", id), ("target", target)):
@@ -1219,6 +1220,23 @@ class Preprocessing:
         """Number of output features."""
         return len(self.feature_names)
 
+    def column_plan(self, *, roles: Sequence[str] = ("id", "target", "feature")) -> ColumnPlan:
+        """The column plan this preprocessing was fitted with (the kept columns of `roles`)."""
+        specs = tuple(
+            ColumnSpec(
+                name=c.name,
+                role=c.role,
+                kind=c.kind,
+                dtype=c.dtype,
+                levels=tuple(c.categories),
+                true_values=tuple(c.true_values),
+                false_values=tuple(c.false_values),
+            )
+            for c in self._columns
+            if c.role in roles
+        )
+        return ColumnPlan(columns=specs, left_out={}, report=(), n_rows=self.fit_report.n_rows)
+
     # ------------------------------------------------------------------ storage
 
     def to_json(self) -> dict[str, Any]:
@@ -1350,7 +1368,7 @@ class Preprocessing:
         if hasattr(frame, "to_delayed") and hasattr(frame, "npartitions"):
             return self._transform_dask(data, frame, report=report)
         pdf = _as_pandas(frame)
-        _check_names(self.input_columns, [str(c) for c in pdf.columns], "transform")
+        check_names(self.input_columns, [str(c) for c in pdf.columns], "transform")
         X, rep = _finish(pdf, self._features, self._center, self._scale, self.missing)
         return (X, rep) if report else X
 
@@ -1359,7 +1377,7 @@ class Preprocessing:
         return self.transform(data, report=True)[1]  # type: ignore[no-any-return]
 
     def _transform_dask(self, data: Any, frame: Any, *, report: bool) -> Any:
-        _check_names(self.input_columns, [str(c) for c in frame.columns], "transform")
+        check_names(self.input_columns, [str(c) for c in frame.columns], "transform")
         lengths = _partition_lengths(data)
         parts = frame[list(self.input_columns)].to_delayed()
         pairs = [
