@@ -16,7 +16,6 @@ if __name__ == "__main__":
 
 import json
 import logging
-import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -1186,23 +1185,13 @@ def _print_quantize_summary(summary: dict[str, Any], images: list[Any]) -> None:
     out_console.print(f"store:   {summary['store']}", soft_wrap=True)
 
 
-def _json_ready(value: Any) -> Any:
-    """Non-finite floats become null (JSON has no inf/NaN), recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_ready(v) for v in value]
-    return value
-
-
 def _write_report(path: Path | None, payload: dict[str, Any]) -> None:
     if path is None:
         return
+    from kmflow.core.jsonable import json_ready
     from kmflow.storage.fs import write_bytes_atomic
 
-    data = json.dumps(_json_ready(payload), indent=2, default=str, allow_nan=False).encode()
+    data = json.dumps(json_ready(payload), indent=2, default=str, allow_nan=False).encode()
     write_bytes_atomic(str(path), data, None)
 
 

@@ -10,9 +10,10 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from kmflow.cluster.session import cluster_session, describe
+from kmflow.core.jsonable import json_ready
 from kmflow.core.promotion import promotion_decision
 from kmflow.flows._report import cluster_table, publish_metrics, publish_report, timings_table
-from kmflow.jobs.segments.job import SegmentParams, json_ready
+from kmflow.jobs.segments.job import SegmentParams
 from kmflow.tasks.registry import find_champion_task, promote_model_task
 from kmflow.tasks.segment import (
     champion_score_task,

@@ -196,21 +196,6 @@ class SweepResult:
     sample_size: int
     seed: int
 
-    def best(self, metric: str = "silhouette") -> int:
-        """The k with the best ``metric``: highest silhouette or Calinski-Harabasz, lowest
-        Davies-Bouldin (NaN never wins)."""
-        sign = {"silhouette": 1.0, "calinski_harabasz": 1.0, "davies_bouldin": -1.0}
-        if metric not in sign:
-            raise InvalidInputError(f"metric must be one of {sorted(sign)}; got {metric!r}")
-        scored = [
-            (sign[metric] * getattr(r, metric), k)
-            for k, r in self.results.items()
-            if math.isfinite(getattr(r, metric))
-        ]
-        if not scored:
-            raise InvalidInputError(f"no k of the sweep has a defined {metric}")
-        return max(scored, key=lambda t: (t[0], -t[1]))[1]
-
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the per-k dicts (:meth:`KResult.to_dict`) and the sweep's totals."""
         return {

@@ -42,6 +42,7 @@ from kmflow.errors import (
     SourceNotFoundError,
     TableError,
 )
+from kmflow.fingerprint import fingerprint
 from kmflow.storage.fs import get_fs, redact_url, storage_errors, storage_options_for, url_of
 
 __all__ = ["ROW", "TABLE_EXTENSIONS", "Table", "read_table", "table_format"]
@@ -102,10 +103,10 @@ class Table:
         The files read, sorted by URL (plain local paths stay plain absolute paths).
     format : {"csv", "tsv", "parquet"}
     fingerprint : str
-        sha256 hex of the content: the sha256 of the newline-joined hex sha256 of each
-        file's bytes (as stored, so a compressed file's compressed bytes), in ``files``
-        order. File names and locations do not count: the same files copied elsewhere have
-        the same fingerprint; any changed byte changes it.
+        sha256 hex of the content: :func:`kmflow.fingerprint.fingerprint` of the hex sha256
+        of each file's bytes (as stored, so a compressed file's compressed bytes). File
+        names and locations do not count: the same files copied elsewhere have the same
+        fingerprint; any changed byte changes it.
     n_rows : int
         Number of data rows (header lines not counted).
     columns : tuple of str
@@ -274,10 +275,6 @@ def _sha256(f: Any) -> str:
     return digest.hexdigest()
 
 
-def _fingerprint(hashes: list[str]) -> str:
-    return hashlib.sha256("\n".join(hashes).encode()).hexdigest()
-
-
 def _build_frame(
     parts: list[tuple[Any, ...]], counts: list[int], reader: Any, meta: pd.DataFrame
 ) -> tuple[Any, tuple[int, ...]]:
@@ -380,7 +377,7 @@ def _read_csv(files: list[_File], fmt: TableFormat, blocksize: int) -> Table:
         frame=frame,
         files=[f.url for f in files],
         format=fmt,
-        fingerprint=_fingerprint([info[0] for info in infos]),
+        fingerprint=fingerprint([info[0] for info in infos]),
         n_rows=int(sum(lengths)),
         columns=tuple(columns),
         partition_rows=lengths,
@@ -546,7 +543,7 @@ def _read_parquet(files: list[_File]) -> Table:
         frame=frame,
         files=[f.url for f in files],
         format="parquet",
-        fingerprint=_fingerprint([info[0] for info in infos]),
+        fingerprint=fingerprint([info[0] for info in infos]),
         n_rows=int(sum(lengths)),
         columns=tuple(schema.names),
         partition_rows=lengths,

@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from kmflow.config import get_settings
+from kmflow.core.jsonable import json_ready
 from kmflow.core.model import Model, ModelRecord
 from kmflow.jobs.segments.job import (
     Described,
@@ -20,7 +21,6 @@ from kmflow.jobs.segments.job import (
     SegmentParams,
     describe_segments,
     fit_segments,
-    json_ready,
     prepare,
 )
 from kmflow.kernels.sweep import SweepInfo

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from kmflow.core.jsonable import json_ready
 from kmflow.core.sweep import Choice, SelectRule, choose_k
 from kmflow.errors import InvalidInputError
 from kmflow.jobs.segments.classifiers import SegmentModels, fit_segment_models
@@ -602,16 +602,3 @@ def _partition_sizes(table: Table, prepared: Prepared) -> list[int]:
     ids = prepared.open().ids()
     starts = np.append(table.row_starts(), table.n_rows)
     return np.diff(np.searchsorted(ids, starts)).astype(int).tolist()
-
-
-def json_ready(value: Any) -> Any:
-    """NaN and infinities as None, numpy scalars as Python numbers (for report JSON)."""
-    if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_ready(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
