@@ -49,7 +49,14 @@ __all__ = [
 ]
 
 #: Order of the statistics in a report; each is also the name of its threshold.
-_STATISTICS = ("psi", "js_distance", "sqdist_ratio", "wasserstein")
+_STATISTICS = (
+    "psi",
+    "js_distance",
+    "sqdist_ratio",
+    "wasserstein",
+    "feature_psi",
+    "feature_wasserstein",
+)
 
 
 # --------------------------------------------------------------------------- results
@@ -95,6 +102,12 @@ class DriftThresholds:
         reference's channel histograms, in channel units (sRGB levels 0..255 for images):
         the mass of the channel moved by 8 levels on average, e.g. every pixel 8 levels
         brighter in one channel, or 5 % of the pixels moved by 160 levels.
+    feature_psi : float, default 0.25
+        Records models: the population stability index of one prepared feature's histogram
+        (the reference's bins), any feature above it drifts.
+    feature_wasserstein : float, default 0.5
+        Records models: the Wasserstein-1 distance of one prepared feature's histogram, in
+        the feature's prepared units (standard deviations under the default scaling).
 
     Raises
     ------
@@ -127,6 +140,10 @@ class DriftThresholds:
     """Mean squared distance to the nearest center, batch over reference."""
     wasserstein: Annotated[float, Gt(0)] = 8.0
     """Largest per-channel Wasserstein-1 distance of the channel histograms (sRGB levels)."""
+    feature_psi: Annotated[float, Gt(0)] = 0.25
+    """Records models: PSI of one prepared feature's histogram."""
+    feature_wasserstein: Annotated[float, Gt(0)] = 0.5
+    """Records models: Wasserstein-1 of one prepared feature (in its prepared units)."""
 
     def __post_init__(self) -> None:
         for name in _STATISTICS:

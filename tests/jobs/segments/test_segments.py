@@ -188,3 +188,50 @@ def test_k_larger_than_the_distinct_rows_is_a_clear_error(tmp_path: Path) -> Non
     params = SegmentParams(source=[str(tmp_path / "few.csv")], k="2..5", store=str(tmp_path / "s"))
     with pytest.raises(KmflowError, match="distinct"):
         fit_segments(prepare(params), params)
+
+
+def _register(run: dict[str, Any], root: Path) -> Any:
+    from kmflow.storage.registry import ModelRegistry
+    from kmflow.tasks.segment import reference_statistics
+
+    prepared, fitted = run["prepared"], run["fitted"]
+    prep = prepared.preprocessing
+    registry = ModelRegistry(str(root / "models"))
+    record = registry.register(
+        "customers",
+        fitted.centers,
+        init="k-means||",
+        seed=fitted.seed,
+        n_iter=fitted.n_iter,
+        converged=fitted.converged,
+        inertia=fitted.inertia,
+        fingerprint=prepared.table_fingerprint,
+        kind="segments",
+        preprocessing=prep.to_json(),
+        arrays=prep.arrays(),
+        files=run["described"].segment_models.files,
+        reference=reference_statistics(prepared, fitted.centers),
+    )
+    return registry.load("customers", record.version)
+
+
+def test_records_drift_per_feature_and_occupancy(
+    run: dict[str, Any], tmp_path: Path, make_customers: Customers
+) -> None:
+    from kmflow.jobs.segments.drift import check_records
+
+    model = _register(run, tmp_path)
+    fresh, _ = make_customers(n=1500, seed=11)  # the same population: no drift
+    calm = check_records(model, fresh)
+    assert not calm.drifted, calm.to_dict()["statistics"]
+    assert set(calm.features) == set(run["prepared"].feature_names)
+    shifted = fresh.copy()
+    shifted["monthly $"] = shifted["monthly $"] + 40.0  # every bill 40 higher
+    drifted = check_records(model, shifted)
+    assert drifted.drifted
+    assert drifted.report.statistic("feature_wasserstein").drifted
+    assert drifted.features["monthly $"]["wasserstein"] > 0.5
+    assert drifted.features["tenure"]["wasserstein"] < 0.2
+    # Only the mix of segments changes: occupancy drifts, no single feature far.
+    mix = pd.concat([fresh[fresh["plan"] == "basic"]] * 3 + [fresh], ignore_index=True)
+    assert check_records(model, mix).report.statistic("psi").drifted
