@@ -119,6 +119,34 @@ def test_wine_through_the_cli_with_its_class_as_target(world: dict[str, Path]) -
         assigned["segment"][keep], segments["segment"][:20][keep.tolist()]
     )
 
+    # kmflow monitor with a segment model: a sample of the same wines does not drift, the
+    # same wines 2 percentage points stronger do (per-feature Wasserstein), and the drift
+    # report names the feature.
+    raw.sample(120, random_state=1).to_csv(root / "calm.csv", index=False)
+    stronger = raw.copy()
+    stronger["alcohol"] += 2.0
+    stronger.to_csv(root / "stronger.csv", index=False)
+    verdicts = {}
+    for name in ("calm", "stronger"):
+        code, stdout, stderr = _run(
+            root,
+            "monitor",
+            str(root / f"{name}.csv"),
+            "--model",
+            "wine",
+            "--reports",
+            str(root / "drift"),
+            "--report",
+            str(root / f"{name}.json"),
+        )
+        assert code == 0, stdout + stderr
+        verdicts[name] = json.loads((root / f"{name}.json").read_text())
+    assert verdicts["calm"]["drifted"] is False, verdicts["calm"]["report"]["statistics"]
+    moved = verdicts["stronger"]["report"]
+    assert verdicts["stronger"]["drifted"] is True
+    assert moved["statistics"]["feature_wasserstein"]["drifted"] is True
+    assert max(moved["features"], key=lambda f: moved["features"][f]["wasserstein"]) == "alcohol"
+
 
 @pytest.mark.parametrize(
     ("content", "args", "message"),

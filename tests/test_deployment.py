@@ -78,6 +78,10 @@ DEPLOYMENTS = {
     ("monitor", "kmflow-monitor"): "src/kmflow/flows/monitor.py:monitor_flow",
     ("retrain", "kmflow-retrain"): "src/kmflow/flows/retrain.py:retrain_flow",
     ("segment", "kmflow-segment"): "src/kmflow/flows/segment.py:segment_flow",
+    (
+        "monitor-segments",
+        "kmflow-monitor-segments",
+    ): "src/kmflow/flows/monitor_segments.py:monitor_segments_flow",
 }
 
 SERVER_START_TIMEOUT = 120.0  # about 20 s on a fresh database with 2 cores
@@ -576,7 +580,15 @@ def test_pipeline_deployment_runs_end_to_end(
     assert sorted(schedules.registered) == sorted(flow for flow, _ in DEPLOYMENTS)
     assert crons("train") == [("0 2 * * *", "UTC", False)]
     assert crons("monitor") == [("0 * * * *", "UTC", False)]
-    for flow in ("pipeline", "ingest", "evaluate", "apply", "retrain", "segment"):
+    for flow in (
+        "pipeline",
+        "ingest",
+        "evaluate",
+        "apply",
+        "retrain",
+        "segment",
+        "monitor-segments",
+    ):
         assert schedules.registered[flow] == [], f"{flow} has a schedule"
     # -- the records job's form is typed: the choices of its rules are enums in the UI
     segment_schema = by_name["segment"]["parameter_openapi_schema"]
@@ -604,11 +616,16 @@ def test_pipeline_deployment_runs_end_to_end(
     for run in scheduled:
         assert run["parameters"] == by_name["monitor"]["parameters"]
 
-    # -- the retrain trigger: one automation, on kmflow.drift.detected, running retrain
+    # -- the retrain triggers: one automation per job on kmflow.drift.detected; images retrain,
+    # records run the segment flow on the champion's tables plus the batch
     automations = _ok(api.post("automations/filter", json={}))
     on_drift = [a for a in automations if DRIFT_EVENT in a["trigger"].get("expect", [])]
-    assert len(on_drift) == 1, json.dumps(automations, indent=1)
-    (automation,) = on_drift
+    assert len(on_drift) == 2, json.dumps(automations, indent=1)
+    by_match = {a["trigger"]["match"]["prefect.resource.id"]: a for a in on_drift}
+    records = by_match.pop("kmflow.records.*")
+    assert records["actions"][0]["deployment_id"] == by_name["segment"]["id"]
+    assert sorted(records["actions"][0]["parameters"]["params"]) == ["k", "model", "source"]
+    (automation,) = by_match.values()
     assert automation["enabled"] is True
     trigger = automation["trigger"]
     assert trigger["type"] == "event"

@@ -637,7 +637,10 @@ def monitor(
         ),
     ] = None,
 ) -> None:
-    """Check a new batch of images for drift against the champion (the monitor flow).
+    """Check a new batch for drift against the champion (the monitor flow).
+
+    For a segment model (kmflow segment), SOURCE is a table of new records and the check
+    adds per-feature PSI and Wasserstein (the monitor-segments flow).
 
     Ingests the batch, compares every image no saved report covers yet (those it added, and
     any an earlier failed run left unchecked) with the champion's training data and prints
@@ -650,6 +653,20 @@ def monitor(
 
     if bool(source) == (batch is not None):
         raise typer.BadParameter("give SOURCE (a new batch) or --batch ID, not both or neither")
+    if source and batch is None:
+        from kmflow.cli_segments import champion_kind, monitor_records
+
+        if champion_kind(model) == "segments":  # a records model: SOURCE is a table
+            monitor_records(
+                list(source),
+                model,
+                reports,
+                {"psi": psi, "js_distance": js, "sqdist_ratio": sqdist_ratio},
+                workers,
+                scheduler,
+                report,
+            )
+            return
     with _as_bad_parameter(_THRESHOLD_OPTIONS):
         params = MonitorParams(
             **({"sources": list(source)} if source else {}),

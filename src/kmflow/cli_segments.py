@@ -15,7 +15,7 @@ from rich.table import Table
 
 from kmflow.config import Settings
 
-__all__ = ["assign", "register", "segment"]
+__all__ = ["assign", "champion_kind", "monitor_records", "register", "segment"]
 
 
 def _base() -> Any:
@@ -295,6 +295,73 @@ def assign(
     if result.n_assigned < result.n_rows:
         base.out_console.print(f"{result.n_rows - result.n_assigned} rows dropped (missing)")
     base.out_console.print(f"written:   {out}", soft_wrap=True)
+    base._write_report(report, result.to_dict())
+
+
+def champion_kind(model: str) -> str | None:
+    """The kind of `model`'s champion in the configured registry (None: no champion)."""
+    from kmflow.errors import KmflowError
+    from kmflow.storage.fs import storage_options_for
+    from kmflow.storage.registry import ModelRegistry
+
+    settings = _base()._settings()
+    url = settings.registry.url
+    try:
+        registry = ModelRegistry(url, storage_options=storage_options_for(url, settings.storage))
+        record = registry.champion(model) if model in registry.names() else None
+    except KmflowError:
+        return None  # the monitor command reports a missing registry or model itself
+    return None if record is None else record.kind
+
+
+def monitor_records(
+    source: list[str],
+    model: str,
+    reports: str,
+    thresholds: dict[str, float],
+    workers: int | None,
+    scheduler: str | None,
+    report: Path | None,
+) -> None:
+    """``kmflow monitor`` for a segment model: the monitor-segments flow on a table."""
+    from kmflow.jobs.segments.job import SegmentMonitorParams
+
+    base = _base()
+    with base._as_bad_parameter(base._THRESHOLD_OPTIONS | {"source": "SOURCE"}):
+        params = SegmentMonitorParams(
+            source=source,
+            model=model,
+            reports=reports,
+            thresholds=thresholds,  # type: ignore[arg-type]
+        )
+
+    def check(settings: Settings) -> None:
+        from kmflow.storage.tables import read_table
+
+        read_table(params.source)
+
+    base._preflight(check, workers, scheduler)
+    from kmflow.flows.monitor_segments import monitor_segments_flow
+
+    result = base._run_flow(monitor_segments_flow, params, workers, scheduler)
+    table = Table(
+        title=f"drift of {result.n_rows} records against {model} v{result.champion_version}",
+        title_justify="left",
+    )
+    for col in ("statistic", "value", "threshold", "drifted"):
+        table.add_column(col, justify="right")
+    for name, stat in result.report["statistics"].items():
+        table.add_row(
+            name, _fmt(stat["value"]), _fmt(stat["threshold"]), "yes" if stat["drifted"] else ""
+        )
+    base.out_console.print(table)
+    worst = sorted(result.report["features"].items(), key=lambda kv: -kv[1]["wasserstein"])[:5]
+    base.out_console.print(
+        "features moved most (Wasserstein): "
+        + ", ".join(f"{n} {s['wasserstein']:.3g}" for n, s in worst)
+    )
+    verdict = "DRIFTED: event kmflow.drift.detected emitted" if result.drifted else "no drift"
+    base.out_console.print(f"{verdict}; report {result.report_url}", soft_wrap=True)
     base._write_report(report, result.to_dict())
 
 

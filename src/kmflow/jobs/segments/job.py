@@ -56,6 +56,7 @@ from kmflow.jobs.segments.profile import (
     profile_segments,
     target_is_numeric,
 )
+from kmflow.kernels.drift import DriftThresholds
 from kmflow.kernels.lloyd import assign
 from kmflow.kernels.metrics import external_metrics, internal_metrics
 from kmflow.kernels.split import holdout_row_numbers
@@ -69,6 +70,7 @@ __all__ = [
     "Described",
     "Fitted",
     "Prepared",
+    "SegmentMonitorParams",
     "SegmentParams",
     "assign_records",
     "describe_segments",
@@ -158,6 +160,23 @@ class SegmentParams(BaseModel):
     @property
     def ks(self) -> list[int]:
         return parse_ks(self.k)
+
+
+class SegmentMonitorParams(BaseModel):
+    """Check a batch of new records for drift against a segment model's champion."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: list[str] = Field(
+        min_length=1, description="The new records: CSV/TSV/Parquet files, folders, globs, URLs."
+    )
+    model: str = Field(default="segments", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    thresholds: DriftThresholds = Field(default_factory=DriftThresholds)
+    reports: str = Field(
+        default="kmflow-data/drift",
+        min_length=1,
+        description="Folder or URL where each batch's drift report is saved as <batch>.json.",
+    )
 
 
 # --------------------------------------------------------------------------- prepare

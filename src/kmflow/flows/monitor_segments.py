@@ -1,0 +1,147 @@
+"""Flow ``monitor-segments``: check new records for drift against a segment model's champion.
+
+The records counterpart of :mod:`kmflow.flows.monitor`: the same statistics (occupancy PSI
+and JS distance, the distance ratio) plus per-feature PSI and Wasserstein
+(:mod:`kmflow.jobs.segments.drift`), the same report files and the same event
+(:data:`kmflow.flows.monitor.DRIFT_EVENT`). The event's resource is
+``kmflow.records.<model>``; the ``kmflow-segment`` deployment is triggered by it and trains a
+challenger on the champion's training tables plus the batch, promoted only if it is not worse
+(:mod:`kmflow.core.promotion`).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+
+from kmflow.cluster.session import cluster_session
+from kmflow.config import get_settings
+from kmflow.core.jsonable import json_ready
+from kmflow.errors import InvalidInputError
+from kmflow.flows._report import Cell, link, publish_metrics, publish_report, timings_table
+from kmflow.flows.monitor import DRIFT_EVENT
+from kmflow.jobs.segments.drift import RecordsDrift, check_records
+from kmflow.jobs.segments.job import SegmentMonitorParams
+from kmflow.storage.fs import storage_options_for
+from kmflow.storage.tables import read_table
+from kmflow.tasks.drift import save_drift_report_task
+from kmflow.tasks.registry import load_model_task
+
+__all__ = ["SegmentMonitorResult", "monitor_segments_flow", "records_resource_id"]
+
+
+def records_resource_id(model: str) -> str:
+    """The Prefect resource id of a records model's data: ``kmflow.records.<model>``."""
+    return "kmflow.records." + re.sub(r"[^A-Za-z0-9._-]+", "-", model)
+
+
+@dataclass(frozen=True)
+class SegmentMonitorResult:
+    """What a ``monitor-segments`` run found."""
+
+    drifted: bool
+    batch_id: str
+    n_rows: int
+    report: dict[str, Any]
+    report_url: str
+    champion_version: int
+    event_id: str | None
+    retrain_sources: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_ready(self.__dict__)  # type: ignore[no-any-return]
+
+
+@task(name="check-records-drift", cache_policy=NO_CACHE)
+def check_records_task(model: Any, params: SegmentMonitorParams) -> tuple[str, RecordsDrift]:
+    """The batch's fingerprint and its drift against the champion."""
+    options = storage_options_for(params.source[0], get_settings().storage)
+    table = read_table(params.source, storage_options=options)
+    return table.fingerprint, check_records(model, table, params.thresholds)
+
+
+@flow(name="monitor-segments", log_prints=True, validate_parameters=True)
+def monitor_segments_flow(params: SegmentMonitorParams) -> SegmentMonitorResult:
+    """Check a batch of new records against the champion; emit the drift event on drift."""
+    logger = get_run_logger()
+    t0 = time.perf_counter()
+    with cluster_session(paths=[*params.source, params.reports]):
+        champion = load_model_task(params.model)
+        if champion.record.kind != "segments":
+            raise InvalidInputError(
+                f"model {params.model} is a {champion.record.kind!r} model; monitor-segments "
+                "checks records against a 'segments' model"
+            )
+        batch, drift = check_records_task(champion, params)
+    version = champion.record.version
+    report = drift.to_dict()
+    trained_on = list(champion.record.params.get("source", []))
+    retrain_sources = [*trained_on, *[s for s in params.source if s not in trained_on]]
+    payload = {
+        "model": params.model,
+        "champion_version": version,
+        "batch_id": batch,
+        "sources": retrain_sources,
+        "batch": list(params.source),
+        "k": str(champion.record.params.get("k", champion.record.n_clusters)),
+        "n_rows": drift.n_rows,
+        "drifted": drift.drifted,
+        "statistics": report["statistics"],
+    }
+    report_url = save_drift_report_task(
+        params.reports, batch, json_ready({**payload, "report": report})
+    )
+    publish_metrics(
+        params.model,
+        "drift",
+        {name: s["value"] for name, s in report["statistics"].items()} | {"drifted": drift.drifted},
+    )
+    publish_report(
+        params.model,
+        "drift",
+        f"Drift of batch {batch[:12]} against {params.model} version {version}: "
+        + ("DRIFTED" if drift.drifted else "no drift"),
+        {
+            "Statistics": [{"statistic": n, **s} for n, s in report["statistics"].items()],
+            "Features": [{"feature": n, **s} for n, s in drift.features.items()],
+            "Batch": {"rows": drift.n_rows, "batch id": batch, "report": Cell(link(report_url))},
+            "Timings": timings_table({"total": time.perf_counter() - t0}),
+        },
+    )
+    event_id = None
+    if drift.drifted:
+        event = emit_event(
+            DRIFT_EVENT,
+            resource={
+                "prefect.resource.id": records_resource_id(params.model),
+                "prefect.resource.name": params.model,
+            },
+            payload=json_ready({**payload, "report_url": report_url}),
+        )
+        event_id = None if event is None else str(event.id)
+        logger.warning(
+            "batch %s drifted from %s version %d (%s): event %s emitted",
+            batch[:12],
+            params.model,
+            version,
+            ", ".join(n for n, s in report["statistics"].items() if s["drifted"]),
+            DRIFT_EVENT,
+        )
+    else:
+        logger.info("batch %s: no drift from %s version %d", batch[:12], params.model, version)
+    return SegmentMonitorResult(
+        drifted=drift.drifted,
+        batch_id=batch,
+        n_rows=drift.n_rows,
+        report=report,
+        report_url=report_url,
+        champion_version=version,
+        event_id=event_id,
+        retrain_sources=retrain_sources,
+    )
