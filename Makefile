@@ -12,7 +12,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e ".[test,bench]"
+	$(BIN)/python -m pip install -e ".[test]"
 	touch $@
 
 test: venv
@@ -28,4 +28,5 @@ demo: venv
 bench: venv
 	$(BIN)/python benchmarks/bench_lloyd.py --output benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/bench_quantize.py --output benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/bench_sweep.py --output benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/bench_metrics.py --output benchmarks/RESULTS.md
