@@ -235,3 +235,26 @@ def test_records_drift_per_feature_and_occupancy(
     # Only the mix of segments changes: occupancy drifts, no single feature far.
     mix = pd.concat([fresh[fresh["plan"] == "basic"]] * 3 + [fresh], ignore_index=True)
     assert check_records(model, mix).report.statistic("psi").drifted
+
+
+def _prepare_in_process(source: str, store: str) -> tuple[str, bool, int]:
+    prepared = prepare(SegmentParams(source=[source], store=store, k="3"))
+    return prepared.store, prepared.reused, prepared.n_prepared
+
+
+def test_two_processes_preparing_one_table_write_it_once(
+    tmp_path: Path, make_customers: Customers
+) -> None:
+    import multiprocessing
+
+    from kmflow.storage.rowstore import RowStore
+
+    df, _ = make_customers(n=2000, seed=5)
+    df.to_csv(tmp_path / "c.csv", index=False)
+    args = (str(tmp_path / "c.csv"), str(tmp_path / "store"))
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        results = pool.starmap(_prepare_in_process, [args, args])
+    (url,) = {r[0] for r in results}
+    assert sorted(r[1] for r in results) == [False, True]  # one wrote, one found it written
+    assert RowStore(url, format="kmflow.segments").n_rows == 2000
+    assert all(r[2] == 2000 for r in results)

@@ -268,27 +268,38 @@ def prepare(
     key = _key(table, params)
     url = join_url(params.store, f"{key[:24]}.zarr")
     store = RowStore(url, storage_options=storage_options, format=STORE_FORMAT)
-    reused = store.exists() and store.meta.get("key") == key
     X, transform_report = prep.transform(table, report=True)
+
+    def holds_this() -> bool:
+        return store.exists() and store.n_rows > 0 and store.meta.get("key") == key
+
+    reused = holds_this()
     if not reused:
-        if store.exists():
-            raise InvalidInputError(f"row store {url} holds other data; remove it first")
-        parts = table.frame.to_delayed()
-        ids = da.concatenate(
-            [
-                da.from_delayed(
-                    dask.delayed(_row_numbers)(p, plan, prep), shape=(n,), dtype=np.int64
+        # Decided again under the writer lease: of two runs preparing the same table at
+        # once, one writes the matrix and the other finds it written.
+        with store.writing(by=by):
+            reused = holds_this()
+            if not reused:
+                if store.exists() and store.n_rows > 0:
+                    raise InvalidInputError(f"row store {url} holds other data; remove it first")
+                parts = table.frame.to_delayed()
+                ids = da.concatenate(
+                    [
+                        da.from_delayed(
+                            dask.delayed(_row_numbers)(p, plan, prep),
+                            shape=(n,),
+                            dtype=np.int64,
+                        )
+                        for p, n in zip(parts, X.chunks[0], strict=True)
+                    ]
                 )
-                for p, n in zip(parts, X.chunks[0], strict=True)
-            ]
-        )
-        meta = {
-            "key": key,
-            "table": table.fingerprint,
-            "files": table.files,
-            "features": list(prep.feature_names),
-        }
-        store.append(X, ids=ids.compute(), meta=meta, by=by)
+                meta = {
+                    "key": key,
+                    "table": table.fingerprint,
+                    "files": table.files,
+                    "features": list(prep.feature_names),
+                }
+                store.append(X, ids=ids.compute(), meta=meta, by=by)
     n_prepared = store.n_rows
     logger.info(
         "%s: %d rows, %d prepared as %d features in %s%s",
