@@ -258,3 +258,32 @@ def test_two_processes_preparing_one_table_write_it_once(
     assert sorted(r[1] for r in results) == [False, True]  # one wrote, one found it written
     assert RowStore(url, format="kmflow.segments").n_rows == 2000
     assert all(r[2] == 2000 for r in results)
+
+
+@pytest.mark.integration
+def test_tables_and_stores_on_s3(
+    s3_bucket: tuple[str, dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    make_customers: Customers,
+) -> None:
+    """Source table, row store and outputs on the loopback S3 server."""
+    import s3fs
+
+    bucket, options = s3_bucket
+    monkeypatch.setenv("KMFLOW_STORAGE__S3_ENDPOINT_URL", options["client_kwargs"]["endpoint_url"])
+    monkeypatch.setenv("KMFLOW_STORAGE__S3_KEY", options["key"])
+    monkeypatch.setenv("KMFLOW_STORAGE__S3_SECRET", options["secret"])
+    df, seg = make_customers(n=800, seed=2)
+    fs = s3fs.S3FileSystem(**options)
+    fs.pipe(f"{bucket}/tables/customers.csv", df.to_csv(index=False).encode())
+    params = SegmentParams(
+        source=[f"{bucket}/tables/"], id="customer id", k="4", store=f"{bucket}/segments"
+    )
+    prepared = prepare(params)
+    assert prepared.store.startswith(bucket)
+    fitted = fit_segments(prepared, params)
+    described = describe_segments(prepared, params, fitted.centers, out=f"{bucket}/out")
+    assert sum(described.sizes) == 800
+    out = pd.read_csv(fs.open(f"{bucket}/out/segments.csv"))
+    assert adjusted_rand_score(seg, out["segment"]) >= 0.95
+    assert fs.exists(f"{bucket}/out/profiles.csv")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import posixpath
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -61,7 +62,7 @@ from kmflow.kernels.lloyd import assign
 from kmflow.kernels.metrics import external_metrics, internal_metrics
 from kmflow.kernels.split import holdout_row_numbers
 from kmflow.kernels.sweep import SweepInfo, SweepResult, parse_ks
-from kmflow.storage.fs import join_url
+from kmflow.storage.fs import join_url, storage_options_for
 from kmflow.storage.rowstore import RowStore
 from kmflow.storage.tables import Table, read_table
 
@@ -204,7 +205,12 @@ class Prepared:
         return list(self.preprocessing.feature_names)
 
     def open(self) -> RowStore:
-        return RowStore(self.store, format=STORE_FORMAT)
+        return _row_store(self.store)
+
+
+def _row_store(url: str) -> RowStore:
+    """The records job's row store at `url`, with the storage options of the settings."""
+    return RowStore(url, storage_options=storage_options_for(url), format=STORE_FORMAT)
 
 
 def _key(table: Table, params: SegmentParams) -> str:
@@ -267,7 +273,7 @@ def prepare(
     )
     key = _key(table, params)
     url = join_url(params.store, f"{key[:24]}.zarr")
-    store = RowStore(url, storage_options=storage_options, format=STORE_FORMAT)
+    store = _row_store(url)
     X, transform_report = prep.transform(table, report=True)
 
     def holds_this() -> bool:
@@ -484,14 +490,6 @@ def _write_segments_csv(
             {id_col if id_col is not None else "row": first, "segment": lab, "distance": d}
         )
 
-    id_meta = frame._meta[id_col] if id_col is not None else pd.Series([], dtype=np.int64)
-    meta = pd.DataFrame(
-        {
-            id_col if id_col is not None else "row": id_meta.to_numpy(),
-            "segment": np.array([], dtype=np.int32),
-            "distance": np.array([], dtype=np.float64),
-        }
-    )
     parts = [
         dask.delayed(part)(p, lb, db)
         for p, lb, db in zip(
@@ -501,7 +499,25 @@ def _write_segments_csv(
             strict=True,
         )
     ]
-    dd.from_delayed(parts, meta=meta, verify_meta=False).to_csv(url, single_file=True, index=False)
+    _stream_csv(url, parts)
+
+
+def _stream_csv(url: str, parts: Sequence[Any]) -> None:
+    """Write delayed DataFrames one after the other as one CSV at `url` (any fsspec URL).
+
+    One partition at a time reaches this process; the file appears under its name only when
+    complete (written as ``<url>.partial``, then moved).
+    """
+    from kmflow.storage.fs import get_fs
+
+    fs, path = get_fs(url, storage_options_for(url))
+    partial = path + ".partial"
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    with fs.open(partial, "wb") as f:
+        for i, part in enumerate(parts):
+            frame = dask.compute(part)[0]
+            f.write(frame.to_csv(index=False, header=i == 0).encode("utf-8"))
+    fs.mv(partial, path)
 
 
 def describe_segments(
@@ -551,7 +567,11 @@ def describe_segments(
         _write_segments_csv(seg_url, table.frame, prepared.plan, prep, labels, dist)
         from kmflow.storage.fs import write_bytes_atomic
 
-        write_bytes_atomic(prof_url, profiles.table().to_csv(index=False).encode("utf-8"))
+        write_bytes_atomic(
+            prof_url,
+            profiles.table().to_csv(index=False).encode("utf-8"),
+            storage_options_for(prof_url),
+        )
         outputs = {"segments": seg_url, "profiles": prof_url}
     return Described(
         sizes=sizes,
