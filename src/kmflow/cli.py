@@ -555,17 +555,17 @@ def pipeline(
     from kmflow.flows.pipeline import pipeline_flow
 
     result = _run_flow(pipeline_flow, params, workers, scheduler)
-    train = result["train"]
-    title = f"kmflow pipeline: {model} version {train['version']}"
+    train = result.train
+    title = f"kmflow pipeline: {model} version {train.version}"
     table = Table(title=title, title_justify="left")
     for col in ("images", "k", "version", "champion", "seconds"):
         table.add_column(col, justify="right")
     table.add_row(
-        str(result["ingest"]["n_images"]),
+        str(result.ingest.n_images),
         str(k),
-        str(train["version"]),
-        str(train["champion"]),
-        f"{result['seconds']:.1f}",
+        str(train.version),
+        str(train.champion),
+        f"{result.seconds:.1f}",
     )
     out_console.print(table)
     # Training metrics are measured on the evaluation part (held out, or every stored image);
@@ -575,18 +575,18 @@ def pipeline(
         if holdout > 0
         else "all stored pixels (no hold-out)"
     )
-    n_written = len(result["apply"]["images"])
+    n_written = len(result.apply.images)
     metrics = Table(show_header=True, box=None)
     for col in ("metric", "value", "measured on"):
         metrics.add_column(col, justify="right" if col == "value" else "left")
-    metrics.add_row("SSE per pixel", f"{train['metrics']['inertia_per_pixel']:.2f}", measured)
+    metrics.add_row("SSE per pixel", f"{train.metrics['inertia_per_pixel']:.2f}", measured)
     written = f"all {n_written} image(s) written"
-    metrics.add_row("PSNR dB", f"{result['apply']['psnr']:.2f}", written)
-    metrics.add_row("ΔE00", f"{result['apply']['delta_e']:.2f}", written)
+    metrics.add_row("PSNR dB", f"{result.apply.psnr:.2f}", written)
+    metrics.add_row("ΔE00", f"{result.apply.delta_e:.2f}", written)
     out_console.print(metrics)
-    out_console.print(f"promotion: {train['reason']}")
+    out_console.print(f"promotion: {train.reason}")
     out_console.print(f"outputs:   {out}", soft_wrap=True)
-    _write_report(report, result)
+    _write_report(report, result.to_dict())
 
 
 _THRESHOLD_OPTIONS = {
@@ -697,17 +697,17 @@ def monitor(
     from kmflow.flows.monitor import monitor_flow
 
     result = _run_flow(monitor_flow, params, workers, scheduler)
-    if result["report"] is None:
+    if result.report is None:
         out_console.print("no new images: nothing to check")
         _write_report(report, {"drifted": False, "batch_id": None, "n_images": 0})
         return
     table = Table(
-        title=f"drift: {result['n_images']} new image(s) vs {model} v{result['champion_version']}",
+        title=f"drift: {result.n_images} new image(s) vs {model} v{result.champion_version}",
         title_justify="left",
     )
     for col in ("statistic", "value", "threshold", "drifted"):
         table.add_column(col, justify="right" if col != "statistic" else "left")
-    for name, stat in result["report"]["statistics"].items():
+    for name, stat in result.report["statistics"].items():
         table.add_row(
             name,
             f"{stat['value']:.4g}",
@@ -717,21 +717,21 @@ def monitor(
     out_console.print(table)
     out_console.print(
         "decision: [red]DRIFTED[/red] (event kmflow.drift.detected emitted)"
-        if result["drifted"]
+        if result.drifted
         else "decision: no drift"
     )
-    out_console.print(f"report:   {result['report_url']}", soft_wrap=True)
+    out_console.print(f"report:   {result.report_url}", soft_wrap=True)
     _write_report(
         report,
         {
-            "drifted": result["drifted"],
-            "batch_id": result["batch_id"],
-            "n_images": result["n_images"],
+            "drifted": result.drifted,
+            "batch_id": result.batch_id,
+            "n_images": result.n_images,
             "model": model,
-            "champion_version": result["champion_version"],
-            "statistics": result["report"]["statistics"],
-            "report_url": result["report_url"],
-            "event_id": result["event_id"],
+            "champion_version": result.champion_version,
+            "statistics": result.report["statistics"],
+            "report_url": result.report_url,
+            "event_id": result.event_id,
         },
     )
 
@@ -778,9 +778,9 @@ def retrain(
     from kmflow.flows.retrain import retrain_flow
 
     result = _run_flow(retrain_flow, params, workers, scheduler)
-    state = "promoted to champion" if result["promoted"] else "registered, not promoted"
-    out_console.print(f"{model} version {result['version']} (parent {result['parent']}): {state}")
-    out_console.print(f"reason: {result['reason']}")
+    state = "promoted to champion" if result.promoted else "registered, not promoted"
+    out_console.print(f"{model} version {result.version} (parent {result.parent}): {state}")
+    out_console.print(f"reason: {result.reason}")
 
 
 @app.command()
@@ -824,14 +824,12 @@ def apply(
 
     result = _run_flow(apply_flow, params, workers, scheduler)
     out_console.print(
-        f"{model} version {result['version']}: {len(result['images'])} image(s) written to {out}"
+        f"{model} version {result.version}: {len(result.images)} image(s) written to {out}"
     )
-    out_console.print(
-        f"PSNR {result['psnr']:.2f} dB, ΔE00 {result['delta_e']:.2f} (all images written)"
-    )
-    if result.get("palette_url"):
-        out_console.print(f"palette: {result['palette_url']}", soft_wrap=True)
-    _write_report(report, result)
+    out_console.print(f"PSNR {result.psnr:.2f} dB, ΔE00 {result.delta_e:.2f} (all images written)")
+    if result.palette_url:
+        out_console.print(f"palette: {result.palette_url}", soft_wrap=True)
+    _write_report(report, result.to_dict())
 
 
 @contextmanager

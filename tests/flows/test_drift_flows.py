@@ -74,8 +74,8 @@ def test_monitor_detects_drift_and_retrain_replaces_the_champion(
         IngestParams(sources=[str(mixture_images(tmp_path / "train", 6, seed=0))], store=store)
     )
     trained = train_flow(TrainParams(store=store, model="pal", k=6, seed=0))
-    assert trained["version"] == 1
-    assert trained["promoted"]
+    assert trained.version == 1
+    assert trained.promoted
     registry = ModelRegistry(env["registry"])
 
     # A fresh sample of the training distribution: no drift, no event.
@@ -87,13 +87,13 @@ def test_monitor_detects_drift_and_retrain_replaces_the_champion(
             reports=reports,
         )
     )
-    assert calm["drifted"] is False
-    assert calm["event_id"] is None
-    assert calm["n_images"] == 4
-    assert calm["champion_version"] == 1
-    saved = json.loads(Path(calm["report_url"]).read_text())
+    assert calm.drifted is False
+    assert calm.event_id is None
+    assert calm.n_images == 4
+    assert calm.champion_version == 1
+    saved = json.loads(Path(calm.report_url).read_text())
     assert saved["drifted"] is False
-    assert saved["batch_id"] == calm["batch_id"]
+    assert saved["batch_id"] == calm.batch_id
     assert set(saved["statistics"]) == {"psi", "js_distance", "sqdist_ratio", "wasserstein"}
     for stat in saved["statistics"].values():
         assert stat["value"] < stat["threshold"]
@@ -103,45 +103,45 @@ def test_monitor_detects_drift_and_retrain_replaces_the_champion(
     again = monitor_flow(
         MonitorParams(sources=[str(tmp_path / "calm")], store=store, model="pal", reports=reports)
     )
-    assert again["n_images"] == 0
-    assert again["drifted"] is False
-    assert again["batch_id"] is None
+    assert again.n_images == 0
+    assert again.drifted is False
+    assert again.batch_id is None
 
     # Colors shifted toward blue: drift, a report, and an event naming the dataset.
     shifted = mixture_images(tmp_path / "shifted", 4, seed=2, shift=(0, 0, 40))
     drift = monitor_flow(
         MonitorParams(sources=[str(shifted)], store=store, model="pal", reports=reports)
     )
-    assert drift["drifted"] is True
-    assert drift["event_id"] is not None
-    fired = {n for n, s in drift["report"]["statistics"].items() if s["drifted"]}
+    assert drift.drifted is True
+    assert drift.event_id is not None
+    fired = {n for n, s in drift.report["statistics"].items() if s["drifted"]}
     assert {"sqdist_ratio", "wasserstein"} <= fired
-    assert drift["report_url"].endswith(f"/{drift['batch_id']}.json")
-    assert json.loads(Path(drift["report_url"]).read_text())["drifted"] is True
+    assert drift.report_url.endswith(f"/{drift.batch_id}.json")
+    assert json.loads(Path(drift.report_url).read_text())["drifted"] is True
     events = _drift_events(dataset_resource_id(store))
-    (event,) = [e for e in events if e["id"] == drift["event_id"]]
+    (event,) = [e for e in events if e["id"] == drift.event_id]
     payload = event["payload"]
     assert payload["store"] == store
     assert payload["model"] == "pal"
     assert payload["champion_version"] == 1
-    assert payload["batch_id"] == drift["batch_id"]
+    assert payload["batch_id"] == drift.batch_id
     assert payload["drifted"] is True
     assert payload["n_images"] == 4
     assert payload["statistics"]["wasserstein"]["drifted"] is True
-    assert not [e for e in events if e["payload"].get("batch_id") == calm["batch_id"]]
+    assert not [e for e in events if e["payload"].get("batch_id") == calm.batch_id]
 
     # Retrain as the trigger would: warm start from the champion, compare on held-out rows.
     params = RetrainParams(
-        store=store, model="pal", event_id=drift["event_id"], batch_id=drift["batch_id"]
+        store=store, model="pal", event_id=drift.event_id, batch_id=drift.batch_id
     )
     first = retrain_flow(params)
-    assert first["version"] == 2
-    assert first["parent"] == 1
-    assert first["promoted"] is True, first["reason"]
+    assert first.version == 2
+    assert first.parent == 1
+    assert first.promoted is True, first.reason
     record = registry.record("pal", 2)
     assert record.parent == 1
     assert record.init == "warm-start"
-    assert record.run_key == f"drift-event:{drift['event_id']}"
+    assert record.run_key == f"drift-event:{drift.event_id}"
     promotion = record.metrics["promotion"]
     assert promotion["promoted"] is True
     assert promotion["champion_before"] == 1
@@ -150,8 +150,8 @@ def test_monitor_detects_drift_and_retrain_replaces_the_champion(
 
     # The same event delivered twice: nothing is trained or registered again.
     second = retrain_flow(params)
-    assert second["version"] == 2
-    assert second["skipped"] is True
+    assert second.version == 2
+    assert second.skipped is True
     assert [r.version for r in registry.versions("pal")] == [1, 2]
     assert registry.champion("pal").version == 2  # type: ignore[union-attr]
 
@@ -193,7 +193,7 @@ def test_a_batch_is_checked_once_its_report_is_saved(
     first = monitor_flow(
         MonitorParams(sources=[str(batch1)], store=store, model="pal", reports=reports)
     )
-    assert first["n_images"] == 3  # the batch the failed run was given
+    assert first.n_images == 3  # the batch the failed run was given
 
     # Images that reached the store without a saved report (a monitor run that ingested and
     # then died, or any other writer) are checked by the next run, with its own new images.
@@ -203,13 +203,13 @@ def test_a_batch_is_checked_once_its_report_is_saved(
     catching_up = monitor_flow(
         MonitorParams(sources=[str(batch1)], store=store, model="pal", reports=reports)
     )
-    assert catching_up["n_images"] == 2
-    assert catching_up["report"] is not None
+    assert catching_up.n_images == 2
+    assert catching_up.report is not None
     caught_up = monitor_flow(
         MonitorParams(sources=[str(batch1)], store=store, model="pal", reports=reports)
     )
-    assert caught_up["n_images"] == 0
-    assert caught_up["report"] is None
+    assert caught_up.n_images == 0
+    assert caught_up.report is None
 
     # A recorded batch checked again: nothing ingested, the same statistics.
     again = monitor_flow(
@@ -218,12 +218,12 @@ def test_a_batch_is_checked_once_its_report_is_saved(
             store=store,
             model="pal",
             reports=reports,
-            batch=first["batch_id"],
+            batch=first.batch_id,
         )
     )
-    assert again["batch_id"] == first["batch_id"]
-    assert again["n_images"] == 3
-    assert again["report"]["statistics"] == first["report"]["statistics"]
+    assert again.batch_id == first.batch_id
+    assert again.n_images == 3
+    assert again.report["statistics"] == first.report["statistics"]
     with pytest.raises(InvalidInputError, match="no recorded batch"):
         monitor_flow(MonitorParams(store=store, model="pal", reports=reports, batch="0" * 64))
 

@@ -105,10 +105,10 @@ def test_copies_of_the_training_images_never_drift(
             holdout=Split(fraction=0.2, by="image", seed=0),
         )
     )
-    record = ModelRegistry(tmp_path / "models").record("pal", trained["version"])
+    record = ModelRegistry(tmp_path / "models").record("pal", trained.version)
     assert record.metrics["part"] == "eval"  # evaluated on the held-out images only...
     assert record.reference["part"] == "all"  # ...but the reference is all training data
-    assert record.reference["n_pixels"] == ingested["n_pixels"]
+    assert record.reference["n_pixels"] == ingested.n_pixels
 
     for how in ("mirror", "jpeg"):
         result = monitor_flow(
@@ -119,9 +119,9 @@ def test_copies_of_the_training_images_never_drift(
                 reports=reports,
             )
         )
-        stats = result["report"]["statistics"]
-        assert result["n_images"] == ingested["n_discovered"]
-        assert result["drifted"] is False, (how, stats)
+        stats = result.report["statistics"]
+        assert result.n_images == ingested.n_discovered
+        assert result.drifted is False, (how, stats)
         if how == "mirror":  # the same pixels: the same distribution, exactly
             assert stats["psi"]["value"] == pytest.approx(0, abs=1e-9)
             assert stats["js_distance"]["value"] == pytest.approx(0, abs=1e-6)

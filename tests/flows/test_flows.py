@@ -7,7 +7,9 @@ at a LocalCluster of the test), as a deployment on a worker would.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from distributed import Client, LocalCluster
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
+from kmflow.core.jsonable import json_ready
 from kmflow.core.split import Split
 from kmflow.errors import InvalidInputError, ModelNotFoundError
 from kmflow.flows import apply_flow, evaluate_flow, ingest_flow, pipeline_flow, train_flow
@@ -100,9 +103,9 @@ def test_pipeline_runs_every_stage_on_the_cluster(
 
     # The registry holds version 1, promoted, with its evaluation and reference statistics.
     registry = ModelRegistry(env["registry"])
-    assert result["train"]["version"] == 1
-    assert result["train"]["promoted"] is True
-    assert result["train"]["reason"] == "no champion yet"
+    assert result.train.version == 1
+    assert result.train.promoted is True
+    assert result.train.reason == "no champion yet"
     assert [r.version for r in registry.versions("photos")] == [1]
     champion = registry.champion("photos")
     assert champion is not None
@@ -128,7 +131,22 @@ def test_pipeline_runs_every_stage_on_the_cluster(
     for rel in ("china.png", "sub/flower.png", "sky.png"):
         assert len(_colors(out / rel)) <= 6
     assert (out / "palette.png").exists()
-    assert result["apply"]["psnr"] == pytest.approx(record.metrics["psnr"], rel=1e-9)
+    assert result.apply.psnr == pytest.approx(record.metrics["psnr"], rel=1e-9)
+    assert len(result.apply.images) == 3
+    assert result.ingest.n_images == 3
+
+    # The result pickles (Prefect may persist it) and its dict is the --report JSON.
+    restored = pickle.loads(pickle.dumps(result))
+    assert (restored.train.version, restored.apply.psnr) == (1, result.apply.psnr)
+    report = json.loads(json.dumps(json_ready(result.to_dict()), allow_nan=False))
+    assert set(report) == {"ingest", "train", "apply", "seconds"}
+    assert report["ingest"]["added"] == 3
+    assert report["train"]["version"] == 1
+    assert sorted(Path(p).name for p in report["apply"]["images"]) == [
+        "china.png",
+        "flower.png",
+        "sky.png",
+    ]
 
     # Artifacts: metrics table, markdown reports, links, a finished progress bar.
     (metrics,) = _artifacts("photos-train-metrics")
@@ -169,27 +187,27 @@ def test_train_promotes_only_if_not_worse_and_warm_starts(
 ) -> None:
     ingest_flow(IngestParams(sources=[str(photo_dir)], store=env["store"]))
     first = train_flow(TrainParams(store=env["store"], model="m", k=5, seed=0))
-    assert (first["version"], first["promoted"], first["champion"]) == (1, True, 1)
+    assert (first.version, first.promoted, first.champion) == (1, True, 1)
 
     # Fewer colors fit worse on the same pixels: registered, not promoted.
     worse = train_flow(TrainParams(store=env["store"], model="m", k=2, seed=0))
-    assert (worse["version"], worse["promoted"], worse["champion"]) == (2, False, 1)
-    assert worse["reason"].startswith("inertia_per_pixel")
-    assert "> champion v1" in worse["reason"]
+    assert (worse.version, worse.promoted, worse.champion) == (2, False, 1)
+    assert worse.reason.startswith("inertia_per_pixel")
+    assert "> champion v1" in worse.reason
 
     # A warm start from the champion: parent recorded, converges at once, not worse.
     warm = train_flow(TrainParams(store=env["store"], model="m", k=5, init="warm-start"))
     registry = ModelRegistry(env["registry"])
-    record = registry.record("m", warm["version"])
-    assert (warm["version"], warm["parent"], record.parent) == (3, 1, 1)
+    record = registry.record("m", warm.version)
+    assert (warm.version, warm.parent, record.parent) == (3, 1, 1)
     assert record.init == "warm-start"
     assert record.n_iter <= 3
-    assert warm["promoted"] is True
+    assert warm.promoted is True
     assert registry.champion("m").version == 3
 
     # promote="never" registers without touching the champion.
     never = train_flow(TrainParams(store=env["store"], model="m", k=8, promote="never"))
-    assert never["version"] == 4
+    assert never.version == 4
     assert registry.champion("m").version == 3
 
     # A warm start with another k is refused before anything is fitted or registered.
@@ -205,7 +223,7 @@ def test_held_out_evaluation_and_the_evaluate_and_apply_flows(
     holdout = Split(fraction=0.34, by="image", seed=1)
     trained = train_flow(TrainParams(store=env["store"], model="h", k=4, seed=1, holdout=holdout))
     registry = ModelRegistry(env["registry"])
-    record = registry.record("h", trained["version"])
+    record = registry.record("h", trained.version)
     store = PixelStore(env["store"])
     assert record.metrics["part"] == "eval"
     assert record.fingerprint != store.fingerprint()  # the split is part of the identity
@@ -216,13 +234,13 @@ def test_held_out_evaluation_and_the_evaluate_and_apply_flows(
     again = evaluate_flow(
         EvaluateParams(store=env["store"], model="h", holdout=holdout, silhouette_sample_size=0)
     )
-    assert again["version"] == trained["version"]
-    assert again["metrics"]["inertia"] == pytest.approx(record.metrics["inertia"], rel=1e-12)
+    assert again.version == trained.version
+    assert again.metrics["inertia"] == pytest.approx(record.metrics["inertia"], rel=1e-12)
 
     applied = apply_flow(ApplyParams(store=env["store"], model="h", out=env["out"]))
-    assert applied["version"] == trained["version"]
-    assert len(applied["images"]) == 3
-    assert all(len(_colors(Path(i["output"]))) <= 4 for i in applied["images"])
+    assert applied.version == trained.version
+    assert len(applied.images) == 3
+    assert all(len(_colors(Path(i["output"]))) <= 4 for i in applied.images)
 
     assert PixelStore(env["store"]).labels() is not None  # shared mode stores labels(pixel)
 
@@ -232,12 +250,12 @@ def test_held_out_evaluation_and_the_evaluate_and_apply_flows(
             store=env["store"], model="nope", out=env["out"] + "-own", palette="per-image", k=3
         )
     )
-    assert own["version"] is None
-    assert len(own["images"]) == 3
-    for image in own["images"]:
+    assert own.version is None
+    assert len(own.images) == 3
+    for image in own.images:
         assert _colors(Path(image["output"])) <= {tuple(c) for c in image["palette"]}
         assert len(image["palette"]) == 3
-    assert len({tuple(map(tuple, i["palette"])) for i in own["images"]}) == 3  # not one palette
+    assert len({tuple(map(tuple, i["palette"])) for i in own.images}) == 3  # not one palette
 
     # An unknown model fails the run with a clear error and writes nothing.
     missing = Path(env["out"]) / "never"
@@ -254,8 +272,8 @@ def test_ingest_flow_reports_bad_images_and_keeps_the_good_ones(
     (mixed / "good.png").write_bytes((photo_dir / "sky.png").read_bytes())
     (mixed / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     result = ingest_flow(IngestParams(sources=[str(mixed)], store=env["store"]))
-    assert result["n_images"] == 1
-    assert [e["source"].rsplit("/", 1)[-1] for e in result["errors"]] == ["broken.png"]
+    assert result.n_images == 1
+    assert [e["source"].rsplit("/", 1)[-1] for e in result.errors] == ["broken.png"]
 
     # Strict: the run fails, but the good image stays stored (nothing is lost).
     strict_store = str(tmp_path / "strict.zarr")
@@ -294,7 +312,7 @@ def test_the_cached_fit_result_is_json_not_pickle(env: dict[str, str], photo_dir
     trained = train_flow(TrainParams(store=env["store"], model="m", k=4, seed=0))
     written = [p for p in set(storage.rglob("*")) - before if p.is_file()]
     assert written, f"no result was persisted under {storage}"
-    centers = ModelRegistry(env["registry"]).load("m", trained["version"]).centers
+    centers = ModelRegistry(env["registry"]).load("m", trained.version).centers
     for path in written:
         record = json.loads(path.read_bytes())  # a result record is JSON
         assert record["metadata"]["serializer"]["type"] == "kmflow-palette-json", path

@@ -11,6 +11,9 @@ calls tasks, branches, and publishes artifacts (metrics table, markdown report, 
 - ``pipeline``: ingest → train → apply, as subflows on one cluster
 - ``monitor``: ingest a new batch, check it for drift, emit ``kmflow.drift.detected``
 - ``retrain``: warm-start from the champion, promote only if not worse (event-triggered)
+
+Each returns its typed result (:mod:`kmflow.flows.results`); ``to_dict()`` is the JSON a
+``--report`` file holds.
 """
 
 from kmflow.flows.apply import apply_flow
@@ -18,10 +21,26 @@ from kmflow.flows.evaluate import evaluate_flow
 from kmflow.flows.ingest import ingest_flow
 from kmflow.flows.monitor import monitor_flow
 from kmflow.flows.pipeline import pipeline_flow
+from kmflow.flows.results import (
+    ApplyResult,
+    EvaluateResult,
+    IngestResult,
+    MonitorResult,
+    PipelineResult,
+    RetrainResult,
+    TrainResult,
+)
 from kmflow.flows.retrain import retrain_flow
 from kmflow.flows.train import train_flow
 
 __all__ = [
+    "ApplyResult",
+    "EvaluateResult",
+    "IngestResult",
+    "MonitorResult",
+    "PipelineResult",
+    "RetrainResult",
+    "TrainResult",
     "apply_flow",
     "evaluate_flow",
     "ingest_flow",

@@ -18,6 +18,7 @@ from kmflow.flows._report import (
     publish_report,
     timings_table,
 )
+from kmflow.flows.results import ApplyResult
 from kmflow.jobs.palette import palette_from_model
 from kmflow.jobs.palette.per_image import PerImageParams
 from kmflow.params import ApplyParams
@@ -28,7 +29,7 @@ __all__ = ["apply_flow"]
 
 
 @flow(name="apply", description="Quantize the stored images with a registered palette.")
-def apply_flow(params: ApplyParams = ApplyParams()) -> dict[str, Any]:  # noqa: B008
+def apply_flow(params: ApplyParams = ApplyParams()) -> ApplyResult:  # noqa: B008
     """Render every image of ``params.store`` under ``params.out``.
 
     With ``palette="shared"`` every image is painted with ``params.model``'s palette; with
@@ -94,4 +95,4 @@ def apply_flow(params: ApplyParams = ApplyParams()) -> dict[str, Any]:  # noqa: 
             "Timings": timings_table({"total": time.perf_counter() - t0}),
         },
     )
-    return {"model": params.model, "version": version, **report}
+    return ApplyResult.from_report(params.model, version, report)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from prefect import flow
 
@@ -15,6 +14,7 @@ from kmflow.flows._report import (
     publish_report,
     timings_table,
 )
+from kmflow.flows.results import EvaluateResult
 from kmflow.jobs.palette import palette_from_model
 from kmflow.params import EvaluateParams
 from kmflow.tasks.evaluate import evaluate_palette_task
@@ -24,7 +24,7 @@ __all__ = ["evaluate_flow"]
 
 
 @flow(name="evaluate", description="Evaluate a registered palette on the pixel store.")
-def evaluate_flow(params: EvaluateParams = EvaluateParams()) -> dict[str, Any]:  # noqa: B008
+def evaluate_flow(params: EvaluateParams = EvaluateParams()) -> EvaluateResult:  # noqa: B008
     """Evaluate ``params.model`` (``params.version``, default the champion) on the store."""
     t0 = time.perf_counter()
     with cluster_session(paths=[params.store]) as client:
@@ -54,4 +54,4 @@ def evaluate_flow(params: EvaluateParams = EvaluateParams()) -> dict[str, Any]: 
             "Timings": timings_table({"total": time.perf_counter() - t0}),
         },
     )
-    return {"model": params.model, "version": version, **evaluation.to_dict()}
+    return EvaluateResult(model=params.model, version=version, **evaluation.to_dict())

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from prefect import flow, get_run_logger
 
 from kmflow.cluster.session import cluster_session, describe
 from kmflow.errors import InvalidInputError
 from kmflow.flows._report import cluster_table, publish_metrics, publish_report, timings_table
+from kmflow.flows.results import IngestResult
 from kmflow.params import IngestParams
 from kmflow.tasks.ingest import ingest_images
 
@@ -17,7 +17,7 @@ __all__ = ["ingest_flow"]
 
 
 @flow(name="ingest", description="Decode images into the Zarr pixel store (incremental).")
-def ingest_flow(params: IngestParams = IngestParams()) -> dict[str, Any]:  # noqa: B008
+def ingest_flow(params: IngestParams = IngestParams()) -> IngestResult:  # noqa: B008
     """Ingest ``params.sources`` into ``params.store``.
 
     Fails when nothing could be ingested (every image bad and the store still empty) or,
@@ -69,4 +69,4 @@ def ingest_flow(params: IngestParams = IngestParams()) -> dict[str, Any]:  # noq
             f"{len(errors)} bad image(s), the store is empty"
         )
     logger.info("store %s holds %d image(s)", params.store, summary["n_images"])
-    return summary
+    return IngestResult.from_dict(summary)

@@ -16,6 +16,7 @@ from kmflow.config import get_settings
 from kmflow.errors import InvalidInputError, SourceNotFoundError
 from kmflow.fingerprint import fingerprint
 from kmflow.flows._report import Cell, link, publish_metrics, publish_report, timings_table
+from kmflow.flows.results import MonitorResult
 from kmflow.params import IngestParams, MonitorParams
 from kmflow.storage.fs import (
     join_url,
@@ -91,7 +92,7 @@ def _unchecked_images(params: MonitorParams, before: int) -> tuple[list[dict[str
 
 
 @flow(name="monitor", description="Ingest new images and check them for drift.")
-def monitor_flow(params: MonitorParams = MonitorParams()) -> dict[str, Any]:  # noqa: B008
+def monitor_flow(params: MonitorParams = MonitorParams()) -> MonitorResult:  # noqa: B008
     """Ingest ``params.sources``; check every image not yet checked against the champion.
 
     A batch is every image of the store that no saved drift report covers: the images this
@@ -106,7 +107,7 @@ def monitor_flow(params: MonitorParams = MonitorParams()) -> dict[str, Any]:  # 
 
     Returns
     -------
-    dict
+    MonitorResult
         ``drifted``, ``batch_id``, ``n_images`` (in the batch), ``report`` (the drift
         report as a dict), ``report_url``, ``champion_version``, ``event_id``, ``errors``
         (images the ingest could not read).
@@ -143,16 +144,7 @@ def monitor_flow(params: MonitorParams = MonitorParams()) -> dict[str, Any]:  # 
                 )
         if not added:
             logger.info("no new images in %s: nothing to check", params.sources)
-            return {
-                "drifted": False,
-                "batch_id": None,
-                "n_images": 0,
-                "report": None,
-                "report_url": None,
-                "champion_version": None,
-                "event_id": None,
-                "errors": errors,
-            }
+            return MonitorResult.nothing_new(errors)
         batch = batch_id([image["sha256"] for image in added])
         if params.batch is None:
             _write_json(_batch_url(params.reports, batch), {"store": params.store, "images": added})
@@ -219,13 +211,13 @@ def monitor_flow(params: MonitorParams = MonitorParams()) -> dict[str, Any]:  # 
         )
     else:
         logger.info("batch %s: no drift from %s version %d", batch[:12], params.model, version)
-    return {
-        "drifted": report["drifted"],
-        "batch_id": batch,
-        "n_images": len(added),
-        "report": report,
-        "report_url": report_url,
-        "champion_version": version,
-        "event_id": event_id,
-        "errors": errors,
-    }
+    return MonitorResult(
+        drifted=report["drifted"],
+        batch_id=batch,
+        n_images=len(added),
+        report=report,
+        report_url=report_url,
+        champion_version=version,
+        event_id=event_id,
+        errors=errors,
+    )

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow, get_run_logger
 
 from kmflow.cluster.session import cluster_session
 from kmflow.errors import InvalidInputError
 from kmflow.flows._report import publish_report
+from kmflow.flows.results import RetrainResult
 from kmflow.flows.train import train_flow
 from kmflow.params import RetrainParams, TrainParams
 from kmflow.tasks.registry import load_model_task
@@ -17,7 +16,7 @@ __all__ = ["retrain_flow"]
 
 
 @flow(name="retrain", description="Retrain from the champion on new data; promote if not worse.")
-def retrain_flow(params: RetrainParams = RetrainParams()) -> dict[str, Any]:  # noqa: B008
+def retrain_flow(params: RetrainParams = RetrainParams()) -> RetrainResult:  # noqa: B008
     """Train a challenger warm-started from the champion, on all the data or a recent window.
 
     The challenger and the champion are evaluated on the same held-out images; the
@@ -54,26 +53,26 @@ def retrain_flow(params: RetrainParams = RetrainParams()) -> dict[str, Any]:  # 
     logger.info(
         "challenger %s version %d (parent %s): %s",
         params.model,
-        result["version"],
-        result["parent"],
-        result["reason"],
+        result.version,
+        result.parent,
+        result.reason,
     )
     publish_report(
         params.model,
         "retrain",
-        f"Retrain of {params.model}: version {result['version']} "
-        + ("promoted" if result["promoted"] else "not promoted"),
+        f"Retrain of {params.model}: version {result.version} "
+        + ("promoted" if result.promoted else "not promoted"),
         {
             "Decision": {
-                "challenger": result["version"],
-                "parent (champion before)": result["parent"],
-                "promoted": result["promoted"],
-                "reason": result["reason"],
-                "champion now": result["champion"],
-                "already done for this event": result.get("skipped", False),
+                "challenger": result.version,
+                "parent (champion before)": result.parent,
+                "promoted": result.promoted,
+                "reason": result.reason,
+                "champion now": result.champion,
+                "already done for this event": result.skipped,
             },
             "Trigger": {"event": params.event_id, "batch": params.batch_id},
-            "Challenger metrics (held out)": result["metrics"],
+            "Challenger metrics (held out)": result.metrics,
         },
     )
-    return {**result, "event_id": params.event_id, "batch_id": params.batch_id}
+    return RetrainResult.from_train(result, params.event_id, params.batch_id)

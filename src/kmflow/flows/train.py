@@ -19,6 +19,7 @@ from kmflow.flows._report import (
     publish_report,
     timings_table,
 )
+from kmflow.flows.results import TrainResult
 from kmflow.jobs.palette import Evaluation, palette_from_model
 from kmflow.params import TrainParams
 from kmflow.tasks.evaluate import evaluate_palette_task
@@ -60,31 +61,32 @@ def promotion_decision(
     return False, f"{metric} {new:.6g} > champion v{champion.record.version}'s {old:.6g}"
 
 
-def _already_done(record: ModelRecord, champion: Model | None) -> dict[str, Any]:
+def _already_done(record: ModelRecord, champion: Model | None) -> TrainResult:
     """The train flow's result for a version registered earlier with the same key."""
     promotion = record.metrics.get("promotion") or {}
-    return {
-        "model": record.name,
-        "version": record.version,
-        "parent": record.parent,
-        "promoted": bool(promotion.get("promoted", False)),
-        "reason": f"already registered with this key: {promotion.get('reason', '')}",
-        "champion": champion.record.version if champion else None,
-        "metrics": {k: v for k, v in record.metrics.items() if isinstance(v, float)},
-        "timings": {},
-        "skipped": True,
-    }
+    return TrainResult(
+        model=record.name,
+        version=record.version,
+        parent=record.parent,
+        promoted=bool(promotion.get("promoted", False)),
+        reason=f"already registered with this key: {promotion.get('reason', '')}",
+        champion=champion.record.version if champion else None,
+        metrics={k: v for k, v in record.metrics.items() if isinstance(v, float)},
+        timings={},
+        skipped=True,
+    )
 
 
 @flow(name="train", description="Fit a palette, evaluate it, register it, maybe promote it.")
-def train_flow(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: B008
+def train_flow(params: TrainParams = TrainParams()) -> TrainResult:  # noqa: B008
     """Train a new version of ``params.model`` on ``params.store``.
 
     Returns
     -------
-    dict
+    TrainResult
         ``model``, ``version``, ``promoted``, ``reason``, ``champion`` (version after the
-        run), ``parent``, ``metrics`` and ``timings``.
+        run), ``parent``, ``metrics`` and ``timings``; ``skipped`` when a version was
+        already registered with ``params.idempotency_key``.
     """
     logger = get_run_logger()
     timings: dict[str, float] = {}
@@ -216,14 +218,14 @@ def train_flow(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: 
             "Timings": timings_table(timings),
         },
     )
-    return {
-        "model": record.name,
-        "version": record.version,
-        "parent": record.parent,
-        "promoted": promote,
-        "reason": reason,
-        "champion": champion_version,
-        "metrics": metrics,
-        "timings": timings,
-        "skipped": False,
-    }
+    return TrainResult(
+        model=record.name,
+        version=record.version,
+        parent=record.parent,
+        promoted=promote,
+        reason=reason,
+        champion=champion_version,
+        metrics=metrics,
+        timings=timings,
+        skipped=False,
+    )
