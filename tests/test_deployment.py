@@ -42,6 +42,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -899,7 +900,14 @@ def test_drift_event_triggers_retrain_deployment(
         "after the drift event occurred"
     )
     automations = _ok(api.post("automations/filter", json={}))
-    (automation,) = [a for a in automations if DRIFT_EVENT in a["trigger"].get("expect", [])]
+    (automation,) = [
+        a
+        for a in automations
+        if DRIFT_EVENT in a["trigger"].get("expect", [])
+        and a["trigger"]["match"]["prefect.resource.id"] == "kmflow.dataset.*"
+    ]
+    # An image dataset's drift retrains the palette, never the records job.
+    assert _flow_runs_of(api, "segment") == []
     assert retrain["created_by"] is not None, json.dumps(retrain, indent=1)
     assert retrain["created_by"]["type"] == "AUTOMATION"
     assert retrain["created_by"]["id"] == automation["id"]
@@ -936,3 +944,30 @@ def test_drift_event_triggers_retrain_deployment(
     # -- and nothing else was started: one retrain run, for the one event
     assert len(_flow_runs_of(api, "retrain")) == 1
     assert len(_events(api, DRIFT_EVENT)) == 1
+
+    # -- a records model's drift event starts the segment deployment, never retrain: on the
+    # champion's tables plus the batch, with the champion's k (rendered with native types)
+    tables = sandbox.root / "tables"
+    tables.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in ("old.csv", "new.csv"):
+        rows = rng.normal(size=(60, 2)) + rng.integers(0, 3, (60, 1)) * 6.0
+        (tables / name).write_text("a,b\n" + "\n".join(f"{x:.4f},{y:.4f}" for x, y in rows) + "\n")
+    sources = [str(tables / "old.csv"), str(tables / "new.csv")]
+    records_event = {
+        "id": str(uuid.uuid4()),
+        "occurred": dt.datetime.now(dt.UTC).isoformat(),
+        "event": DRIFT_EVENT,
+        "resource": {"prefect.resource.id": "kmflow.records.customers"},
+        "payload": {"model": "customers", "sources": sources, "k": "2..4", "drifted": True},
+    }
+    response = api.post("events", json=[records_event])
+    assert response.status_code == 204, response.text
+    deadline = time.monotonic() + TRIGGER_TIMEOUT
+    while not (segments := _flow_runs_of(api, "segment")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(segments) == 1, f"{len(segments)} segment runs\n{_action_events(api)}"
+    assert segments[0]["parameters"] == {
+        "params": {"source": sources, "model": "customers", "k": "2..4"}
+    }
+    assert len(_flow_runs_of(api, "retrain")) == 1  # the images' retrain did not run again

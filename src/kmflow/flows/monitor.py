@@ -30,7 +30,13 @@ from kmflow.tasks.drift import check_drift_task, save_drift_report_task
 from kmflow.tasks.ingest import ingest_images
 from kmflow.tasks.registry import load_model_task
 
-__all__ = ["DRIFT_EVENT", "batch_id", "dataset_resource_id", "monitor_flow"]
+__all__ = [
+    "DRIFT_EVENT",
+    "announce_drift",
+    "batch_id",
+    "dataset_resource_id",
+    "monitor_flow",
+]
 
 #: The event a drifted batch raises; the ``retrain`` deployment is triggered by it.
 DRIFT_EVENT = "kmflow.drift.detected"
@@ -45,6 +51,34 @@ def dataset_resource_id(store: str) -> str:
 def batch_id(sha256s: list[str]) -> str:
     """Identity of a batch: the data fingerprint of its images' content hashes."""
     return fingerprint(sha256s)
+
+
+def announce_drift(
+    report: dict[str, Any],
+    *,
+    resource: dict[str, str],
+    payload: dict[str, Any],
+    what: str,
+    against: str,
+) -> str | None:
+    """Emit :data:`DRIFT_EVENT` for a drifted batch and log the decision either way.
+
+    Returns the event's id (None when the batch did not drift, or when no event could be
+    emitted outside a Prefect run).
+    """
+    logger = get_run_logger()
+    if not report["drifted"]:
+        logger.info("%s: no drift from %s", what, against)
+        return None
+    event = emit_event(DRIFT_EVENT, resource=resource, payload=payload)
+    logger.warning(
+        "%s drifted from %s (%s): event %s emitted",
+        what,
+        against,
+        ", ".join(n for n, s in report["statistics"].items() if s["drifted"]),
+        DRIFT_EVENT,
+    )
+    return None if event is None else str(event.id)
 
 
 def _cursor_url(reports: str, store: str) -> str:
@@ -190,27 +224,16 @@ def monitor_flow(params: MonitorParams = MonitorParams()) -> MonitorResult:  # n
             "Timings": timings_table({"total": time.perf_counter() - t0}),
         },
     )
-    event_id = None
-    if report["drifted"]:
-        event = emit_event(
-            DRIFT_EVENT,
-            resource={
-                "prefect.resource.id": dataset_resource_id(params.store),
-                "prefect.resource.name": redact_url(params.store),
-            },
-            payload={**payload, "report_url": report_url},
-        )
-        event_id = None if event is None else str(event.id)
-        logger.warning(
-            "batch %s drifted from %s version %d (%s): event %s emitted",
-            batch[:12],
-            params.model,
-            version,
-            ", ".join(n for n, s in report["statistics"].items() if s["drifted"]),
-            DRIFT_EVENT,
-        )
-    else:
-        logger.info("batch %s: no drift from %s version %d", batch[:12], params.model, version)
+    event_id = announce_drift(
+        report,
+        resource={
+            "prefect.resource.id": dataset_resource_id(params.store),
+            "prefect.resource.name": redact_url(params.store),
+        },
+        payload={**payload, "report_url": report_url},
+        what=f"batch {batch[:12]}",
+        against=f"{params.model} version {version}",
+    )
     return MonitorResult(
         drifted=report["drifted"],
         batch_id=batch,

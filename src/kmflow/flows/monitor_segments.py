@@ -16,16 +16,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from prefect.events import emit_event
 
 from kmflow.cluster.session import cluster_session
 from kmflow.config import get_settings
 from kmflow.core.jsonable import json_ready
 from kmflow.errors import InvalidInputError
 from kmflow.flows._report import Cell, link, publish_metrics, publish_report, timings_table
-from kmflow.flows.monitor import DRIFT_EVENT
+from kmflow.flows.monitor import announce_drift
 from kmflow.jobs.segments.drift import RecordsDrift, check_records
 from kmflow.jobs.segments.job import SegmentMonitorParams
 from kmflow.storage.fs import storage_options_for
@@ -69,7 +68,6 @@ def check_records_task(model: Any, params: SegmentMonitorParams) -> tuple[str, R
 @flow(name="monitor-segments", log_prints=True, validate_parameters=True)
 def monitor_segments_flow(params: SegmentMonitorParams) -> SegmentMonitorResult:
     """Check a batch of new records against the champion; emit the drift event on drift."""
-    logger = get_run_logger()
     t0 = time.perf_counter()
     with cluster_session(paths=[*params.source, params.reports]):
         champion = load_model_task(params.model)
@@ -114,27 +112,16 @@ def monitor_segments_flow(params: SegmentMonitorParams) -> SegmentMonitorResult:
             "Timings": timings_table({"total": time.perf_counter() - t0}),
         },
     )
-    event_id = None
-    if drift.drifted:
-        event = emit_event(
-            DRIFT_EVENT,
-            resource={
-                "prefect.resource.id": records_resource_id(params.model),
-                "prefect.resource.name": params.model,
-            },
-            payload=json_ready({**payload, "report_url": report_url}),
-        )
-        event_id = None if event is None else str(event.id)
-        logger.warning(
-            "batch %s drifted from %s version %d (%s): event %s emitted",
-            batch[:12],
-            params.model,
-            version,
-            ", ".join(n for n, s in report["statistics"].items() if s["drifted"]),
-            DRIFT_EVENT,
-        )
-    else:
-        logger.info("batch %s: no drift from %s version %d", batch[:12], params.model, version)
+    event_id = announce_drift(
+        report,
+        resource={
+            "prefect.resource.id": records_resource_id(params.model),
+            "prefect.resource.name": params.model,
+        },
+        payload=json_ready({**payload, "report_url": report_url}),
+        what=f"batch {batch[:12]}",
+        against=f"{params.model} version {version}",
+    )
     return SegmentMonitorResult(
         drifted=drift.drifted,
         batch_id=batch,

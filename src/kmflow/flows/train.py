@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -10,6 +9,7 @@ from prefect import flow, get_run_logger
 
 from kmflow.cluster.session import cluster_session, describe
 from kmflow.core.model import Model, ModelRecord
+from kmflow.core.promotion import promotion_decision as core_promotion_decision
 from kmflow.core.split import Split
 from kmflow.errors import InvalidInputError
 from kmflow.flows._report import (
@@ -48,17 +48,16 @@ def promotion_decision(
     per pixel when both fit in the same color space, mean CIEDE2000 ΔE otherwise (inertias
     in different spaces are not comparable). Ties promote (the newer model wins).
     """
-    if policy == "never":
-        return False, "promotion disabled (promote='never')"
-    if policy == "always":
-        return True, "promote='always'"
     if champion is None or champion_eval is None:
-        return True, "no champion yet"
+        return core_promotion_decision(policy, "inertia_per_pixel", None, None, None)
     metric = "inertia_per_pixel" if champion.record.color_space == challenger_space else "delta_e"
-    new, old = challenger.metrics[metric], champion_eval.metrics[metric]
-    if math.isnan(old) or new <= old * (1 + 1e-12):
-        return True, f"{metric} {new:.6g} <= champion v{champion.record.version}'s {old:.6g}"
-    return False, f"{metric} {new:.6g} > champion v{champion.record.version}'s {old:.6g}"
+    return core_promotion_decision(
+        policy,
+        metric,
+        challenger.metrics[metric],
+        champion_eval.metrics[metric],
+        champion.record.version,
+    )
 
 
 def _already_done(record: ModelRecord, champion: Model | None) -> TrainResult:
