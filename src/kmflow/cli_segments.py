@@ -169,7 +169,7 @@ def segment(
     Writes OUT/segments.csv (the id column, or 'row'; 'segment'; 'distance') and
     OUT/profiles.csv, and prints the sweep (the chosen k marked) and the profiles.
     """
-    from kmflow.jobs.segments.job import SegmentParams
+    from kmflow.params import SegmentParams
 
     base = _base()
     with base._as_bad_parameter({"source": "DATA"}):
@@ -324,7 +324,7 @@ def monitor_records(
     report: Path | None,
 ) -> None:
     """``kmflow monitor`` for a segment model: the monitor-segments flow on a table."""
-    from kmflow.jobs.segments.job import SegmentMonitorParams
+    from kmflow.params import SegmentMonitorParams
 
     base = _base()
     with base._as_bad_parameter(base._THRESHOLD_OPTIONS | {"source": "SOURCE"}):

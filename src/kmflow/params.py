@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from kmflow.core.model import NAME_PATTERN
 from kmflow.core.split import Split
+from kmflow.core.sweep import SelectRule
+from kmflow.errors import InvalidInputError
 from kmflow.kernels.drift import DriftThresholds
+from kmflow.kernels.sweep import parse_ks
 
 __all__ = [
     "ApplyParams",
@@ -22,12 +26,14 @@ __all__ = [
     "MonitorParams",
     "PipelineParams",
     "RetrainParams",
+    "SegmentMonitorParams",
+    "SegmentParams",
     "TrainParams",
 ]
 
 ModelName = Field(
     default="palette",
-    pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+    pattern=NAME_PATTERN,
     description="Name of the model in the registry (letters, digits, '.', '_', '-').",
 )
 StoreUrl = Field(
@@ -244,3 +250,93 @@ class RetrainParams(_Params):
         if self.batch_id:
             return f"drift-batch:{self.batch_id}"
         return None
+
+
+class SegmentParams(_Params):
+    """Segment the records of a table: prepare, sweep k, fit, profile, classify, register."""
+
+    source: list[str] = Field(
+        min_length=1,
+        description="CSV/TSV/Parquet files, folders, globs or URLs (s3://bucket/table/).",
+    )
+    id: str | None = Field(default=None, description="Id column: kept, never a feature.")
+    target: str | None = Field(
+        default=None,
+        description="Target column: profiles, external metrics and a classifier per segment.",
+    )
+    features: list[str] | None = Field(
+        default=None, description="Feature columns; empty: inferred (numbers, flags, text)."
+    )
+    exclude: list[str] = Field(default_factory=list, description="Columns never used.")
+    categorical: list[str] = Field(
+        default_factory=list, description="Columns to one-hot even if they hold numbers."
+    )
+    k: str = Field(
+        default="2..12",
+        description="One k ('7') or a sweep ('2..12', '3,5,8').",
+    )
+    select: SelectRule = Field(
+        default="db",
+        description="How the sweep chooses k: lowest Davies-Bouldin, highest "
+        "Calinski-Harabasz or silhouette, or the inertia curve's elbow (Kneedle).",
+    )
+    min_k: int | None = Field(default=None, ge=1, description="Smallest k that may be chosen.")
+    scale: Literal["standard", "robust", "minmax", "none"] = Field(default="standard")
+    missing: Literal["error", "drop", "median"] = Field(
+        default="median",
+        description="Missing numbers: fail, drop the row, or the training median.",
+    )
+    holdout: float = Field(
+        default=0.2,
+        ge=0.0,
+        lt=1.0,
+        description="Share of rows held out (by row number, seeded) for evaluation.",
+    )
+    seed: int = Field(default=0, ge=0, description="Seed of the split, the fits and the models.")
+    max_iter: int = Field(default=300, ge=1, le=10_000)
+    tol: float = Field(default=1e-4, ge=0.0)
+    silhouette_sample_size: int = Field(default=10_000, ge=0, le=100_000)
+    max_levels: int = Field(
+        default=50, ge=2, description="Text columns with more distinct values are left out."
+    )
+    store: str = Field(
+        default="kmflow-data/segments",
+        min_length=1,
+        description="Folder or URL of the prepared row stores.",
+    )
+    model: str = Field(default="segments", pattern=NAME_PATTERN)
+    out: str | None = Field(
+        default=None, description="Folder for segments.csv and profiles.csv; empty: none."
+    )
+    promote: Literal["if-better", "always", "never"] = Field(default="if-better")
+    classifiers: bool = Field(
+        default=True, description="With a target: a classifier per segment and a global one."
+    )
+
+    @field_validator("k")
+    @classmethod
+    def _check_k(cls, value: str) -> str:
+        try:
+            parse_ks(value)
+        except InvalidInputError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
+
+    @property
+    def ks(self) -> list[int]:
+        return parse_ks(self.k)
+
+
+class SegmentMonitorParams(_Params):
+    """Check a batch of new records for drift against a segment model's champion."""
+
+    source: list[str] = Field(
+        min_length=1, description="The new records: CSV/TSV/Parquet files, folders, globs, URLs."
+    )
+    model: str = Field(default="segments", pattern=NAME_PATTERN)
+    thresholds: DriftThresholds = Field(default_factory=DriftThresholds)
+    reports: str = Field(
+        default="kmflow-data/drift",
+        min_length=1,
+        description="Folder or URL where each batch's drift report is saved as <batch>.json.",
+    )

@@ -11,6 +11,9 @@ calls tasks, branches, and publishes artifacts (metrics table, markdown report, 
 - ``pipeline``: ingest → train → apply, as subflows on one cluster
 - ``monitor``: ingest a new batch, check it for drift, emit ``kmflow.drift.detected``
 - ``retrain``: warm-start from the champion, promote only if not worse (event-triggered)
+- ``segment``: a table → prepare → sweep k → profiles → a classifier per segment → register
+  (also started by a records model's drift event)
+- ``monitor-segments``: new records against a segment model; emits ``kmflow.drift.detected``
 
 Each returns its typed result (:mod:`kmflow.flows.results`); ``to_dict()`` is the JSON a
 ``--report`` file holds.
@@ -20,6 +23,7 @@ from kmflow.flows.apply import apply_flow
 from kmflow.flows.evaluate import evaluate_flow
 from kmflow.flows.ingest import ingest_flow
 from kmflow.flows.monitor import monitor_flow
+from kmflow.flows.monitor_segments import monitor_segments_flow
 from kmflow.flows.pipeline import pipeline_flow
 from kmflow.flows.results import (
     ApplyResult,
@@ -28,9 +32,12 @@ from kmflow.flows.results import (
     MonitorResult,
     PipelineResult,
     RetrainResult,
+    SegmentMonitorResult,
+    SegmentResult,
     TrainResult,
 )
 from kmflow.flows.retrain import retrain_flow
+from kmflow.flows.segment import segment_flow
 from kmflow.flows.train import train_flow
 
 __all__ = [
@@ -40,12 +47,16 @@ __all__ = [
     "MonitorResult",
     "PipelineResult",
     "RetrainResult",
+    "SegmentMonitorResult",
+    "SegmentResult",
     "TrainResult",
     "apply_flow",
     "evaluate_flow",
     "ingest_flow",
     "monitor_flow",
+    "monitor_segments_flow",
     "pipeline_flow",
     "retrain_flow",
+    "segment_flow",
     "train_flow",
 ]

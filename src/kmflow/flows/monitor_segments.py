@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from prefect import flow, task
@@ -25,36 +24,20 @@ from kmflow.core.jsonable import json_ready
 from kmflow.errors import InvalidInputError
 from kmflow.flows._report import Cell, link, publish_metrics, publish_report, timings_table
 from kmflow.flows.monitor import announce_drift
+from kmflow.flows.results import SegmentMonitorResult
 from kmflow.jobs.segments.drift import RecordsDrift, check_records
-from kmflow.jobs.segments.job import SegmentMonitorParams
+from kmflow.params import SegmentMonitorParams
 from kmflow.storage.fs import storage_options_for
 from kmflow.storage.tables import read_table
 from kmflow.tasks.drift import save_drift_report_task
 from kmflow.tasks.registry import load_model_task
 
-__all__ = ["SegmentMonitorResult", "monitor_segments_flow", "records_resource_id"]
+__all__ = ["monitor_segments_flow", "records_resource_id"]
 
 
 def records_resource_id(model: str) -> str:
     """The Prefect resource id of a records model's data: ``kmflow.records.<model>``."""
     return "kmflow.records." + re.sub(r"[^A-Za-z0-9._-]+", "-", model)
-
-
-@dataclass(frozen=True)
-class SegmentMonitorResult:
-    """What a ``monitor-segments`` run found."""
-
-    drifted: bool
-    batch_id: str
-    n_rows: int
-    report: dict[str, Any]
-    report_url: str
-    champion_version: int
-    event_id: str | None
-    retrain_sources: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return json_ready(self.__dict__)  # type: ignore[no-any-return]
 
 
 @task(name="check-records-drift", cache_policy=NO_CACHE)

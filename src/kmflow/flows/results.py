@@ -1,4 +1,4 @@
-"""What the image flows return: one frozen dataclass per flow.
+"""What the flows return: one frozen dataclass per flow (the image and the records job).
 
 Every value is a plain Python value (str, int, float, bool, None, lists and dicts of them),
 so a result pickles (Prefect may persist it) and ``to_dict()`` is what ``--report`` writes
@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from kmflow.core.jsonable import json_ready
+
 __all__ = [
     "ApplyResult",
     "EvaluateResult",
@@ -17,6 +19,8 @@ __all__ = [
     "MonitorResult",
     "PipelineResult",
     "RetrainResult",
+    "SegmentMonitorResult",
+    "SegmentResult",
     "TrainResult",
 ]
 
@@ -252,3 +256,71 @@ class PipelineResult:
             },
             "seconds": self.seconds,
         }
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """What a ``segment`` run did: the registered version and everything the report holds."""
+
+    model: str
+    version: int
+    promoted: bool
+    reason: str
+    champion: int | None
+    chosen_k: int
+    rule: str
+    runner_up: int | None
+    sweep: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    missing: dict[str, int]
+    columns: dict[str, Any]
+    profiles: list[dict[str, Any]]
+    segment_models: dict[str, Any] | None
+    external: dict[str, Any] | None
+    sizes: list[int]
+    outputs: dict[str, str]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report JSON: ``chosen_k``, ``sweep``, ``missing``, ``profiles`` at the top
+        level, ``segment_models`` with a target."""
+        out: dict[str, Any] = {
+            "model": self.model,
+            "version": self.version,
+            "promoted": self.promoted,
+            "reason": self.reason,
+            "champion": self.champion,
+            "chosen_k": self.chosen_k,
+            "rule": self.rule,
+            "runner_up": self.runner_up,
+            "sweep": self.sweep,
+            "metrics": self.metrics,
+            "missing": self.missing,
+            "columns": self.columns,
+            "sizes": self.sizes,
+            "profiles": self.profiles,
+            "outputs": self.outputs,
+            "timings": self.timings,
+        }
+        if self.segment_models is not None:
+            out["segment_models"] = self.segment_models
+        if self.external is not None:
+            out["external"] = self.external
+        return json_ready(out)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class SegmentMonitorResult:
+    """What a ``monitor-segments`` run found."""
+
+    drifted: bool
+    batch_id: str
+    n_rows: int
+    report: dict[str, Any]
+    report_url: str
+    champion_version: int
+    event_id: str | None
+    retrain_sources: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_ready(self.__dict__)  # type: ignore[no-any-return]

@@ -4,8 +4,6 @@ register → promote if not worse than the champion."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any
 
 from prefect import flow, get_run_logger
 
@@ -13,7 +11,8 @@ from kmflow.cluster.session import cluster_session, describe
 from kmflow.core.jsonable import json_ready
 from kmflow.core.promotion import promotion_decision
 from kmflow.flows._report import cluster_table, publish_metrics, publish_report, timings_table
-from kmflow.jobs.segments.job import SegmentParams
+from kmflow.flows.results import SegmentResult
+from kmflow.params import SegmentParams
 from kmflow.tasks.registry import find_champion_task, promote_model_task
 from kmflow.tasks.segment import (
     champion_score_task,
@@ -23,58 +22,7 @@ from kmflow.tasks.segment import (
     sweep_task,
 )
 
-__all__ = ["SegmentResult", "segment_flow"]
-
-
-@dataclass(frozen=True)
-class SegmentResult:
-    """What a ``segment`` run did: the registered version and everything the report holds."""
-
-    model: str
-    version: int
-    promoted: bool
-    reason: str
-    champion: int | None
-    chosen_k: int
-    rule: str
-    runner_up: int | None
-    sweep: list[dict[str, Any]]
-    metrics: dict[str, Any]
-    missing: dict[str, int]
-    columns: dict[str, Any]
-    profiles: list[dict[str, Any]]
-    segment_models: dict[str, Any] | None
-    external: dict[str, Any] | None
-    sizes: list[int]
-    outputs: dict[str, str]
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The report JSON: ``chosen_k``, ``sweep``, ``missing``, ``profiles`` at the top
-        level, ``segment_models`` with a target."""
-        out: dict[str, Any] = {
-            "model": self.model,
-            "version": self.version,
-            "promoted": self.promoted,
-            "reason": self.reason,
-            "champion": self.champion,
-            "chosen_k": self.chosen_k,
-            "rule": self.rule,
-            "runner_up": self.runner_up,
-            "sweep": self.sweep,
-            "metrics": self.metrics,
-            "missing": self.missing,
-            "columns": self.columns,
-            "sizes": self.sizes,
-            "profiles": self.profiles,
-            "outputs": self.outputs,
-            "timings": self.timings,
-        }
-        if self.segment_models is not None:
-            out["segment_models"] = self.segment_models
-        if self.external is not None:
-            out["external"] = self.external
-        return json_ready(out)  # type: ignore[no-any-return]
+__all__ = ["segment_flow"]
 
 
 @flow(name="segment", log_prints=True, validate_parameters=True)

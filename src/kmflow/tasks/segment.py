@@ -18,12 +18,12 @@ from kmflow.jobs.segments.job import (
     Described,
     Fitted,
     Prepared,
-    SegmentParams,
     describe_segments,
     fit_segments,
     prepare,
 )
 from kmflow.kernels.sweep import SweepInfo
+from kmflow.params import SegmentParams
 from kmflow.storage.fs import storage_options_for
 from kmflow.tasks._common import (
     ProgressArtifact,

@@ -13,11 +13,11 @@ from sklearn.metrics import adjusted_rand_score
 
 from kmflow.errors import InvalidInputError, KmflowError
 from kmflow.jobs.segments.job import (
-    SegmentParams,
     describe_segments,
     fit_segments,
     prepare,
 )
+from kmflow.params import SegmentParams
 
 Customers = Callable[..., tuple[pd.DataFrame, np.ndarray]]
 

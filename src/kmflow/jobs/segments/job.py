@@ -28,17 +28,16 @@ import posixpath
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import dask
 import dask.array as da
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kmflow.core.jsonable import json_ready
-from kmflow.core.sweep import Choice, SelectRule, choose_k
+from kmflow.core.sweep import Choice, choose_k
 from kmflow.errors import InvalidInputError
 from kmflow.jobs.segments.classifiers import SegmentModels, fit_segment_models
 from kmflow.jobs.segments.prepare import (
@@ -57,11 +56,11 @@ from kmflow.jobs.segments.profile import (
     profile_segments,
     target_is_numeric,
 )
-from kmflow.kernels.drift import DriftThresholds
 from kmflow.kernels.lloyd import assign
 from kmflow.kernels.metrics import external_metrics, internal_metrics
 from kmflow.kernels.split import holdout_row_numbers
-from kmflow.kernels.sweep import SweepInfo, SweepResult, parse_ks
+from kmflow.kernels.sweep import SweepInfo, SweepResult
+from kmflow.params import SegmentParams
 from kmflow.storage.fs import join_url, storage_options_for
 from kmflow.storage.rowstore import RowStore
 from kmflow.storage.tables import Table, read_table
@@ -71,8 +70,6 @@ __all__ = [
     "Described",
     "Fitted",
     "Prepared",
-    "SegmentMonitorParams",
-    "SegmentParams",
     "assign_records",
     "describe_segments",
     "fit_segments",
@@ -84,100 +81,6 @@ logger = logging.getLogger(__name__)
 
 #: The commit-record format of the records job's row stores.
 STORE_FORMAT = "kmflow.segments"
-
-
-class SegmentParams(BaseModel):
-    """Segment the records of a table: prepare, sweep k, fit, profile, classify, register."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    source: list[str] = Field(
-        min_length=1,
-        description="CSV/TSV/Parquet files, folders, globs or URLs (s3://bucket/table/).",
-    )
-    id: str | None = Field(default=None, description="Id column: kept, never a feature.")
-    target: str | None = Field(
-        default=None,
-        description="Target column: profiles, external metrics and a classifier per segment.",
-    )
-    features: list[str] | None = Field(
-        default=None, description="Feature columns; empty: inferred (numbers, flags, text)."
-    )
-    exclude: list[str] = Field(default_factory=list, description="Columns never used.")
-    categorical: list[str] = Field(
-        default_factory=list, description="Columns to one-hot even if they hold numbers."
-    )
-    k: str = Field(
-        default="2..12",
-        description="One k ('7') or a sweep ('2..12', '3,5,8').",
-    )
-    select: SelectRule = Field(
-        default="db",
-        description="How the sweep chooses k: lowest Davies-Bouldin, highest "
-        "Calinski-Harabasz or silhouette, or the inertia curve's elbow (Kneedle).",
-    )
-    min_k: int | None = Field(default=None, ge=1, description="Smallest k that may be chosen.")
-    scale: Literal["standard", "robust", "minmax", "none"] = Field(default="standard")
-    missing: Literal["error", "drop", "median"] = Field(
-        default="median",
-        description="Missing numbers: fail, drop the row, or the training median.",
-    )
-    holdout: float = Field(
-        default=0.2,
-        ge=0.0,
-        lt=1.0,
-        description="Share of rows held out (by row number, seeded) for evaluation.",
-    )
-    seed: int = Field(default=0, ge=0, description="Seed of the split, the fits and the models.")
-    max_iter: int = Field(default=300, ge=1, le=10_000)
-    tol: float = Field(default=1e-4, ge=0.0)
-    silhouette_sample_size: int = Field(default=10_000, ge=0, le=100_000)
-    max_levels: int = Field(
-        default=50, ge=2, description="Text columns with more distinct values are left out."
-    )
-    store: str = Field(
-        default="kmflow-data/segments",
-        min_length=1,
-        description="Folder or URL of the prepared row stores.",
-    )
-    model: str = Field(default="segments", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-    out: str | None = Field(
-        default=None, description="Folder for segments.csv and profiles.csv; empty: none."
-    )
-    promote: Literal["if-better", "always", "never"] = Field(default="if-better")
-    classifiers: bool = Field(
-        default=True, description="With a target: a classifier per segment and a global one."
-    )
-
-    @field_validator("k")
-    @classmethod
-    def _check_k(cls, value: str) -> str:
-        try:
-            parse_ks(value)
-        except InvalidInputError as exc:
-            raise ValueError(str(exc)) from exc
-        return value
-
-    @property
-    def ks(self) -> list[int]:
-        return parse_ks(self.k)
-
-
-class SegmentMonitorParams(BaseModel):
-    """Check a batch of new records for drift against a segment model's champion."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    source: list[str] = Field(
-        min_length=1, description="The new records: CSV/TSV/Parquet files, folders, globs, URLs."
-    )
-    model: str = Field(default="segments", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-    thresholds: DriftThresholds = Field(default_factory=DriftThresholds)
-    reports: str = Field(
-        default="kmflow-data/drift",
-        min_length=1,
-        description="Folder or URL where each batch's drift report is saved as <batch>.json.",
-    )
 
 
 # --------------------------------------------------------------------------- prepare
