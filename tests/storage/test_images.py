@@ -794,3 +794,16 @@ def test_discover_skips_files_whose_relpath_is_unsafe(
 def test_safe_relpaths_accepted(relpath: str) -> None:
     assert check_relpath(relpath) == relpath
     assert ImageSource("memory://x/" + relpath, relpath).relpath == relpath
+
+
+def test_discover_sources_lists_each_image_once_when_asked(tmp_path: Path) -> None:
+    from kmflow.storage.images import discover_sources
+
+    (tmp_path / "sub").mkdir()
+    for name in ("a.png", "sub/b.png"):
+        Image.new("RGB", (2, 2)).save(tmp_path / name)
+    roots = [str(tmp_path), str(tmp_path / "sub" / "b.png")]
+    every = discover_sources(roots)
+    once = discover_sources(roots, unique=True)
+    assert [s.relpath for s in every] == ["a.png", "sub/b.png", "b.png"]
+    assert [s.relpath for s in once] == ["a.png", "sub/b.png"]

@@ -28,7 +28,7 @@ import posixpath
 import re
 import struct
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +51,7 @@ __all__ = [
     "check_relpath",
     "decode_image",
     "discover_images",
+    "discover_sources",
     "encode_png",
     "encode_png_indexed",
     "image_matcher",
@@ -153,6 +154,35 @@ class ImageSource:
         if not isinstance(self.url, str) or not self.url:
             raise InvalidInputError(f"an image URL must be a non-empty string; got {self.url!r}")
         check_relpath(self.relpath)
+
+
+def discover_sources(
+    sources: Sequence[str | os.PathLike[str]],
+    *,
+    pattern: str | None = None,
+    storage_options_for: Callable[[str], dict[str, Any] | None] = lambda url: None,
+    unique: bool = False,
+) -> list[ImageSource]:
+    """Every image of several sources (files, folders, globs, URLs), in the order given.
+
+    What ``kmflow quantize`` and the ingest task both discover with: each source through
+    :func:`discover_images` with its own storage options (``storage_options_for(source)``).
+    With ``unique``, an image reached through two sources is listed once (its first
+    occurrence); without, it is listed each time (the ingest then reports the repeats as
+    duplicates).
+    """
+    found: list[ImageSource] = []
+    seen: set[str] = set()
+    for source in sources:
+        text = os.fspath(source)
+        for image in discover_images(
+            text, pattern=pattern, storage_options=storage_options_for(text)
+        ):
+            if unique and image.url in seen:
+                continue
+            seen.add(image.url)
+            found.append(image)
+    return found
 
 
 def discover_images(

@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from kmflow.config import get_settings
 from kmflow.params import IngestParams
 from kmflow.storage.fs import storage_options_for
-from kmflow.storage.images import ImageSource, discover_images
+from kmflow.storage.images import ImageSource, discover_sources
 from kmflow.storage.pixelstore import IngestProgress
 from kmflow.storage.samples import sample_images_dir
 from kmflow.tasks._common import (
@@ -26,16 +26,11 @@ __all__ = ["ingest_images"]
 
 def _discover(params: IngestParams) -> list[ImageSource]:
     storage = get_settings().storage
-    sources = params.sources or [sample_images_dir()]
-    return [
-        image
-        for source in sources
-        for image in discover_images(
-            source,
-            pattern=params.pattern,
-            storage_options=storage_options_for(source, storage),
-        )
-    ]
+    return discover_sources(
+        params.sources or [sample_images_dir()],
+        pattern=params.pattern,
+        storage_options_for=lambda url: storage_options_for(url, storage),
+    )
 
 
 # Idempotent by content hash (a re-run adds nothing) and committed batch by batch, so a retry

@@ -22,7 +22,7 @@ from kmflow.errors import InvalidInputError
 from kmflow.jobs.palette.outputs import PALETTE_NAME, check_outputs, output_urls
 from kmflow.jobs.palette.per_image import PerImageParams, QuantizedImage, quantize_images
 from kmflow.storage.fs import join_url
-from kmflow.storage.images import ImageSource, discover_images
+from kmflow.storage.images import ImageSource, discover_sources
 from kmflow.storage.pixelstore import ImageRecord, IngestProgress, IngestReport, PixelStore
 
 __all__ = ["Plan", "QuantizeOptions", "QuantizeResult", "plan", "run"]
@@ -128,15 +128,12 @@ def plan(
     InvalidInputError
         No images in the sources.
     """
-    sources: list[ImageSource] = []
-    seen: set[str] = set()
-    for root in source_roots:
-        for src in discover_images(
-            root, pattern=options.pattern, storage_options=storage_options_for(root)
-        ):
-            if src.url not in seen:
-                seen.add(src.url)
-                sources.append(src)
+    sources = discover_sources(
+        source_roots,
+        pattern=options.pattern,
+        storage_options_for=storage_options_for,
+        unique=True,
+    )
     if not sources:
         raise InvalidInputError(
             "no images found in "
