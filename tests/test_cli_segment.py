@@ -147,6 +147,13 @@ def test_wine_through_the_cli_with_its_class_as_target(world: dict[str, Path]) -
     assert moved["statistics"]["feature_wasserstein"]["drifted"] is True
     assert max(moved["features"], key=lambda f: moved["features"][f]["wasserstein"]) == "alcohol"
 
+    # kmflow retrain with a segment model: the segment flow again on the champion's table
+    # and parameters; the same data gives a model that is not worse, so it is promoted.
+    code, stdout, stderr = _run(root, "retrain", "--model", "wine")
+    assert code == 0, stdout + stderr
+    assert "wine version 2 (k=3, retrained from v1): promoted to champion" in stdout
+    assert ModelRegistry(root / "models").champion("wine").version == 2  # type: ignore[union-attr]
+
 
 @pytest.mark.parametrize(
     ("content", "args", "message"),

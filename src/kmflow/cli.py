@@ -752,12 +752,19 @@ def retrain(
     workers: Annotated[int | None, typer.Option(min=1, help="Local Dask worker processes.")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Existing Dask scheduler address.")] = None,
 ) -> None:
-    """Retrain the champion on the store now (the retrain flow), promote only if not worse.
+    """Retrain the champion now (the retrain flow), promote only if not worse.
 
-    The store and the model's champion are checked before any cluster or flow starts.
+    For a segment model (kmflow segment), the segment flow runs again with the champion's
+    parameters on its tables as they are now. The store and the model's champion are
+    checked before any cluster or flow starts.
     """
+    from kmflow.cli_segments import champion_kind, retrain_records
     from kmflow.core.split import Split
     from kmflow.params import RetrainParams
+
+    if champion_kind(model) == "segments":
+        retrain_records(model, promote, workers, scheduler)
+        return
 
     with _as_bad_parameter({"fraction": "--holdout"}):
         params = RetrainParams(

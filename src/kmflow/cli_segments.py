@@ -15,7 +15,14 @@ from rich.table import Table
 
 from kmflow.config import Settings
 
-__all__ = ["assign", "champion_kind", "monitor_records", "register", "segment"]
+__all__ = [
+    "assign",
+    "champion_kind",
+    "monitor_records",
+    "register",
+    "retrain_records",
+    "segment",
+]
 
 
 def _base() -> Any:
@@ -363,6 +370,34 @@ def monitor_records(
     verdict = "DRIFTED: event kmflow.drift.detected emitted" if result.drifted else "no drift"
     base.out_console.print(f"{verdict}; report {result.report_url}", soft_wrap=True)
     base._write_report(report, result.to_dict())
+
+
+def retrain_records(model: str, promote: str, workers: int | None, scheduler: str | None) -> None:
+    """``kmflow retrain`` for a segment model: the segment flow again, with the champion's
+    parameters, on its tables as they are now (a folder or glob picks up new files)."""
+    from kmflow.params import SegmentParams
+    from kmflow.storage.fs import storage_options_for
+    from kmflow.storage.registry import ModelRegistry
+
+    base = _base()
+    settings = base._settings()
+    url = settings.registry.url
+    record = ModelRegistry(url, storage_options=storage_options_for(url, settings.storage)).record(
+        model, "champion"
+    )
+    given = {k: v for k, v in record.params.items() if k in SegmentParams.model_fields}
+    with base._as_bad_parameter({"source": "the champion's source"}):
+        params = SegmentParams.model_validate({**given, "promote": promote})
+    base._preflight(lambda settings: None, workers, scheduler)
+    from kmflow.flows.segment import segment_flow
+
+    result = base._run_flow(segment_flow, params, workers, scheduler)
+    state = "promoted to champion" if result.promoted else "registered, not promoted"
+    base.out_console.print(
+        f"{model} version {result.version} (k={result.chosen_k}, retrained from "
+        f"v{record.version}): {state}"
+    )
+    base.out_console.print(f"reason: {result.reason}")
 
 
 def register(app: typer.Typer) -> None:

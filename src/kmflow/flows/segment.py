@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
 
 from kmflow.cluster.session import cluster_session, describe
 from kmflow.core.jsonable import json_ready
@@ -13,6 +14,7 @@ from kmflow.core.promotion import promotion_decision
 from kmflow.flows._report import cluster_table, publish_metrics, publish_report, timings_table
 from kmflow.flows.results import SegmentResult
 from kmflow.params import SegmentParams
+from kmflow.tasks._common import artifact_key
 from kmflow.tasks.registry import find_champion_task, promote_model_task
 from kmflow.tasks.segment import (
     champion_score_task,
@@ -86,6 +88,11 @@ def segment_flow(params: SegmentParams) -> SegmentResult:
     sweep_rows = [{**row, "chosen": "◀" if row["k"] == fitted.k else ""} for row in fitted.sweep]
     publish_metrics(params.model, "segment", json_ready(fitted.metrics.get("held_out", {})))
     profiles_rows = described.profiles.table()
+    create_table_artifact(
+        json_ready(profiles_rows.to_dict(orient="records")),
+        key=artifact_key(params.model, "segment", "profiles"),
+        description=f"Segment profiles of {params.model} version {record.version}",
+    )
     publish_report(
         params.model,
         "segment",

@@ -200,7 +200,7 @@ def register_segments_task(
         preprocessing=prep.to_json(),
         arrays=prep.arrays(),
         files=models.files if models else None,
-        params={**params.model_dump(mode="json"), "store": prepared.store},
+        params={**params.model_dump(mode="json"), "row_store": prepared.store},
         metrics=json_ready(metrics),
         reference=reference_statistics(prepared, fitted.centers),
         run_key=f"{run_id}:register" if run_id else None,
