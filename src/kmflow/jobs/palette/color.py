@@ -12,10 +12,9 @@ References
 
 from __future__ import annotations
 
-import math
-
-import numba as nb
 import numpy as np
+
+from kmflow.jobs.palette._compiled import ciede2000_ufunc, lab_of_uint8
 
 __all__ = ["ciede2000", "lab_to_srgb", "psnr", "srgb_to_lab"]
 
@@ -59,9 +58,7 @@ def srgb_to_lab(rgb: np.ndarray, *, compiled: bool = False) -> np.ndarray:
     """
     rgb = np.asarray(rgb)
     if compiled and rgb.dtype == np.uint8:
-        flat = np.ascontiguousarray(rgb.reshape(-1, 3))
-        out = np.empty(flat.shape)
-        _lab_of_uint8(flat, _LINEAR_OF_UINT8, _XYZ_FROM_RGB, _WHITE_D65, out)
+        out = lab_of_uint8(rgb.reshape(-1, 3), _LINEAR_OF_UINT8, _XYZ_FROM_RGB, _WHITE_D65)
         return out.reshape(rgb.shape)
     if rgb.dtype == np.uint8:  # 256 possible values: the same numbers from a table
         lin = _LINEAR_OF_UINT8[rgb]
@@ -73,26 +70,6 @@ def srgb_to_lab(rgb: np.ndarray, *, compiled: bool = False) -> np.ndarray:
     a = 500.0 * (f[..., 0] - f[..., 1])
     b = 200.0 * (f[..., 1] - f[..., 2])
     return np.stack([L, a, b], axis=-1)
-
-
-@nb.njit(nogil=True, cache=True)
-def _lab_of_uint8(rgb, lut, m, white, out):  # type: ignore[no-untyped-def]
-    d3 = _DELTA**3
-    k = 3 * _DELTA**2
-    c4 = 4.0 / 29.0
-    for i in range(rgb.shape[0]):
-        r = lut[rgb[i, 0]]
-        g = lut[rgb[i, 1]]
-        b = lut[rgb[i, 2]]
-        fx = (r * m[0, 0] + g * m[0, 1] + b * m[0, 2]) / white[0]
-        fy = (r * m[1, 0] + g * m[1, 1] + b * m[1, 2]) / white[1]
-        fz = (r * m[2, 0] + g * m[2, 1] + b * m[2, 2]) / white[2]
-        fx = np.cbrt(fx) if fx > d3 else fx / k + c4
-        fy = np.cbrt(fy) if fy > d3 else fy / k + c4
-        fz = np.cbrt(fz) if fz > d3 else fz / k + c4
-        out[i, 0] = 116.0 * fy - 16.0
-        out[i, 1] = 500.0 * (fx - fy)
-        out[i, 2] = 200.0 * (fy - fz)
 
 
 def lab_to_srgb(lab: np.ndarray) -> np.ndarray:
@@ -115,64 +92,6 @@ def lab_to_srgb(lab: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(c * 255.0), 0, 255).astype(np.uint8)
 
 
-@nb.vectorize(
-    ["float64(float64, float64, float64, float64, float64, float64)"], nopython=True, cache=True
-)
-def _ciede2000(L1, a1, b1, L2, a2, b2):  # type: ignore[no-untyped-def]
-    C1 = math.hypot(a1, b1)
-    C2 = math.hypot(a2, b2)
-    Cbar = (C1 + C2) / 2.0
-    Cbar2 = Cbar * Cbar
-    Cbar7 = Cbar2 * Cbar2 * Cbar2 * Cbar
-    G = 0.5 * (1.0 - math.sqrt(Cbar7 / (Cbar7 + 25.0**7)))
-    a1p = (1.0 + G) * a1
-    a2p = (1.0 + G) * a2
-    C1p = math.hypot(a1p, b1)
-    C2p = math.hypot(a2p, b2)
-    h1p = math.degrees(math.atan2(b1, a1p)) % 360.0
-    h2p = math.degrees(math.atan2(b2, a2p)) % 360.0
-    dLp = L2 - L1
-    dCp = C2p - C1p
-    zero = C1p * C2p == 0.0
-    dh = h2p - h1p
-    if dh > 180.0:
-        dh -= 360.0
-    elif dh < -180.0:
-        dh += 360.0
-    if zero:
-        dh = 0.0
-    dHp = 2.0 * math.sqrt(C1p * C2p) * math.sin(math.radians(dh) / 2.0)
-    Lbp = (L1 + L2) / 2.0
-    Cbp = (C1p + C2p) / 2.0
-    hsum = h1p + h2p
-    if zero:
-        hbp = hsum
-    elif abs(h1p - h2p) <= 180.0:
-        hbp = hsum / 2.0
-    elif hsum < 360.0:
-        hbp = (hsum + 360.0) / 2.0
-    else:
-        hbp = (hsum - 360.0) / 2.0
-    T = (
-        1.0
-        - 0.17 * math.cos(math.radians(hbp - 30.0))
-        + 0.24 * math.cos(math.radians(2.0 * hbp))
-        + 0.32 * math.cos(math.radians(3.0 * hbp + 6.0))
-        - 0.20 * math.cos(math.radians(4.0 * hbp - 63.0))
-    )
-    dtheta = 30.0 * math.exp(-(((hbp - 275.0) / 25.0) ** 2))
-    Cbp2 = Cbp * Cbp
-    Cbp7 = Cbp2 * Cbp2 * Cbp2 * Cbp
-    Rc = 2.0 * math.sqrt(Cbp7 / (Cbp7 + 25.0**7))
-    Sl = 1.0 + 0.015 * (Lbp - 50.0) ** 2 / math.sqrt(20.0 + (Lbp - 50.0) ** 2)
-    Sc = 1.0 + 0.045 * Cbp
-    Sh = 1.0 + 0.015 * Cbp * T
-    Rt = -math.sin(math.radians(2.0 * dtheta)) * Rc
-    return math.sqrt(
-        (dLp / Sl) ** 2 + (dCp / Sc) ** 2 + (dHp / Sh) ** 2 + Rt * (dCp / Sc) * (dHp / Sh)
-    )
-
-
 def ciede2000(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:
     """CIEDE2000 color difference ΔE00 between Lab colors (kL = kC = kH = 1) [2]_.
 
@@ -191,7 +110,7 @@ def ciede2000(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:
     lab1 = np.asarray(lab1, dtype=np.float64)
     lab2 = np.asarray(lab2, dtype=np.float64)
     return np.asarray(
-        _ciede2000(
+        ciede2000_ufunc(
             lab1[..., 0], lab1[..., 1], lab1[..., 2], lab2[..., 0], lab2[..., 1], lab2[..., 2]
         )
     )

@@ -16,8 +16,14 @@ from typing import Any, Literal
 import numpy as np
 
 from kmflow.errors import InvalidInputError
-from kmflow.jobs.palette._compiled import floyd_steinberg, image_histogram
-from kmflow.jobs.palette.color import ciede2000, psnr, srgb_to_lab
+from kmflow.jobs.palette._compiled import floyd_steinberg, histogram_error_sums, image_histogram
+from kmflow.jobs.palette.color import (
+    _LINEAR_OF_UINT8,
+    _WHITE_D65,
+    _XYZ_FROM_RGB,
+    psnr,
+    srgb_to_lab,
+)
 from kmflow.kernels.lloyd import nearest
 from kmflow.storage.images import encode_png, encode_png_indexed
 
@@ -133,7 +139,8 @@ def histogram_error(
         Palette index each color is painted with.
     palette_rgb : ndarray of uint8, shape (k, 3)
     colors_lab : ndarray of float64, shape (n_colors, 3), optional
-        ``srgb_to_lab(colors)`` if already known (else a compiled conversion is used).
+        ``srgb_to_lab(colors)`` if already known (else each color's Lab is computed in the
+        same pass, as ``srgb_to_lab(colors, compiled=True)`` gives it).
 
     Returns
     -------
@@ -141,16 +148,26 @@ def histogram_error(
         Sum over pixels and channels of the squared difference (float64: no overflow).
     delta_e : float
         Mean CIEDE2000 difference per pixel (NaN for no pixels).
+
+    Notes
+    -----
+    One compiled pass over the colors (``_compiled.histogram_error_sums``), nothing allocated
+    per color; the palette's Lab is computed once, with the conversion the colors' Lab
+    comes from (a color painted as itself then has a ΔE of exactly 0, not 1e-13).
     """
-    quant = palette_rgb[labels]
-    diff = colors.astype(np.float64) - quant.astype(np.float64)
-    w = counts.astype(np.float64)
-    sse = float(w @ np.einsum("ij,ij->i", diff, diff))
-    lab = srgb_to_lab(colors, compiled=True) if colors_lab is None else colors_lab
-    pal_lab = srgb_to_lab(palette_rgb)
-    de = ciede2000(lab, pal_lab[labels])
-    total = w.sum()
-    return sse, float((w @ de) / total) if total else float("nan")
+    sse, de, total = histogram_error_sums(
+        colors,
+        counts,
+        labels,
+        palette_rgb,
+        # k rows, converted as the colors are: a color painted as itself has ΔE 0 exactly.
+        srgb_to_lab(palette_rgb, compiled=colors_lab is None),
+        colors_lab,
+        _LINEAR_OF_UINT8,
+        _XYZ_FROM_RGB,
+        _WHITE_D65,
+    )
+    return sse, de / total if total else float("nan")
 
 
 @dataclass(frozen=True)
