@@ -154,7 +154,7 @@ def ensure_pngquant() -> tuple[str | None, str]:
 # --------------------------------------------------------------------------------------------
 
 
-def _run_kmflow(args: argparse.Namespace, work: Path, palette: str, mem: PeakRSS) -> dict:
+def _run_kmflow(args: argparse.Namespace, work: Path, palette: str, mem: PeakRSS) -> dict[str, Any]:
     from dask.utils import key_split
     from distributed import Client, LocalCluster, get_task_stream
 
@@ -279,6 +279,33 @@ def _profile_per_image(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return {"images": len(names), "n_pixels": n_pixels, "seconds": sums}
 
 
+def replay_main(args: argparse.Namespace, mp_total: float) -> int:
+    """``--replay RUNS``: the per-image task steps alone, median seconds per MP of RUNS runs."""
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="kmflow-bench-replay-"))
+    if not (work / "images.json").exists():
+        n_files, n_px = make_variants(work / "images", mp_total, args.seed)
+        images = sorted(p.name for p in (work / "images").glob("*.png"))
+        (work / "images.json").write_text(json.dumps(images))
+        print(f"{n_files} images, {n_px / 1e6:.1f} MP written to {work}")
+    load = os.getloadavg()
+    runs = [_profile_per_image(args, work) for _ in range(args.replay)]
+    mp = runs[0]["n_pixels"] / 1e6
+    per_mp = {
+        step: statistics.median(r["seconds"][step] for r in runs) / mp
+        for step in runs[0]["seconds"]
+    }
+    steps = sum(v for k, v in per_mp.items() if not k.startswith("paint:"))
+    print(
+        f"replay: {runs[0]['images']} images, {mp:.1f} MP, median of {len(runs)} runs, seconds "
+        f"per MP on one core (load average before: {', '.join(f'{x:.2f}' for x in load)})"
+    )
+    for step, v in per_mp.items():
+        print(f"  {step:<16} {v:.4f}")
+    print(f"  {'sum of the steps':<16} {steps:.4f}  ({2 / steps:.2f} MP/s on 2 cores)")
+    print(json.dumps({"per_mp": per_mp, "runs": runs}, default=float))
+    return 0
+
+
 def _pool_init() -> None:
     # One BLAS/OpenMP thread per process: the pool of 2 processes uses the 2 cores.
     from threadpoolctl import threadpool_limits
@@ -293,7 +320,9 @@ def _read(src: str) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def _write_indexed(dst: str, labels: np.ndarray, palette: np.ndarray, shape: tuple) -> None:
+def _write_indexed(
+    dst: str, labels: np.ndarray, palette: np.ndarray, shape: tuple[int, ...]
+) -> None:
     from PIL import Image
 
     image = Image.fromarray(labels.astype(np.uint8).reshape(shape[:2]), mode="P")
@@ -897,6 +926,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--only", nargs="+", choices=CONTENDERS, default=None, help="run these contenders only"
     )
     p.add_argument("--skip-small-job", action="store_true")
+    p.add_argument(
+        "--replay",
+        type=int,
+        default=0,
+        metavar="RUNS",
+        help="only replay the per-image task steps in this process, RUNS times, on the "
+        "scikit-learn subset of the workload (1 image in --sklearn-every), and print the "
+        "median seconds per MP of each step (no contender runs; --workdir keeps the images)",
+    )
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per contender")
     p.add_argument(
         "--retries",
@@ -924,6 +962,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return worker_main(args)
     mp_total = args.megapixels or (SMALL_MP if args.small else DEFAULT_MP)
+    if args.replay:
+        return replay_main(args, mp_total)
     command = "python benchmarks/bench_quantize.py " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
