@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -10,6 +11,8 @@ import dask.array as da
 import numpy as np
 import pytest
 from distributed import get_task_stream
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn import metrics as skm
 from sklearn.metrics.cluster import contingency_matrix, pair_confusion_matrix
 
@@ -23,6 +26,7 @@ from kmflow.kernels.metrics import (
     contingency_table,
     external_metrics,
     feature_histograms,
+    hungarian_matching,
     internal_metrics,
     silhouette_sample,
 )
@@ -360,7 +364,8 @@ def test_silhouette_errors(X: Any, labels: Any, kwargs: dict[str, Any], match: s
 # 2 * C(3,2) = 6. P = 2/3, R = 2/6 = 1/3: F1 = 2 (2/9) / 1 = 4/9, FMI = sqrt(2/9) = sqrt(2)/3.
 # ARI = (2 - 6 * 3 / C(6,2)) / ((6 + 3) / 2 - 6 * 3 / C(6,2)) = 0.8 / 3.3 = 8/33.
 # Purity: (2 + 1 + 2) / 6 = 5/6. Entropy: clusters 0 and 2 are pure, cluster 1 (one of each
-# class, weight 2/6) has entropy log 2: (2/6) log 2 / log 2 = 1/3.
+# class, weight 2/6) has entropy log 2: (2/6) log 2 / log 2 = 1/3. Accuracy: clusters 0 and 2
+# matched to classes 0 and 1 (cluster 1 left over): (2 + 2) / 6 = 2/3.
 TOY_TRUE = np.array([0, 0, 0, 1, 1, 1])
 TOY_PRED = np.array([0, 0, 1, 1, 2, 2])
 
@@ -375,7 +380,22 @@ def test_external_toy_hand_computed() -> None:
     assert e.nmi == pytest.approx(skm.normalized_mutual_info_score(TOY_TRUE, TOY_PRED), rel=1e-14)
     assert (e.n_samples, e.n_classes, e.n_clusters) == (6, 2, 3)
     assert e.ari == pytest.approx(skm.adjusted_rand_score(TOY_TRUE, TOY_PRED), rel=1e-14)
+    assert e.ami == pytest.approx(skm.adjusted_mutual_info_score(TOY_TRUE, TOY_PRED), rel=1e-12)
+    assert e.accuracy == pytest.approx(2 / 3, rel=1e-15)
     d = e.to_dict()
+    assert list(d) == [
+        "ari",
+        "ami",
+        "nmi",
+        "fmi",
+        "purity",
+        "entropy",
+        "f1",
+        "accuracy",
+        "n_samples",
+        "n_classes",
+        "n_clusters",
+    ]
     assert d["n_clusters"] == 3
     assert type(d["n_samples"]) is int
     assert type(d["ari"]) is float
@@ -400,6 +420,7 @@ def test_external_matches_sklearn(blobs, blob_centers) -> None:
     e = external_metrics(da.from_array(truth, chunks=900), da.from_array(pred, chunks=1300))
     assert e.ari == pytest.approx(skm.adjusted_rand_score(truth, pred), rel=1e-12)
     assert e.nmi == pytest.approx(skm.normalized_mutual_info_score(truth, pred), rel=1e-12)
+    assert e.ami == pytest.approx(skm.adjusted_mutual_info_score(truth, pred), abs=1e-10)
     assert e.fmi == pytest.approx(skm.fowlkes_mallows_score(truth, pred), rel=1e-12)
     (_, fp), (fn, tp) = pair_confusion_matrix(truth, pred)
     precision, recall = tp / (tp + fp), tp / (tp + fn)
@@ -437,25 +458,172 @@ def test_contingency_table_matches_sklearn_for_any_chunking(blobs, blob_centers)
 
 
 @pytest.mark.parametrize(
-    ("truth", "pred", "purity", "entropy", "f1"),
+    ("truth", "pred", "purity", "entropy", "f1", "ami", "accuracy"),
     [
-        ([0, 0, 0, 0], [1, 1, 1, 1], 1.0, 0.0, 1.0),  # identical single-cluster labelings
-        ([0, 1, 2, 3], [5, 6, 7, 8], 1.0, 0.0, 0.0),  # all singletons on both sides
-        ([0, 0, 0, 0], [0, 1, 2, 3], 1.0, 0.0, 0.0),  # one class, every row its own cluster
-        ([0, 1, 2, 3], [0, 0, 0, 0], 0.25, 1.0, 0.0),  # one cluster holding 4 classes
-        ([3, 3, 7, 7, 9], [1, 1, 0, 0, 2], 1.0, 0.0, 1.0),  # identical up to renaming
+        ([0, 0, 0, 0], [1, 1, 1, 1], 1.0, 0.0, 1.0, 1.0, 1.0),  # identical single clusters
+        ([0, 1, 2, 3], [5, 6, 7, 8], 1.0, 0.0, 0.0, 1.0, 1.0),  # all singletons on both sides
+        ([0, 0, 0, 0], [0, 1, 2, 3], 1.0, 0.0, 0.0, 0.0, 0.25),  # one class, all own clusters
+        ([0, 1, 2, 3], [0, 0, 0, 0], 0.25, 1.0, 0.0, 0.0, 0.25),  # one cluster holding 4
+        ([3, 3, 7, 7, 9], [1, 1, 0, 0, 2], 1.0, 0.0, 1.0, 1.0, 1.0),  # identical up to renaming
+        ([0, 0, 1, 1], [0, 1, 0, 1], 0.5, 1.0, 0.0, -0.5, 0.5),  # independent: AMI below 0
     ],
 )
 def test_external_degenerate_cases_follow_sklearn(
-    truth: list[int], pred: list[int], purity: float, entropy: float, f1: float
+    truth: list[int],
+    pred: list[int],
+    purity: float,
+    entropy: float,
+    f1: float,
+    ami: float,
+    accuracy: float,
 ) -> None:
     e = external_metrics(np.array(truth), np.array(pred))
+    assert e.ami == pytest.approx(skm.adjusted_mutual_info_score(truth, pred), abs=1e-12)
+    assert e.ami == pytest.approx(ami, abs=1e-12)
+    assert e.accuracy == accuracy
     assert e.ari == pytest.approx(skm.adjusted_rand_score(truth, pred), abs=1e-15)
     assert e.nmi == pytest.approx(skm.normalized_mutual_info_score(truth, pred), abs=1e-15)
     assert e.fmi == pytest.approx(skm.fowlkes_mallows_score(truth, pred), abs=1e-15)
     assert e.purity == pytest.approx(purity, abs=1e-15)
     assert e.entropy == pytest.approx(entropy, abs=1e-15)
     assert e.f1 == pytest.approx(f1, abs=1e-15)
+
+
+def _labelings(seed: int, n: int, n_classes: int, n_clusters: int, agree: float) -> Any:
+    """Random labelings: ``pred`` copies the class (shifted) with probability ``agree``."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, n_classes, n)
+    pred = rng.integers(0, n_clusters, n)
+    pred = np.where(rng.random(n) < agree, truth % n_clusters + 3, pred)
+    return truth, pred
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 3000),
+    n_classes=st.integers(1, 50),
+    n_clusters=st.integers(1, 50),
+    agree=st.sampled_from([0.0, 0.5, 0.9, 1.0]),
+)
+def test_ami_equals_sklearn_on_random_labelings(
+    seed: int, n: int, n_classes: int, n_clusters: int, agree: float
+) -> None:
+    truth, pred = _labelings(seed, n, n_classes, n_clusters, agree)
+    e = external_metrics(truth, pred)
+    assert e.ami == pytest.approx(skm.adjusted_mutual_info_score(truth, pred), abs=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("n", "n_classes", "n_clusters", "agree"),
+    [
+        (200_000, 3, 4, 0.0),  # big classes: the hypergeometric tails are left out
+        (200_000, 50, 50, 0.0),
+        (200_000, 10, 12, 0.8),
+        (50_000, 50, 2, 0.3),
+        (7, 50, 50, 0.0),  # more labels than rows: about every row its own class and cluster
+    ],
+)
+def test_ami_equals_sklearn_on_large_and_sparse_tables(
+    n: int, n_classes: int, n_clusters: int, agree: float
+) -> None:
+    truth, pred = _labelings(n, n, n_classes, n_clusters, agree)
+    expected = skm.adjusted_mutual_info_score(truth, pred)
+    assert external_metrics(truth, pred).ami == pytest.approx(expected, abs=1e-10)
+
+
+def _brute_force_matched(table: np.ndarray) -> int:
+    """Largest total of a one-to-one matching of columns to rows, by trying every one."""
+    r, c = table.shape
+    if r <= c:
+        return max(
+            sum(table[i, j] for i, j in enumerate(cols))
+            for cols in itertools.permutations(range(c), r)
+        )
+    return max(
+        sum(table[i, j] for j, i in enumerate(rows)) for rows in itertools.permutations(range(r), c)
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n_classes=st.integers(1, 6),
+    n_clusters=st.integers(1, 6),
+    high=st.sampled_from([1, 3, 30]),
+)
+def test_accuracy_is_the_best_one_to_one_matching(
+    seed: int, n_classes: int, n_clusters: int, high: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    table = rng.integers(1, high + 1, size=(n_classes, n_clusters))  # no empty class/cluster
+    table[rng.random(table.shape) < 0.3] = 0
+    table[:, table.sum(axis=0) == 0] = 1
+    table[table.sum(axis=1) == 0] = 1
+    best = _brute_force_matched(table)
+    matching = hungarian_matching(table)
+    assert len(matching) == min(n_classes, n_clusters)
+    assert len(set(matching.values())) == len(matching)  # one-to-one
+    assert list(matching) == sorted(matching)
+    assert sum(table[i, j] for j, i in matching.items()) == best
+    # The same table as labelings: the accuracy is the matched rows over all rows.
+    rows, cols = np.nonzero(table)
+    counts = table[rows, cols]
+    truth, pred = np.repeat(rows * 7 - 5, counts), np.repeat(cols * 2 + 1, counts)
+    e = external_metrics(truth, pred)
+    assert e.accuracy == best / table.sum()
+    np.testing.assert_array_equal(contingency_table(truth, pred)[2], table)
+
+
+@pytest.mark.parametrize(
+    ("truth", "pred", "accuracy", "matching"),
+    [
+        # More clusters than classes: each class split in two, one half of each matched.
+        ([0, 0, 0, 0, 1, 1, 1, 1], [0, 0, 1, 1, 2, 2, 3, 3], 0.5, None),
+        ([0, 0, 0, 1, 1, 1], [0, 0, 1, 2, 2, 2], 5 / 6, {0: 0, 2: 1}),
+        # Fewer clusters than classes: two classes per cluster, one of each matched.
+        ([0, 0, 1, 1, 2, 2, 3, 3], [0, 0, 0, 0, 1, 1, 1, 1], 0.5, None),
+        ([0, 0, 0, 1, 2, 2], [0, 0, 0, 0, 1, 1], 5 / 6, {0: 0, 1: 2}),
+        # The Hungarian matching is not the greedy one: cluster 0's majority is class 0, but
+        # matching cluster 0 to class 1 and cluster 1 to class 0 keeps more rows (5 + 4).
+        ([0] * 6 + [1] * 5 + [0] * 4, [0] * 6 + [0] * 5 + [1] * 4, 9 / 15, {0: 1, 1: 0}),
+    ],
+)
+def test_accuracy_on_rectangular_tables(
+    truth: list[int], pred: list[int], accuracy: float, matching: dict[int, int] | None
+) -> None:
+    e = external_metrics(np.array(truth), np.array(pred))
+    assert e.accuracy == pytest.approx(accuracy, rel=1e-15)
+    table = contingency_table(np.array(truth), np.array(pred))[2]
+    found = hungarian_matching(table)
+    assert len(found) == min(table.shape)
+    if matching is not None:
+        assert found == matching
+
+
+def test_hungarian_matching_of_a_permuted_perfect_clustering_is_the_inverse() -> None:
+    rng = np.random.default_rng(5)
+    perm = rng.permutation(12)
+    truth = rng.integers(0, 12, 3000)
+    table = contingency_table(truth, perm[truth])[2]  # class i is cluster perm[i]
+    inverse = np.argsort(perm)
+    assert hungarian_matching(table) == {j: int(inverse[j]) for j in range(12)}
+    assert external_metrics(truth, perm[truth]).accuracy == 1.0
+
+
+@pytest.mark.parametrize(
+    ("table", "match"),
+    [
+        ([1, 2, 3], r"non-empty 2-D array .*shape \(3,\)"),
+        (np.zeros((0, 3)), "non-empty 2-D array"),
+        ([["a", "b"]], "must hold numbers"),
+        ([[1, -1]], "finite, non-negative"),
+        ([[1.0, np.nan]], "finite, non-negative"),
+    ],
+)
+def test_hungarian_matching_errors(table: Any, match: str) -> None:
+    with pytest.raises(InvalidInputError, match=match):
+        hungarian_matching(table)
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,9 @@
 
 - :func:`internal_metrics`: inertia, Calinski-Harabasz and Davies-Bouldin (two passes)
 - :func:`silhouette_sample`: exact silhouette of a seeded, chunk-invariant sample (one pass)
-- :func:`contingency_table` / :func:`external_metrics`: ARI, NMI, FMI, purity, entropy and
-  pairwise F1 against reference labels (one pass)
+- :func:`contingency_table` / :func:`external_metrics`: ARI, AMI, NMI, FMI, purity, entropy,
+  pairwise F1 and Hungarian-matched accuracy against reference labels (one pass);
+  :func:`hungarian_matching`: the cluster-to-class matching behind the accuracy
 - :func:`feature_histograms`: weighted per-feature histograms, reference statistics for drift
 
 Each metric equals scikit-learn's on data small enough to compare. Sample weights generalise the
@@ -21,6 +22,8 @@ from typing import Any, Literal
 import dask
 import dask.array as da
 import numpy as np
+from scipy.optimize import linear_sum_assignment
+from scipy.special import gammaln
 
 from kmflow.errors import InvalidInputError
 from kmflow.kernels import _numba
@@ -40,6 +43,7 @@ __all__ = [
     "contingency_table",
     "external_metrics",
     "feature_histograms",
+    "hungarian_matching",
     "internal_metrics",
     "silhouette_sample",
 ]
@@ -49,6 +53,13 @@ _STREAM_SILHOUETTE = 4_000
 
 #: Bytes of one pairwise-distance block in the in-memory silhouette (two such buffers).
 _SILHOUETTE_BLOCK_BYTES = 2**25
+
+#: Terms of the expected mutual information evaluated at once (a few arrays of this length).
+_EMI_BATCH_TERMS = 2**20
+
+#: Hypergeometric tail left out of the expected mutual information: values of ``n_ij`` whose
+#: tail probability is below ``exp(-_EMI_TAIL)`` (Hoeffding's bound) are not summed.
+_EMI_TAIL = 80.0
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -641,6 +652,9 @@ class ExternalMetrics:
     ----------
     ari : float
         Adjusted Rand index (1 = identical partitions, about 0 = chance).
+    ami : float
+        Adjusted mutual information, arithmetic-mean normalisation (1 = identical
+        partitions, about 0 = chance).
     nmi : float
         Normalized mutual information, arithmetic-mean normalisation.
     fmi : float
@@ -651,16 +665,21 @@ class ExternalMetrics:
         Weighted mean class entropy of the clusters over ``log(n_classes)`` (0 = pure).
     f1 : float
         Pairwise F1: harmonic mean of pair precision ``P`` and recall ``R``.
+    accuracy : float
+        Fraction of rows whose cluster is matched to their class by the one-to-one matching
+        of clusters to classes that maximises it (:func:`hungarian_matching`).
     n_samples, n_classes, n_clusters : int
         Rows, distinct true labels and distinct predicted labels.
     """
 
     ari: float
+    ami: float
     nmi: float
     fmi: float
     purity: float
     entropy: float
     f1: float
+    accuracy: float
     n_samples: int
     n_classes: int
     n_clusters: int
@@ -669,11 +688,13 @@ class ExternalMetrics:
         """A JSON-ready dict: Python ints and floats."""
         return {
             "ari": float(self.ari),
+            "ami": float(self.ami),
             "nmi": float(self.nmi),
             "fmi": float(self.fmi),
             "purity": float(self.purity),
             "entropy": float(self.entropy),
             "f1": float(self.f1),
+            "accuracy": float(self.accuracy),
             "n_samples": int(self.n_samples),
             "n_classes": int(self.n_classes),
             "n_clusters": int(self.n_clusters),
@@ -789,6 +810,138 @@ def _mutual_info(table: np.ndarray) -> float:
     return float(np.clip(mi.sum(), 0.0, None))
 
 
+def _expected_mutual_info(rows: np.ndarray, cols: np.ndarray) -> float:
+    """Expected mutual information (natural log) of two labelings with these class sizes.
+
+    The mean of the mutual information over every pair of labelings with row sizes ``rows``
+    (``a_i``) and column sizes ``cols`` (``b_j``), as scikit-learn's
+    ``expected_mutual_information`` (Vinh, Epps and Bailey, JMLR 2010)::
+
+        EMI = sum_ij sum_nij (nij / n) log(n nij / (a_i b_j)) P(nij; n, a_i, b_j)
+
+    with ``P`` the hypergeometric probability of ``nij`` of the ``b_j`` rows of a column among
+    ``a_i`` rows drawn from ``n``, computed in log space with :func:`scipy.special.gammaln`.
+    ``nij`` runs over ``max(1, a_i + b_j - n) .. min(a_i, b_j)``, clipped to
+    ``mean +- (sqrt(min(a_i, b_j) * _EMI_TAIL / 2) + 1)``: by Hoeffding's bound the values left
+    out have probability below ``2 exp(-_EMI_TAIL)``, and each term's weight is below
+    ``2 log(n)``, so the sum changes by far less than a rounding error, while the work per
+    pair drops from ``min(a_i, b_j)`` terms to ``O(sqrt(min(a_i, b_j)))``. The terms are
+    evaluated in batches of ``_EMI_BATCH_TERMS``: memory stays bounded for any ``n``.
+    """
+    if rows.size == 1 or cols.size == 1:
+        return 0.0  # a labeling with zero entropy shares no information with any other
+    a = np.repeat(rows.astype(np.int64), cols.size)  # the pairs (i, j), row-major
+    b = np.tile(cols.astype(np.int64), rows.size)
+    n = int(rows.sum())
+    smaller = np.minimum(a, b)
+    mean = a.astype(np.float64) * b.astype(np.float64) / n
+    half = np.sqrt(smaller * (_EMI_TAIL / 2.0)) + 1.0
+    lo = np.maximum(np.maximum(1, a + b - n), np.floor(mean - half).astype(np.int64))
+    hi = np.minimum(smaller, np.ceil(mean + half).astype(np.int64))
+    counts = np.maximum(hi - lo + 1, 0)
+    # The part of log P that depends on the pair only: log(a! b! (n - a)! (n - b)! / n!).
+    log_const = gammaln(a + 1) + gammaln(b + 1) + gammaln(n - a + 1) + gammaln(n - b + 1)
+    log_const -= gammaln(n + 1)
+    log_ab = np.log(a) + np.log(b)
+    log_n = math.log(n)
+    ends = np.cumsum(counts)
+    emi = 0.0
+    start = 0
+    while start < a.size:
+        done = int(ends[start - 1]) if start else 0
+        stop = max(int(np.searchsorted(ends, done + _EMI_BATCH_TERMS, side="right")), start + 1)
+        c = counts[start:stop]
+        pair = np.repeat(np.arange(start, stop), c)
+        nij = (lo[pair] + np.arange(pair.size) - np.repeat(np.cumsum(c) - c, c)).astype(np.float64)
+        ai, bj = a[pair], b[pair]
+        log_p = (
+            log_const[pair]
+            - gammaln(nij + 1)
+            - gammaln(ai - nij + 1)
+            - gammaln(bj - nij + 1)
+            - gammaln(n - ai - bj + nij + 1)
+        )
+        emi += float(np.sum(nij / n * (log_n + np.log(nij) - log_ab[pair]) * np.exp(log_p)))
+        start = stop
+    return emi
+
+
+def _adjusted_mutual_info(
+    table: np.ndarray, class_sizes: np.ndarray, cluster_sizes: np.ndarray
+) -> float:
+    """AMI, arithmetic mean, as :func:`sklearn.metrics.adjusted_mutual_info_score`."""
+    n_classes, n_clusters = table.shape
+    if n_classes == n_clusters == 1:
+        return 1.0  # neither labeling splits the data: a perfect match
+    if n_classes == 1 or n_clusters == 1:
+        return 0.0
+    mi = _mutual_info(table)
+    emi = _expected_mutual_info(class_sizes, cluster_sizes)
+    normalizer = (_entropy(class_sizes) + _entropy(cluster_sizes)) / 2.0
+    # As scikit-learn: numerator and denominator kept at least eps away from 0, their sign
+    # preserved (the expectation can exceed the maximum by a rounding error).
+    eps = float(np.finfo(np.float64).eps)
+    denominator = normalizer - emi
+    denominator = min(denominator, -eps) if denominator < 0 else max(denominator, eps)
+    numerator = mi - emi
+    numerator = min(numerator, -eps) if numerator < 0 else max(numerator, eps)
+    return float(numerator / denominator)
+
+
+def _matching(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of the one-to-one matching of largest total (sorted by column)."""
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    order = np.argsort(cols, kind="stable")
+    return rows[order], cols[order]
+
+
+def hungarian_matching(table: Any) -> dict[int, int]:
+    """The one-to-one matching of clusters to classes that keeps the most rows in the diagonal.
+
+    Parameters
+    ----------
+    table : array-like of shape (n_classes, n_clusters)
+        Non-negative counts (or weights): ``table[i, j]`` rows of class ``i`` in cluster
+        ``j``, as the third result of :func:`contingency_table`. Rectangular tables are
+        allowed: more clusters than classes or fewer.
+
+    Returns
+    -------
+    dict of int to int
+        Cluster column index to class row index, ordered by column. Exactly
+        ``min(n_classes, n_clusters)`` clusters are matched, each to a different class, so
+        that ``sum(table[i, j] for j, i in matching.items())`` is as large as possible (the
+        matched rows of :attr:`ExternalMetrics.accuracy`); the other clusters are absent.
+
+    Raises
+    ------
+    InvalidInputError
+        ``table`` not a non-empty 2-D array of finite, non-negative numbers.
+
+    Notes
+    -----
+    :func:`scipy.optimize.linear_sum_assignment` (the Hungarian method's modern form,
+    O(n_classes * n_clusters * min(n_classes, n_clusters))) maximising the matched count.
+    Among equally good matchings, the one SciPy returns (deterministic for a given table).
+
+    Examples
+    --------
+    >>> hungarian_matching([[0, 9, 1], [8, 0, 0]])
+    {0: 1, 1: 0}
+    """
+    t = np.asarray(table)
+    if t.ndim != 2 or t.size == 0:
+        raise InvalidInputError(
+            f"table must be a non-empty 2-D array (classes x clusters); got shape {t.shape}"
+        )
+    if t.dtype.kind not in "iuf":
+        raise InvalidInputError(f"table must hold numbers; got dtype {t.dtype}")
+    if not np.all(np.isfinite(t)) or np.any(t < 0):
+        raise InvalidInputError("table must hold finite, non-negative counts")
+    rows, cols = _matching(t)
+    return {int(c): int(r) for r, c in zip(rows, cols, strict=True)}
+
+
 def _metrics_from_table(table: np.ndarray) -> ExternalMetrics:
     n_classes, n_clusters = table.shape
     cells = [int(v) for v in table[table > 0]]
@@ -808,6 +961,7 @@ def _metrics_from_table(table: np.ndarray) -> ExternalMetrics:
         ari = 1.0
     else:
         ari = 2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn))
+    ami = _adjusted_mutual_info(table, class_sizes, cluster_sizes)
     if n_classes == n_clusters == 1:
         nmi = 1.0
     else:
@@ -826,13 +980,17 @@ def _metrics_from_table(table: np.ndarray) -> ExternalMetrics:
     else:
         h_clusters = np.array([_entropy(col[col > 0]) for col in table.T])
         entropy = float(np.sum(cluster_sizes / n * h_clusters) / math.log(n_classes))
+    matched_rows, matched_cols = _matching(table)
+    accuracy = int(table[matched_rows, matched_cols].sum()) / n
     return ExternalMetrics(
         ari=float(ari),
+        ami=ami,
         nmi=nmi,
         fmi=fmi,
         purity=purity,
         entropy=entropy,
         f1=float(f1),
+        accuracy=accuracy,
         n_samples=n,
         n_classes=n_classes,
         n_clusters=n_clusters,
@@ -840,7 +998,9 @@ def _metrics_from_table(table: np.ndarray) -> ExternalMetrics:
 
 
 def external_metrics(labels_true: Any, labels_pred: Any) -> ExternalMetrics:
-    """ARI, NMI, FMI, purity, entropy and pairwise F1 of a clustering against true classes.
+    """ARI, AMI, NMI, FMI, purity, entropy, pairwise F1 and accuracy of a clustering.
+
+    The clustering ``labels_pred`` is compared with the reference classes ``labels_true``.
 
     Parameters
     ----------
@@ -869,6 +1029,13 @@ def external_metrics(labels_true: Any, labels_pred: Any) -> ExternalMetrics:
     - NMI as :func:`sklearn.metrics.normalized_mutual_info_score` (arithmetic mean of the
       entropies): 1.0 when both labelings have a single label, 0.0 when the mutual
       information is 0 otherwise (e.g. one side a single label).
+    - AMI as :func:`sklearn.metrics.adjusted_mutual_info_score` (arithmetic mean):
+      ``(MI - EMI) / (mean(H_true, H_pred) - EMI)``, with the expected mutual information
+      ``EMI`` of labelings of the same sizes drawn at random [3]_ computed from the table's
+      margins (hypergeometric terms in log space, the negligible tails left out: error far
+      below 1e-12); numerator and denominator kept at least ``eps`` away from 0 with their
+      sign, as scikit-learn does. 1.0 when both labelings have a single label, 0.0 when one
+      of them does.
     - Pairwise precision ``P = sum C(n_ij, 2) / sum_j C(n_.j, 2)`` and recall
       ``R = sum C(n_ij, 2) / sum_i C(n_i., 2)``; FMI ``= sqrt(P R)`` as
       :func:`sklearn.metrics.fowlkes_mallows_score`, F1 ``= 2 P R / (P + R)``; both 0.0 when
@@ -876,12 +1043,18 @@ def external_metrics(labels_true: Any, labels_pred: Any) -> ExternalMetrics:
     - Purity ``= sum_j max_i n_ij / n``.
     - Entropy ``= sum_j (n_.j / n) H(class | cluster j) / log(n_classes)`` [1]_; 0.0 when
       there is one class.
+    - Accuracy ``= sum_j n_{m(j) j} / n`` over the clusters ``j`` matched to a class ``m(j)``
+      by :func:`hungarian_matching` (one-to-one, ``min(n_classes, n_clusters)`` pairs); rows
+      of unmatched clusters (more clusters than classes) or of unmatched classes (fewer)
+      count as wrong. 1.0 exactly when the labelings are identical up to renaming.
 
     References
     ----------
     .. [1] Y. Zhao and G. Karypis, "Criterion functions for document clustering:
        experiments and analysis", Technical Report 01-40, University of Minnesota, 2001.
     .. [2] L. Hubert and P. Arabie, "Comparing partitions", Journal of Classification, 1985.
+    .. [3] N. X. Vinh, J. Epps and J. Bailey, "Information theoretic measures for clusterings
+       comparison: variants, properties, normalization and correction for chance", JMLR, 2010.
     """
     lt, lp = _check_label_pair(labels_true, labels_pred)
     _, _, table = _contingency_table(lt, lp)
