@@ -1,0 +1,34 @@
+"""Figures and pages of every report; matplotlib (Agg) PNGs and one self-contained HTML page.
+
+No Prefect here: the functions take arrays and return PNG bytes or pixels.
+
+
+- :func:`contingency_heatmap`: the classes x clusters table as a PNG, clusters in the order
+  of the Hungarian matching (:func:`diagonal_order`), so a good clustering shows a diagonal
+- :func:`contact_sheet`: images composed into one RGB grid; :func:`cluster_sheet`: a
+  cluster's nearest-to-center images, then a few random members, under a caption
+- :func:`encode_png`: RGB pixels as a PNG file
+
+Every figure is drawn on its own :class:`matplotlib.figure.Figure` with the Agg canvas (never
+``pyplot``): no display, no global figure state, safe to call from several threads.
+"""
+
+from __future__ import annotations
+
+from kmflow.reports.figures import (
+    CAPTION_HEIGHT,
+    cluster_sheet,
+    contact_sheet,
+    contingency_heatmap,
+    diagonal_order,
+    encode_png,
+)
+
+__all__ = [
+    "CAPTION_HEIGHT",
+    "cluster_sheet",
+    "contact_sheet",
+    "contingency_heatmap",
+    "diagonal_order",
+    "encode_png",
+]
