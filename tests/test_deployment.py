@@ -83,6 +83,10 @@ DEPLOYMENTS = {
         "monitor-segments",
         "kmflow-monitor-segments",
     ): "src/kmflow/flows/monitor_segments.py:monitor_segments_flow",
+    (
+        "cluster-images",
+        "kmflow-cluster-images",
+    ): "src/kmflow/flows/cluster_images.py:cluster_images_flow",
 }
 
 SERVER_START_TIMEOUT = 120.0  # about 20 s on a fresh database with 2 cores
@@ -589,6 +593,7 @@ def test_pipeline_deployment_runs_end_to_end(
         "retrain",
         "segment",
         "monitor-segments",
+        "cluster-images",
     ):
         assert schedules.registered[flow] == [], f"{flow} has a schedule"
     # -- the records job's form is typed: the choices of its rules are enums in the UI
@@ -597,6 +602,10 @@ def test_pipeline_deployment_runs_end_to_end(
     assert form["select"]["enum"] == ["db", "ch", "silhouette", "elbow"]
     assert form["missing"]["enum"] == ["error", "drop", "median"]
     assert by_name["segment"]["parameters"]["params"]["k"] == "2..12"
+    images_form = by_name["cluster-images"]["parameter_openapi_schema"]
+    images_fields = images_form["definitions"]["ImageClusterParams"]["properties"]
+    assert images_fields["input"]["enum"] == ["auto", "images", "table"]
+    assert by_name["cluster-images"]["parameters"]["params"]["k"] == "10"
 
     # -- the server's scheduler made hourly runs of monitor (and of nothing else)
     scheduled = schedules.scheduled_runs
@@ -621,11 +630,20 @@ def test_pipeline_deployment_runs_end_to_end(
     # records run the segment flow on the champion's tables plus the batch
     automations = _ok(api.post("automations/filter", json={}))
     on_drift = [a for a in automations if DRIFT_EVENT in a["trigger"].get("expect", [])]
-    assert len(on_drift) == 2, json.dumps(automations, indent=1)
+    assert len(on_drift) == 3, json.dumps(automations, indent=1)
     by_match = {a["trigger"]["match"]["prefect.resource.id"]: a for a in on_drift}
     records = by_match.pop("kmflow.records.*")
     assert records["actions"][0]["deployment_id"] == by_name["segment"]["id"]
     assert sorted(records["actions"][0]["parameters"]["params"]) == ["k", "model", "source"]
+    image_clusters = by_match.pop("kmflow.image-clusters.*")
+    assert image_clusters["actions"][0]["deployment_id"] == by_name["cluster-images"]["id"]
+    assert sorted(image_clusters["actions"][0]["parameters"]["params"]) == [
+        "features",
+        "image_shape",
+        "k",
+        "model",
+        "source",
+    ]
     (automation,) = by_match.values()
     assert automation["enabled"] is True
     trigger = automation["trigger"]

@@ -17,6 +17,7 @@ if __name__ == "__main__":
 import gc
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -157,6 +158,8 @@ def main_callback(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     _state["verbose"] = verbose
+    # before anything imports Prefect (its settings are read once): see _run_flow
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     if not ctx.resilient_parsing and not ctx.meta.get(_WANTS_HELP):
         _settings()  # a bad KMFLOW_* variable fails every command the same way
 
@@ -664,7 +667,9 @@ def monitor(
     """Check a new batch for drift against the champion (the monitor flow).
 
     For a segment model (kmflow segment), SOURCE is a table of new records and the check
-    adds per-feature PSI and Wasserstein (the monitor-segments flow).
+    adds per-feature PSI and Wasserstein (the monitor-segments flow); for an image model
+    (kmflow cluster-images), SOURCE holds new images, read as the model's training images
+    were, and the same checks run on their features.
 
     Ingests the batch, compares every image no saved report covers yet (those it added, and
     any an earlier failed run left unchecked) with the champion's training data and prints
@@ -680,7 +685,7 @@ def monitor(
     if source and batch is None:
         from kmflow.cli_segments import champion_kind, monitor_records
 
-        if champion_kind(model) == "segments":  # a records model: SOURCE is a table
+        if champion_kind(model) in ("segments", "images"):  # SOURCE: records or images
             monitor_records(
                 list(source),
                 model,
@@ -786,8 +791,14 @@ def retrain(
     from kmflow.core.split import Split
     from kmflow.params import RetrainParams
 
-    if champion_kind(model) == "segments":
+    kind = champion_kind(model)
+    if kind == "segments":
         retrain_records(model, promote, workers, scheduler)
+        return
+    if kind == "images":
+        from kmflow.cli_images import retrain_images
+
+        retrain_images(model, promote, workers, scheduler)
         return
 
     with _as_bad_parameter({"fraction": "--holdout"}):
@@ -1242,12 +1253,13 @@ def _write_report(path: Path | None, payload: dict[str, Any]) -> None:
 
 
 def _register_job_commands() -> None:
-    from kmflow import cli_segments
+    from kmflow import cli_images, cli_segments
 
     cli_segments.register(app)
+    cli_images.register(app)
 
 
-_register_job_commands()  # the records job's commands: segment, assign
+_register_job_commands()  # the other jobs' commands: segment, assign, cluster-images
 
 
 def main() -> None:

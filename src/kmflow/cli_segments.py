@@ -257,7 +257,7 @@ def assign(
         list[str],
         typer.Argument(help="New records: CSV/TSV/Parquet files, folders, globs or URLs."),
     ],
-    model: Annotated[str, typer.Option(help="Registered segment model.")] = "segments",
+    model: Annotated[str, typer.Option(help="Registered segment or image model.")] = "segments",
     version: Annotated[
         int | None, typer.Option(min=1, help="Version to use; default: the champion.")
     ] = None,
@@ -269,9 +269,12 @@ def assign(
     ] = None,
     report: Annotated[Path | None, typer.Option(help="Write the counts as JSON.")] = None,
 ) -> None:
-    """Label new records with a registered segment model (its stored preprocessing).
+    """Label new records (or images) with a registered segment (or image) model.
 
-    Missing values and unseen categories are handled as in training, and counted.
+    Records go through the model's stored preprocessing: missing values and unseen
+    categories are handled as in training, and counted. With an image model (kmflow
+    cluster-images), DATA holds new images (or a table of them), read as its training
+    images were and labelled through its stored feature chain.
     """
     from kmflow.jobs.segments.job import assign_records
 
@@ -279,6 +282,11 @@ def assign(
     reg = base._registry(registry)
     try:
         loaded = reg.load(model, version if version is not None else "champion")
+        if loaded.record.kind == "images":
+            from kmflow.cli_images import assign_images_command
+
+            assign_images_command(loaded, list(data), out, report)
+            return
         result = assign_records(loaded, data, out)
     except Exception as exc:
         failure = exc if isinstance(exc, base.KmflowError) else base._storage_failure(exc)
@@ -330,7 +338,8 @@ def monitor_records(
     scheduler: str | None,
     report: Path | None,
 ) -> None:
-    """``kmflow monitor`` for a segment model: the monitor-segments flow on a table."""
+    """``kmflow monitor`` for a segment model (a table) or an image model (new images): the
+    monitor-segments flow."""
     from kmflow.params import SegmentMonitorParams
 
     base = _base()
@@ -343,16 +352,21 @@ def monitor_records(
         )
 
     def check(settings: Settings) -> None:
+        from kmflow.jobs.image_clusters.inputs import is_table_source
+        from kmflow.preflight import check_sources
         from kmflow.storage.tables import read_table
 
-        read_table(params.source)
+        if is_table_source(params.source):
+            read_table(params.source)
+        else:
+            check_sources(params.source, settings)
 
     base._preflight(check, workers, scheduler)
     from kmflow.flows.monitor_segments import monitor_segments_flow
 
     result = base._run_flow(monitor_segments_flow, params, workers, scheduler)
     table = Table(
-        title=f"drift of {result.n_rows} records against {model} v{result.champion_version}",
+        title=f"drift of {result.n_rows} rows against {model} v{result.champion_version}",
         title_justify="left",
     )
     for col in ("statistic", "value", "threshold", "drifted"):

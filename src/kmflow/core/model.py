@@ -67,12 +67,13 @@ __all__ = [
 ]
 
 #: What a model clusters. Each kind has one preprocessing type (``preprocessing["type"]``).
-ModelKind = Literal["vectors", "palette", "segments"]
-KINDS: tuple[str, ...] = ("vectors", "palette", "segments")
+ModelKind = Literal["vectors", "palette", "segments", "images"]
+KINDS: tuple[str, ...] = ("vectors", "palette", "segments", "images")
 _PREPROCESSING_TYPE: dict[str, str | None] = {
     "vectors": None,
     "palette": "color",
     "segments": "table",
+    "images": "images",
 }
 _ARTIFACT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -203,8 +204,9 @@ class ModelRecord(BaseModel):
         description=(
             "What the model clusters, and so how raw inputs reach the centers' space: "
             "'vectors' (rows of numbers, used as they are), 'palette' (RGB pixels, converted "
-            "to the color space in `preprocessing`) or 'segments' (table records, through the "
-            "stored column preprocessing)."
+            "to the color space in `preprocessing`), 'segments' (table records, through the "
+            "stored column preprocessing) or 'images' (whole images, through the stored "
+            "feature chain)."
         ),
     )
     preprocessing: dict[str, Any] = Field(
@@ -460,14 +462,16 @@ class Model:
         )
 
     def transform(self, data: Any) -> Any:
-        """Raw inputs in the centers' space: pixels for palettes, records for segments.
+        """Raw inputs in the centers' space: pixels for palettes, records for segments, whole
+        images for image models.
 
         Parameters
         ----------
         data
             What the model's kind takes: rows of numbers ("vectors"), RGB pixels as an
             (n, 3) array ("palette"), or table records as a pandas or dask DataFrame, a list
-            of dicts or a dict of lists ("segments").
+            of dicts or a dict of lists ("segments"), uint8 images of the model's shape as an
+            (n, H, W, C) array or (n, H * W * C) rows ("images").
         """
         return self.preprocessor.transform(data)
 

@@ -4,13 +4,14 @@ A model is its centers plus this map. It is stored without pickle: the JSON part
 record's ``preprocessing`` (its ``type`` names the implementation) and its arrays as ``.npy``
 files of the version (``prep.<name>.npy``). Each job provides the implementation of its type:
 
-============  =========================================================  ==========
-type          implementation                                             model kind
-============  =========================================================  ==========
-(none)        :class:`Identity`: rows of numbers are the features        vectors
-``color``     :class:`kmflow.jobs.palette.render.ColorPreprocessing`     palette
-``table``     :class:`kmflow.jobs.segments.prepare.Preprocessing`        segments
-============  =========================================================  ==========
+==========  ==========================================================  ==========
+type        implementation                                              model kind
+==========  ==========================================================  ==========
+(none)      :class:`Identity`: rows of numbers are the features         vectors
+``color``   :class:`kmflow.jobs.palette.render.ColorPreprocessing`      palette
+``table``   :class:`kmflow.jobs.segments.prepare.Preprocessing`         segments
+``images``  :class:`kmflow.jobs.image_clusters.features.ImageFeatures`  images
+==========  ==========================================================  ==========
 
 Implementations are imported on first use, so the core does not depend on any job.
 """
@@ -39,6 +40,7 @@ ARRAY_PREFIX = "prep."
 _IMPLEMENTATIONS = {
     "color": ("kmflow.jobs.palette.render", "ColorPreprocessing"),
     "table": ("kmflow.jobs.segments.prepare", "Preprocessing"),
+    "images": ("kmflow.jobs.image_clusters.features", "ImageFeatures"),
 }
 
 

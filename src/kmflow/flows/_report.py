@@ -315,3 +315,19 @@ def publish_links(model: str, links: Mapping[str, str]) -> None:
     """One link artifact per output (``<model>-<name>``), to the output's absolute URL."""
     for name, url in links.items():
         create_link_artifact(absolute_url(url), link_text=name, key=artifact_key(model, name))
+
+
+def publish_pictures(
+    model: str, flow: str, title: str, pictures: Mapping[str, bytes], links: Mapping[str, str]
+) -> None:
+    """A markdown artifact ``<model>-<flow>-pictures``: each PNG embedded as a data URI (the
+    Prefect UI shows them with no file server), with a link to its file."""
+    parts = [f"# {title}\n"]
+    for name, png in pictures.items():
+        encoded = base64.b64encode(png).decode("ascii")
+        parts.append(f"## {name}\n\n![{name}](data:image/png;base64,{encoded})\n")
+        if name in links:
+            parts.append(f"File: {link(links[name])}\n")
+    create_markdown_artifact(
+        "\n".join(parts), key=artifact_key(model, flow, "pictures"), description=title
+    )

@@ -7,6 +7,10 @@ and JS distance, the distance ratio) plus per-feature PSI and Wasserstein
 ``kmflow.records.<model>``; the ``kmflow-segment`` deployment is triggered by it and trains a
 challenger on the champion's training tables plus the batch, promoted only if it is not worse
 (:mod:`kmflow.core.promotion`).
+
+An image model (``kmflow cluster-images``) is checked by the same flow: the batch is a set of
+new images, read as the model's training images were, and the statistics are computed on
+their features (its stored chain). Its event's resource is ``kmflow.image-clusters.<model>``.
 """
 
 from __future__ import annotations
@@ -35,14 +39,23 @@ from kmflow.tasks.registry import load_model_task
 __all__ = ["monitor_segments_flow", "records_resource_id"]
 
 
-def records_resource_id(model: str) -> str:
-    """The Prefect resource id of a records model's data: ``kmflow.records.<model>``."""
-    return "kmflow.records." + re.sub(r"[^A-Za-z0-9._-]+", "-", model)
+def records_resource_id(model: str, kind: str = "segments") -> str:
+    """The Prefect resource id of a model's data: ``kmflow.records.<model>`` for a segment
+    model, ``kmflow.image-clusters.<model>`` for an image model (which no segment run
+    is triggered by)."""
+    prefix = "kmflow.image-clusters." if kind == "images" else "kmflow.records."
+    return prefix + re.sub(r"[^A-Za-z0-9._-]+", "-", model)
 
 
 @task(name="check-records-drift", cache_policy=NO_CACHE)
 def check_records_task(model: Any, params: SegmentMonitorParams) -> tuple[str, RecordsDrift]:
     """The batch's fingerprint and its drift against the champion."""
+    if model.record.kind == "images":
+        from kmflow.jobs.image_clusters.inputs import load_images
+        from kmflow.jobs.image_clusters.job import input_params
+
+        images = load_images(input_params(model.record, list(params.source)), optional_labels=True)
+        return images.fingerprint, check_records(model, images.rows(), params.thresholds)
     options = storage_options_for(params.source[0], get_settings().storage)
     table = read_table(params.source, storage_options=options)
     return table.fingerprint, check_records(model, table, params.thresholds)
@@ -54,10 +67,10 @@ def monitor_segments_flow(params: SegmentMonitorParams) -> SegmentMonitorResult:
     t0 = time.perf_counter()
     with cluster_session(paths=[*params.source, params.reports]):
         champion = load_model_task(params.model)
-        if champion.record.kind != "segments":
+        if champion.record.kind not in ("segments", "images"):
             raise InvalidInputError(
                 f"model {params.model} is a {champion.record.kind!r} model; monitor-segments "
-                "checks records against a 'segments' model"
+                "checks records against a 'segments' model, or images against an 'images' one"
             )
         batch, drift = check_records_task(champion, params)
     version = champion.record.version
@@ -71,6 +84,14 @@ def monitor_segments_flow(params: SegmentMonitorParams) -> SegmentMonitorResult:
         "sources": retrain_sources,
         "batch": list(params.source),
         "k": str(champion.record.params.get("k", champion.record.n_clusters)),
+        **(
+            {
+                "features": str(champion.record.params.get("features", "")),
+                "image_shape": str(champion.record.params.get("image_shape", "")),
+            }
+            if champion.record.kind == "images"
+            else {}
+        ),
         "n_rows": drift.n_rows,
         "drifted": drift.drifted,
         "statistics": report["statistics"],
@@ -98,7 +119,7 @@ def monitor_segments_flow(params: SegmentMonitorParams) -> SegmentMonitorResult:
     event_id = announce_drift(
         report,
         resource={
-            "prefect.resource.id": records_resource_id(params.model),
+            "prefect.resource.id": records_resource_id(params.model, champion.record.kind),
             "prefect.resource.name": params.model,
         },
         payload=json_ready({**payload, "report_url": report_url}),

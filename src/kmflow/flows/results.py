@@ -15,6 +15,7 @@ from kmflow.core.jsonable import json_ready
 __all__ = [
     "ApplyResult",
     "EvaluateResult",
+    "ImageClusterResult",
     "IngestResult",
     "MonitorResult",
     "PipelineResult",
@@ -307,6 +308,43 @@ class SegmentResult:
         if self.external is not None:
             out["external"] = self.external
         return json_ready(out)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class ImageClusterResult:
+    """What a ``cluster-images`` run did: the registered version, its scores and pictures.
+
+    ``metrics`` holds the external metrics against the known classes (``ari``, ``ami``,
+    ``nmi``, ``fmi``, ``purity``, ``entropy``, ``f1``, ``accuracy``) when there are any, and
+    the internal ones (``davies_bouldin``, ``calinski_harabasz``, ``silhouette``,
+    ``inertia``) always.
+    """
+
+    model: str
+    version: int
+    promoted: bool
+    reason: str
+    champion: int | None
+    chosen_k: int
+    rule: str
+    runner_up: int | None
+    features: str
+    n_features: int
+    n_images: int
+    image_shape: list[int]
+    sweep: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    contingency: dict[str, Any] | None
+    sizes: list[int]
+    skipped: list[dict[str, str]]
+    outputs: dict[str, str]
+    sheets: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report JSON: ``metrics`` (external and internal), ``chosen_k``, ``sweep``,
+        ``contingency``, ``sizes``, ``outputs`` and ``sheets`` at the top level."""
+        return json_ready(_flat(self))  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)

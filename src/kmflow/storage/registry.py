@@ -215,7 +215,7 @@ class ModelRegistry:
             record come from this shape.
         init, seed, n_iter, converged, inertia, fingerprint : see ModelRecord
             How the model was trained and on what.
-        kind : {"vectors", "palette", "segments"}, default "vectors"
+        kind : {"vectors", "palette", "segments", "images"}, default "vectors"
             What the model clusters (see :class:`~kmflow.core.model.ModelRecord`).
         preprocessing : mapping, optional
             The JSON part of the model's preprocessing (with its ``"type"``).

@@ -39,6 +39,7 @@ __all__ = [
     "describe_segments_task",
     "prepare_table_task",
     "register_segments_task",
+    "sweep_progress",
     "sweep_task",
 ]
 
@@ -75,13 +76,10 @@ def prepare_table_task(params: SegmentParams) -> Prepared:
     return prepared
 
 
-@task(name="sweep-k", cache_policy=NO_CACHE)
-def sweep_task(prepared: Prepared, params: SegmentParams) -> Fitted:
-    """Fit every k of the sweep in shared passes, choose k by the rule, evaluate it."""
-    ks = params.ks
-    progress = ProgressArtifact(
-        artifact_key(params.model, "sweep"), f"Sweep k={params.k} for {params.model}"
-    )
+def sweep_progress(model: str, k: str, ks: list[int]) -> tuple[ProgressArtifact, Any]:
+    """A progress artifact of a sweep over `ks` and the sweep callback that updates it (and
+    logs each pass to :data:`PROGRESS_LOGGER`, which the CLI draws its bar from)."""
+    progress = ProgressArtifact(artifact_key(model, "sweep"), f"Sweep k={k} for {model}")
     reporter = logging.getLogger(PROGRESS_LOGGER)
     finished: set[int] = set()
     active_before: set[int] = set(ks)
@@ -96,6 +94,13 @@ def sweep_task(prepared: Prepared, params: SegmentParams) -> Fitted:
         progress.update(len(finished), len(ks))
         reporter.info(text, extra={"kmflow_progress": (len(finished), len(ks), text)})
 
+    return progress, callback
+
+
+@task(name="sweep-k", cache_policy=NO_CACHE)
+def sweep_task(prepared: Prepared, params: SegmentParams) -> Fitted:
+    """Fit every k of the sweep in shared passes, choose k by the rule, evaluate it."""
+    progress, callback = sweep_progress(params.model, params.k, params.ks)
     fitted = fit_segments(prepared, params, callback=callback)
     progress.done()
     run_logger().info("sweep over k=%s: %s", params.k, fitted.choice.describe())

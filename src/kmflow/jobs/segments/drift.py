@@ -74,9 +74,10 @@ def check_records(model: Any, data: Any, thresholds: DriftThresholds | None = No
     Parameters
     ----------
     model : kmflow.core.model.Model
-        A "segments" model whose reference holds ``feature_histograms``.
+        A "segments" (or "images") model whose reference holds ``feature_histograms``.
     data : Table, dask or pandas DataFrame, or records
-        The batch, raw (the model's preprocessing is applied).
+        The batch, raw (the model's preprocessing is applied); for an image model, uint8
+        image rows of its shape (the stored feature chain is applied).
     thresholds : DriftThresholds, optional
 
     Raises
@@ -87,9 +88,10 @@ def check_records(model: Any, data: Any, thresholds: DriftThresholds | None = No
     """
     thresholds = DriftThresholds() if thresholds is None else thresholds
     record = model.record
-    if record.kind != "segments":
+    if record.kind not in ("segments", "images"):
         raise InvalidInputError(
-            f"model {record.name} v{record.version} is a {record.kind!r} model, not a segment model"
+            f"model {record.name} v{record.version} is a {record.kind!r} model, not a segment "
+            "or image model"
         )
     reference = record.reference
     hist = reference.get("feature_histograms")
@@ -97,7 +99,11 @@ def check_records(model: Any, data: Any, thresholds: DriftThresholds | None = No
         raise InvalidInputError(
             f"model {record.name} v{record.version} has no feature histograms to compare with"
         )
-    X, transformed = model.preprocessor.transform(data, report=True)
+    if record.kind == "images":
+        X, missing, unseen = model.preprocessor.transform(data), {}, {}
+    else:
+        X, transformed = model.preprocessor.transform(data, report=True)
+        missing, unseen = dict(transformed.missing), dict(transformed.unseen)
     if not isinstance(X, da.Array):
         X = da.from_array(np.asarray(X), chunks=(max(1, min(len(X), 262_144)), -1))
     if np.isnan(X.shape[0]):
@@ -146,6 +152,6 @@ def check_records(model: Any, data: Any, thresholds: DriftThresholds | None = No
         report=report,
         features=features,
         n_rows=int(X.shape[0]),
-        missing=dict(transformed.missing),
-        unseen=dict(transformed.unseen),
+        missing=missing,
+        unseen=unseen,
     )
