@@ -128,6 +128,14 @@ def test_a_labelled_folder_with_the_default_chain(world: dict[str, Path]) -> Non
     assert code == 0, stderr[-3000:]
     assert "DRIFTED" in stdout
 
+    # retrain: the flow again with the champion's parameters on its folder
+    code, stdout, stderr = _run(root, "retrain", "--model", "digits")
+    assert code == 0, stderr[-3000:]
+    assert "digits version 2 (k=10, retrained from v1)" in stdout
+    versions = ModelRegistry(str(root / "models")).versions("digits")
+    assert [v.version for v in versions] == [1, 2]
+    assert versions[1].params["features"] == "raw,pca:30,umap:5"
+
 
 def test_a_table_of_images(world: dict[str, Path]) -> None:
     root = world["root"]

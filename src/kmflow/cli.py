@@ -787,18 +787,20 @@ def retrain(
     parameters on its tables as they are now. The store and the model's champion are
     checked before any cluster or flow starts.
     """
-    from kmflow.cli_segments import champion_kind, retrain_records
+    from kmflow.cli_segments import champion_kind, retrain_with_flow
     from kmflow.core.split import Split
-    from kmflow.params import RetrainParams
+    from kmflow.params import ImageClusterParams, RetrainParams, SegmentParams
 
     kind = champion_kind(model)
-    if kind == "segments":
-        retrain_records(model, promote, workers, scheduler)
-        return
-    if kind == "images":
-        from kmflow.cli_images import retrain_images
-
-        retrain_images(model, promote, workers, scheduler)
+    if kind in ("segments", "images"):
+        params_type, flow_path = (
+            (SegmentParams, "kmflow.flows.segment:segment_flow")
+            if kind == "segments"
+            else (ImageClusterParams, "kmflow.flows.cluster_images:cluster_images_flow")
+        )
+        retrain_with_flow(
+            model, promote, workers, scheduler, params_type=params_type, flow_path=flow_path
+        )
         return
 
     with _as_bad_parameter({"fraction": "--holdout"}):

@@ -221,34 +221,6 @@ def assign_images_command(loaded: Any, data: list[str], out: str, report: Path |
     base._write_report(report, result.to_dict())
 
 
-def retrain_images(model: str, promote: str, workers: int | None, scheduler: str | None) -> None:
-    """``kmflow retrain`` for an image model: the cluster-images flow again with the
-    champion's parameters, on its sources as they are now."""
-    from kmflow.params import ImageClusterParams
-    from kmflow.storage.fs import storage_options_for
-    from kmflow.storage.registry import ModelRegistry
-
-    base = _base()
-    settings = base._settings()
-    url = settings.registry.url
-    record = ModelRegistry(url, storage_options=storage_options_for(url, settings.storage)).record(
-        model, "champion"
-    )
-    given = {k: v for k, v in record.params.items() if k in ImageClusterParams.model_fields}
-    with base._as_bad_parameter({"source": "the champion's source"}):
-        params = ImageClusterParams.model_validate({**given, "promote": promote})
-    base._preflight(lambda settings: None, workers, scheduler)
-    from kmflow.flows.cluster_images import cluster_images_flow
-
-    result = base._run_flow(cluster_images_flow, params, workers, scheduler)
-    state = "promoted to champion" if result.promoted else "registered, not promoted"
-    base.out_console.print(
-        f"{model} version {result.version} (k={result.chosen_k}, retrained from "
-        f"v{record.version}): {state}"
-    )
-    base.out_console.print(f"reason: {result.reason}")
-
-
 def register(app: typer.Typer) -> None:
     """Add ``cluster-images`` to the main application."""
     app.command("cluster-images")(cluster_images)

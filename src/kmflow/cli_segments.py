@@ -20,7 +20,7 @@ __all__ = [
     "champion_kind",
     "monitor_records",
     "register",
-    "retrain_records",
+    "retrain_with_flow",
     "segment",
 ]
 
@@ -386,10 +386,28 @@ def monitor_records(
     base._write_report(report, result.to_dict())
 
 
-def retrain_records(model: str, promote: str, workers: int | None, scheduler: str | None) -> None:
-    """``kmflow retrain`` for a segment model: the segment flow again, with the champion's
-    parameters, on its tables as they are now (a folder or glob picks up new files)."""
-    from kmflow.params import SegmentParams
+def retrain_with_flow(
+    model: str,
+    promote: str,
+    workers: int | None,
+    scheduler: str | None,
+    *,
+    params_type: Any,
+    flow_path: str,
+) -> None:
+    """``kmflow retrain`` for a segment or image model: its training flow again, with the
+    champion's parameters, on its sources as they are now (a folder or glob picks up new
+    files).
+
+    Parameters
+    ----------
+    params_type : type
+        The flow's parameter model (``SegmentParams``, ``ImageClusterParams``).
+    flow_path : str
+        ``module:flow`` of the training flow, imported once the inputs are checked.
+    """
+    import importlib
+
     from kmflow.storage.fs import storage_options_for
     from kmflow.storage.registry import ModelRegistry
 
@@ -399,13 +417,13 @@ def retrain_records(model: str, promote: str, workers: int | None, scheduler: st
     record = ModelRegistry(url, storage_options=storage_options_for(url, settings.storage)).record(
         model, "champion"
     )
-    given = {k: v for k, v in record.params.items() if k in SegmentParams.model_fields}
+    given = {k: v for k, v in record.params.items() if k in params_type.model_fields}
     with base._as_bad_parameter({"source": "the champion's source"}):
-        params = SegmentParams.model_validate({**given, "promote": promote})
+        params = params_type.model_validate({**given, "promote": promote})
     base._preflight(lambda settings: None, workers, scheduler)
-    from kmflow.flows.segment import segment_flow
-
-    result = base._run_flow(segment_flow, params, workers, scheduler)
+    module, name = flow_path.split(":")
+    flow = getattr(importlib.import_module(module), name)
+    result = base._run_flow(flow, params, workers, scheduler)
     state = "promoted to champion" if result.promoted else "registered, not promoted"
     base.out_console.print(
         f"{model} version {result.version} (k={result.chosen_k}, retrained from "

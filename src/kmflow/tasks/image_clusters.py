@@ -25,7 +25,7 @@ from kmflow.jobs.image_clusters.job import (
 )
 from kmflow.params import ImageClusterParams
 from kmflow.tasks._common import open_registry, retry_on_transient_io, run_logger
-from kmflow.tasks.segment import sweep_progress
+from kmflow.tasks.segment import reference_statistics, sweep_progress
 
 __all__ = [
     "champion_image_score_task",
@@ -136,28 +136,6 @@ def champion_image_score_task(champion: Model, images: ImageSet, metric: str) ->
         return math.nan
 
 
-def reference_statistics(featurized: Featurized, centers: np.ndarray) -> dict[str, Any]:
-    """What drift checks of later batches compare with (as for segment models): occupancy,
-    mean squared distance and a 10-bin histogram of every feature, over every image."""
-    from kmflow.kernels.drift import batch_statistics
-    from kmflow.kernels.metrics import feature_histograms
-
-    X = featurized.X()
-    stats = batch_statistics(X, centers)
-    edges, counts = feature_histograms(X, bins=10)
-    return {
-        "part": "all",
-        "n_rows": int(X.shape[0]),
-        "cluster_fractions": (stats.cluster_weights / stats.cluster_weights.sum()).tolist(),
-        "mean_sqdist": float(stats.mean_sqdist),
-        "feature_histograms": {
-            "names": [f"f{j}" for j in range(int(X.shape[1]))],
-            "edges": edges.tolist(),
-            "counts": counts.tolist(),
-        },
-    }
-
-
 @task(
     name="register-image-clusters",
     retries=2,
@@ -204,7 +182,11 @@ def register_image_clusters_task(
             "row_store": images.store,
         },
         metrics=json_ready(metrics),
-        reference=reference_statistics(featurized, fitted.centers),
+        reference=reference_statistics(
+            featurized.X(),
+            fitted.centers,
+            [f"f{j}" for j in range(featurized.features.n_features)],
+        ),
         run_key=f"{run_id}:register" if run_id else None,
     )
     run_logger().info("registered %s version %d", record.name, record.version)

@@ -140,13 +140,15 @@ def champion_score_task(champion: Model, prepared: Prepared) -> float:
         return math.nan
 
 
-def reference_statistics(prepared: Prepared, centers: np.ndarray) -> dict[str, Any]:
+def reference_statistics(X: Any, centers: np.ndarray, names: list[str]) -> dict[str, Any]:
     """What drift checks of later batches compare with: occupancy, mean squared distance and
-    a histogram of every prepared feature, over every prepared row."""
+    a histogram of every feature (column of `X`, named `names`), over every row.
+
+    Shared by the segment and image-clustering jobs (their features: prepared columns, or
+    the images' fitted feature chain)."""
     from kmflow.kernels.drift import batch_statistics
     from kmflow.kernels.metrics import feature_histograms
 
-    X = prepared.open().rows().astype(np.float64)
     stats = batch_statistics(X, centers)
     # 10 bins, as PSI is usually read (deciles): its sampling noise, about
     # (bins - 1) * (1 / n_batch + 1 / n_reference), stays below the threshold for a few
@@ -158,7 +160,7 @@ def reference_statistics(prepared: Prepared, centers: np.ndarray) -> dict[str, A
         "cluster_fractions": (stats.cluster_weights / stats.cluster_weights.sum()).tolist(),
         "mean_sqdist": float(stats.mean_sqdist),
         "feature_histograms": {
-            "names": prepared.feature_names,
+            "names": list(names),
             "edges": edges.tolist(),
             "counts": counts.tolist(),
         },
@@ -207,7 +209,9 @@ def register_segments_task(
         files=models.files if models else None,
         params={**params.model_dump(mode="json"), "row_store": prepared.store},
         metrics=json_ready(metrics),
-        reference=reference_statistics(prepared, fitted.centers),
+        reference=reference_statistics(
+            prepared.open().rows().astype(np.float64), fitted.centers, prepared.feature_names
+        ),
         run_key=f"{run_id}:register" if run_id else None,
     )
     run_logger().info("registered %s version %d", record.name, record.version)

@@ -210,7 +210,9 @@ def _register(run: dict[str, Any], root: Path) -> Any:
         preprocessing=prep.to_json(),
         arrays=prep.arrays(),
         files=run["described"].segment_models.files,
-        reference=reference_statistics(prepared, fitted.centers),
+        reference=reference_statistics(
+            prepared.open().rows().astype(np.float64), fitted.centers, prepared.feature_names
+        ),
     )
     return registry.load("customers", record.version)
 
