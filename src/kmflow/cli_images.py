@@ -199,14 +199,9 @@ def assign_images_command(loaded: Any, data: list[str], out: str, report: Path |
     from kmflow.jobs.image_clusters.job import assign_images, input_params
 
     base = _base()
-    try:
-        params = input_params(loaded.record, list(data))
-        result = assign_images(loaded, params, out)
-    except Exception as exc:
-        failure = exc if isinstance(exc, base.KmflowError) else base._storage_failure(exc)
-        if failure is None:
-            raise
-        base._fail(failure)
+    # kmflow and storage errors reach the one line of `kmflow assign`'s own handler
+    params = input_params(loaded.record, list(data))
+    result = assign_images(loaded, params, out)
     table = Table(title=f"{loaded.record.name} v{loaded.record.version}: {result.n_images} images")
     table.add_column("cluster", justify="right")
     table.add_column("images", justify="right")
