@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from kmflow.config import get_settings
-from kmflow.errors import InvalidInputError, SourceNotFoundError
+from kmflow.errors import InvalidInputError, SourceNotFoundError, StoreCorruptError
 from kmflow.fingerprint import fingerprint
 from kmflow.params import ImageClusterParams, parse_image_shape
 from kmflow.storage.fs import join_url, read_bytes, storage_options_for
@@ -379,7 +379,15 @@ def _write_once(store: RowStore, key: str, write: Any, by: str | None) -> bool:
     def holds_this() -> bool:
         return store.exists() and store.n_rows > 0 and store.meta.get("key") == key
 
-    if holds_this():
+    def seen_written() -> bool:
+        # Without the lease another writer may be creating the store this moment (its
+        # variables not all there yet): that is "not written yet", decided under the lease.
+        try:
+            return holds_this()
+        except StoreCorruptError:
+            return False
+
+    if seen_written():
         return True
     with store.writing(by=by):
         if holds_this():

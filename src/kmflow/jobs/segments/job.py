@@ -38,7 +38,7 @@ import pandas as pd
 
 from kmflow.core.jsonable import json_ready
 from kmflow.core.sweep import Choice, choose_k
-from kmflow.errors import InvalidInputError
+from kmflow.errors import InvalidInputError, StoreCorruptError
 from kmflow.jobs.segments.classifiers import SegmentModels, fit_segment_models
 from kmflow.jobs.segments.prepare import (
     MISSING_LEVEL,
@@ -182,7 +182,15 @@ def prepare(
     def holds_this() -> bool:
         return store.exists() and store.n_rows > 0 and store.meta.get("key") == key
 
-    reused = holds_this()
+    def seen_written() -> bool:
+        # Without the lease another writer may be creating the store this moment (its
+        # variables not all there yet): that is "not written yet", decided under the lease.
+        try:
+            return holds_this()
+        except StoreCorruptError:
+            return False
+
+    reused = seen_written()
     if not reused:
         # Decided again under the writer lease: of two runs preparing the same table at
         # once, one writes the matrix and the other finds it written.
