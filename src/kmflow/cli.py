@@ -1255,13 +1255,14 @@ def _write_report(path: Path | None, payload: dict[str, Any]) -> None:
 
 
 def _register_job_commands() -> None:
-    from kmflow import cli_images, cli_segments
+    from kmflow import cli_images, cli_segments, cli_serve
 
     cli_segments.register(app)
     cli_images.register(app)
+    cli_serve.register(app)
 
 
-_register_job_commands()  # the other jobs' commands: segment, assign, cluster-images
+_register_job_commands()  # the other commands: segment, assign, cluster-images, serve
 
 
 def main() -> None:

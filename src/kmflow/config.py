@@ -38,6 +38,7 @@ __all__ = [
     "ClusterSettings",
     "KubernetesSettings",
     "RegistrySettings",
+    "ServeSettings",
     "Settings",
     "StorageSettings",
     "get_settings",
@@ -575,6 +576,74 @@ class RegistrySettings(BaseModel):
     )
 
 
+_MIN_API_KEY_LENGTH = 16
+
+
+class ServeSettings(BaseModel):
+    """The HTTP service, ``kmflow serve`` (``KMFLOW_SERVE__<FIELD>``).
+
+    ``KMFLOW_SERVE__API_KEYS`` holds JSON, e.g. ``'["key-of-at-least-16-chars"]'``; clients
+    send one as ``Authorization: Bearer <key>``. Several keys let one be rotated out while
+    the next is already in use.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    api_keys: tuple[SecretStr, ...] = Field(
+        default=(),
+        max_length=64,
+        description=(
+            "Secrets a client may present as 'Authorization: Bearer <key>', at least "
+            f"{_MIN_API_KEY_LENGTH} characters each. Required unless the service is started "
+            "with --no-auth; never logged."
+        ),
+    )
+    models: tuple[str, ...] = Field(
+        default=(),
+        max_length=1024,
+        description=(
+            "Model names to serve (JSON list); empty serves every name in the registry, "
+            "names registered later included."
+        ),
+    )
+    max_body_bytes: int = Field(
+        default=32 * 2**20,
+        ge=1024,
+        le=2**31,
+        description=(
+            "Largest request body in bytes (413 beyond it, counted while the body is read)."
+        ),
+    )
+    request_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Seconds a predict or quantize request may compute before a 503 answer.",
+    )
+    refresh_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=3600,
+        description=(
+            "How often the champion pointers are read again: a promotion is served within "
+            "about this long, without a restart."
+        ),
+    )
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_keys(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        for i, key in enumerate(value):
+            if len(key.get_secret_value()) < _MIN_API_KEY_LENGTH:
+                raise ValueError(
+                    f"API key {i + 1} of {len(value)} is shorter than {_MIN_API_KEY_LENGTH} "
+                    "characters"
+                )
+            if key.get_secret_value() != key.get_secret_value().strip():
+                raise ValueError(f"API key {i + 1} of {len(value)} has surrounding spaces")
+        return value
+
+
 class Settings(BaseSettings):
     """All kmflow settings, read from keyword arguments and ``KMFLOW_*`` variables.
 
@@ -601,6 +670,10 @@ class Settings(BaseSettings):
     registry: RegistrySettings = Field(
         default_factory=RegistrySettings,
         description="Where versioned models and champion pointers are kept.",
+    )
+    serve: ServeSettings = Field(
+        default_factory=ServeSettings,
+        description="The HTTP service: API keys, body limit, timeouts, champion refresh.",
     )
 
 

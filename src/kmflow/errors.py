@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "ClusterError",
     "ImageDecodeError",
+    "ImageTooLargeError",
     "InvalidInputError",
     "KmflowError",
     "ModelCorruptError",
@@ -73,6 +74,13 @@ class ImageDecodeError(InvalidInputError):
 
     Empty, not an image, truncated or corrupt, zero-size, an unsupported mode, or over the
     pixel limit; the message says which.
+    """
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """An image has more pixels than the limit (``KMFLOW_STORAGE__MAX_IMAGE_PIXELS``).
+
+    Told apart from a corrupt file so that a service can answer 413 rather than 422.
     """
 
 

@@ -38,6 +38,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from kmflow.errors import (
     ImageDecodeError,
+    ImageTooLargeError,
     InvalidInputError,
     KmflowError,
     SourceNotFoundError,
@@ -365,8 +366,8 @@ def _relative(path: str, root: str) -> str:
 # --------------------------------------------------------------------------- decoding
 
 
-def _over_limit(n_pixels: int, max_pixels: int) -> str:
-    return (
+def _over_limit(n_pixels: int, max_pixels: int) -> ImageTooLargeError:
+    return ImageTooLargeError(
         f"image has {n_pixels:,} pixels, over the limit of {max_pixels:,} "
         "(raise KMFLOW_STORAGE__MAX_IMAGE_PIXELS)"
     )
@@ -446,7 +447,7 @@ def _decode(data: bytes, max_pixels: int) -> np.ndarray:
     except UnidentifiedImageError:
         raise ImageDecodeError(_unidentified_reason(data)) from None
     except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(_bomb_reason(exc, max_pixels)) from exc
+        raise _bomb_reason(exc, max_pixels) from exc
     except MemoryError:
         raise
     except Exception as exc:
@@ -456,11 +457,11 @@ def _decode(data: bytes, max_pixels: int) -> np.ndarray:
         if width <= 0 or height <= 0:
             raise ImageDecodeError(f"zero-size image ({width} x {height} pixels)")
         if width * height > max_pixels:
-            raise ImageDecodeError(_over_limit(width * height, max_pixels))
+            raise _over_limit(width * height, max_pixels)
         try:
             image.load()
         except Image.DecompressionBombError as exc:
-            raise ImageDecodeError(_bomb_reason(exc, max_pixels)) from exc
+            raise _bomb_reason(exc, max_pixels) from exc
         except MemoryError:
             raise
         except Exception as exc:
@@ -502,12 +503,12 @@ def _header_size(kind: str, data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _bomb_reason(exc: Exception, max_pixels: int) -> str:
+def _bomb_reason(exc: Exception, max_pixels: int) -> ImageDecodeError:
     """The message for Pillow's own hard decompression-bomb refusal."""
     match = _PILLOW_BOMB_PIXELS.search(str(exc))
     if match is not None and int(match.group(1)) > max_pixels:
         return _over_limit(int(match.group(1)), max_pixels)
-    return (
+    return ImageTooLargeError(
         f"image is over Pillow's hard size limit, which kmflow does not change ({exc}); "
         "set PIL.Image.MAX_IMAGE_PIXELS in the worker processes to decode it"
     )
