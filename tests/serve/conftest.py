@@ -134,9 +134,13 @@ class Service:
 
 
 def start_service(
-    tmp: Path, registry: ModelRegistry, *args: str, env: dict[str, str] | None = None
+    tmp: Path,
+    registry: ModelRegistry,
+    *args: str,
+    env: dict[str, str] | None = None,
+    ready: str = "/readyz",
 ) -> Service:
-    """Start ``kmflow serve`` on a free port and wait until /readyz answers 200."""
+    """Start ``kmflow serve`` on a free port and wait until `ready` answers 200."""
     port = free_port()
     log = tmp / f"serve-{port}.log"
     environment = {
@@ -160,7 +164,7 @@ def start_service(
         if process.poll() is not None:
             raise AssertionError(f"kmflow serve exited {process.returncode}:\n{log.read_text()}")
         try:
-            if httpx.get(f"{service.url}/readyz", timeout=5).status_code == 200:
+            if httpx.get(f"{service.url}{ready}", timeout=5).status_code == 200:
                 return service
         except httpx.TransportError:
             pass

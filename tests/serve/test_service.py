@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,6 +150,8 @@ def test_records_go_through_the_stored_preprocessing(service: Service) -> None:
     ("payload", "needle"),
     [
         ({"rows": [[0, 0, 0]]}, "4 numbers each"),
+        ({"rows": [[0, 0, 0, 0], [1, 2]]}, "row 1 has 2"),
+        ({"rows": [[1e200, 0, 0, 0]]}, "overflow"),
         ({"rows": [[0, 0, 0, 0]], "records": [{"spend": 1}]}, "exactly one"),
         ({}, "exactly one"),
         ({"rows": []}, "no records or rows"),
@@ -296,3 +299,44 @@ def test_metrics_count_requests_errors_and_versions(service: Service) -> None:
     ]
     assert buckets
     assert buckets[0] >= 3
+
+
+def test_the_kubernetes_manifest_probes_these_endpoints(service: Service) -> None:
+    """deploy/serve.yaml: probes on /healthz and /readyz answer 200 with no key; the command
+    is one `kmflow serve` accepts; its literal settings are valid; keys come from a Secret."""
+    import yaml
+    from typer.main import get_command
+
+    from kmflow.cli import app
+    from kmflow.config import get_settings
+
+    manifest = Path(__file__).parents[2] / "deploy" / "serve.yaml"
+    resources = {d["kind"]: d for d in yaml.safe_load_all(manifest.read_text()) if d}
+    assert set(resources) == {"Deployment", "Service"}
+    pod = resources["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    command = container["command"]
+    assert command[:2] == ["kmflow", "serve"]
+    serve = get_command(app).commands["serve"]  # type: ignore[attr-defined]
+    parsed = serve.make_context("serve", list(command[2:])).params
+    assert parsed["host"] == "0.0.0.0"
+    port = {p["name"]: p["containerPort"] for p in container["ports"]}["http"]
+    assert parsed["port"] == port
+    with service.client(key=None) as client:
+        for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+            get = container[probe]["httpGet"]
+            assert get["port"] == "http"
+            assert client.get(get["path"]).status_code == 200
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert {"secretRef": {"name": "kmflow-serve"}} in container["envFrom"]
+    literal = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in literal.items():
+            mp.setenv(name, value)
+        settings = get_settings().serve
+    assert settings.refresh_seconds == float(literal["KMFLOW_SERVE__REFRESH_SECONDS"])
+    ports = resources["Service"]["spec"]["ports"]
+    assert ports == [{"name": "http", "port": 80, "targetPort": "http"}]
+    labels = resources["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert resources["Service"]["spec"]["selector"] == labels

@@ -196,15 +196,24 @@ def _assign(served: Served, body: PredictRequest) -> tuple[np.ndarray, np.ndarra
             )
         X = np.asarray(model.transform(body.records), dtype=np.float64)
     else:
-        X = np.asarray(body.rows, dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] != model.record.n_features:
-            width = X.shape[1] if X.ndim == 2 else "ragged"
+        rows = body.rows or []
+        n = model.record.n_features
+        bad = next((i for i, row in enumerate(rows) if len(row) != n), None)
+        if bad is not None:
             raise InvalidInputError(
-                f"rows must have {model.record.n_features} numbers each (the model's "
-                f"features); got {width}"
+                f"rows must have {n} numbers each (the model's features); row {bad} has "
+                f"{len(rows[bad])}"
             )
+        X = np.asarray(rows, dtype=np.float64).reshape(len(rows), n)
     if len(X) == 0:
         raise InvalidInputError("no rows are left to assign after preprocessing")
+    with np.errstate(over="ignore"):
+        overflow = ~np.isfinite(np.einsum("ij,ij->i", X, X))
+    if overflow.any():
+        raise InvalidInputError(
+            f"row {int(np.argmax(overflow))} is too large: its squared distances overflow "
+            "float64 (values up to about 1e150 can be assigned)"
+        )
     labels = nearest(X, model.centers)
     if not body.distances:
         return labels, None
@@ -366,7 +375,16 @@ def create_app(
             )
         return {"status": "ready", "models": served, "problems": dict(champions.problems)}
 
-    @app.get("/metrics", tags=["health"], dependencies=Keyed, responses={401: _PROBLEMS[401]})
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        dependencies=Keyed,
+        response_class=Response,
+        responses={
+            200: {"content": {"text/plain": {}}, "description": "Prometheus text format."},
+            401: _PROBLEMS[401],
+        },
+    )
     async def metrics_text() -> Response:
         """Prometheus metrics: requests, latency, errors, the versions served."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
