@@ -184,6 +184,12 @@ def test_predict_refuses_nan_records_and_wrong_columns(service: Service) -> None
             headers={"content-type": "application/json"},
         )
         _problem(malformed, 422)
+        text = client.post(
+            "/v1/models/blobs/predict",
+            content=b'{"rows": [[0, 0, 0, 0]]}',
+            headers={"content-type": "text/plain"},
+        )
+        assert "application/json" in _problem(text, 415)["detail"]
 
 
 def test_bodies_over_the_limit_are_refused_while_read(service: Service) -> None:

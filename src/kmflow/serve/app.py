@@ -34,11 +34,13 @@ from typing import Annotated, Any, TypeVar
 
 import anyio
 import numpy as np
-from fastapi import Depends, FastAPI, File, HTTPException, Path, Query, UploadFile
+from fastapi import Depends, FastAPI, File, HTTPException, Path, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError, model_validator
 
 from kmflow import __version__
 from kmflow.config import Settings, get_settings
@@ -140,6 +142,7 @@ _PROBLEMS: dict[int | str, dict[str, Any]] = {
         (401, "No API key, or not one of the service's."),
         (404, "No such model is served."),
         (413, "The body or the image is over the limit."),
+        (415, "The body is not JSON."),
         (422, "The input does not fit the model."),
         (503, "The request took longer than the timeout, or storage is unreachable."),
     )
@@ -181,6 +184,26 @@ def _inputs_of(kind: str, n_features: int) -> str:
             f'{{"rows": [[{n_features} numbers], ...]}} already prepared'
         )
     return f'{{"rows": [[{n_features} numbers], ...]}} in the centers\' space'
+
+
+#: The predict body as OpenAPI shows it: parsed by pydantic's own JSON parser in the route
+#: (five times faster than json.loads and validation on 1,000 rows), not by FastAPI.
+_PREDICT_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}},
+}
+
+
+async def _predict_request(request: Request) -> PredictRequest:
+    """The request's body as a :class:`PredictRequest`; 415 unless it is JSON, 422 if invalid."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json" and not kind.endswith("+json"):
+        raise HTTPException(415, "send the body as JSON (Content-Type: application/json)")
+    try:
+        return PredictRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e.get("loc", ()))} for e in exc.errors()]
+        raise RequestValidationError(errors) from None
 
 
 def _assign(served: Served, body: PredictRequest) -> tuple[np.ndarray, np.ndarray | None]:
@@ -425,20 +448,26 @@ def create_app(
         dependencies=Keyed,
         response_model=PredictResponse,
         response_model_exclude_none=True,
-        responses={k: _PROBLEMS[k] for k in (401, 404, 413, 422, 503)},
+        responses={k: _PROBLEMS[k] for k in (401, 404, 413, 415, 422, 503)},
+        openapi_extra={"requestBody": _PREDICT_BODY},
     )
-    async def predict(name: ModelName, body: PredictRequest, response: Response) -> Any:
+    async def predict(name: ModelName, request: Request) -> Response:
         """The cluster (segment) of each record or row."""
         served = served_or_404(name)
+        body = await _predict_request(request)
         labels, distances = await compute(lambda: _assign(served, body))
         metrics.rows.labels(name, "predict").inc(len(labels))
-        response.headers["X-Model-Version"] = str(served.version)
-        return {
-            "model": name,
-            "version": served.version,
-            "segments": labels.tolist(),
-            "distances": None if distances is None else distances.tolist(),
-        }
+        answer = PredictResponse(
+            model=name,
+            version=served.version,
+            segments=labels.tolist(),
+            distances=None if distances is None else distances.tolist(),
+        )
+        return Response(
+            answer.model_dump_json(exclude_none=True),
+            media_type="application/json",
+            headers={"X-Model-Version": str(served.version)},
+        )
 
     @app.post(
         "/v1/models/{name}/quantize",
@@ -480,6 +509,21 @@ def create_app(
             },
         )
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            request_schema = PredictRequest.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(request_schema.pop("$defs", {}))
+            components["PredictRequest"] = request_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(BodyLimit, limit=serve.max_body_bytes)
     app.add_middleware(Instrument, metrics=metrics)
     return app
