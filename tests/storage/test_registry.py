@@ -501,9 +501,14 @@ def test_champion_replace_leaves_no_temporary_files(tmp_path: Path) -> None:
     registry.promote(NAME, 2)
     assert sorted(p.name for p in (tmp_path / NAME).iterdir()) == [
         "champion.json",
+        "history",
         "v000001",
         "v000002",
     ]
+    # one event file per promotion, nothing else
+    history = sorted(p.name for p in (tmp_path / NAME / "history").iterdir())
+    assert len(history) == 2
+    assert all(name.endswith(".json") for name in history)
     assert sorted(p.name for p in (tmp_path / NAME / "v000001").iterdir()) == [
         "centers.npy",
         "model.json",

@@ -6,6 +6,13 @@ Layout under the registry URL::
     <name>/v000001/model.json     the ModelRecord (kmflow.core.model), written last
     <name>/v000002/...
     <name>/champion.json          {"version": N, "promoted_at": "<ISO 8601, UTC>", "previous": M}
+    <name>/history/<UTC time>-<uuid>.json   one event each: a promotion, a drift check
+
+The history is append-only: every event (:meth:`ModelRegistry.log_event`) is a new small
+JSON file, named by its UTC time and a random UUID and created exclusively, so writers in
+any number of processes never overwrite each other and no file is ever rewritten;
+:meth:`ModelRegistry.history` reads them back in time order. :meth:`ModelRegistry.promote`
+logs each promotion there; the monitor flows log each checked batch.
 
 A version number is claimed by creating its ``centers.npy`` with an *exclusive create*
 (:func:`kmflow.storage.lease.write_bytes_exclusive`: a hard link on a local disk,
@@ -54,6 +61,7 @@ import json
 import logging
 import os
 import re
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError
@@ -82,7 +90,14 @@ from kmflow.storage.fs import (
 )
 from kmflow.storage.lease import write_bytes_exclusive
 
-__all__ = ["CENTERS_FILE", "CHAMPION_FILE", "RECORD_FILE", "ModelRegistry"]
+__all__ = [
+    "CENTERS_FILE",
+    "CHAMPION_FILE",
+    "EVENT_TYPES",
+    "HISTORY_DIR",
+    "RECORD_FILE",
+    "ModelRegistry",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +105,11 @@ logger = logging.getLogger(__name__)
 CENTERS_FILE = "centers.npy"
 RECORD_FILE = "model.json"
 CHAMPION_FILE = "champion.json"
+#: Folder (inside a model's folder) of its append-only history of events.
+HISTORY_DIR = "history"
+#: What a history event may record.
+EVENT_TYPES: tuple[str, ...] = ("promotion", "drift")
+_EVENT_FILE = re.compile(r"^(\d{8}T\d{6}\.\d{6}Z)-([0-9a-f]{32})\.json$")
 
 _NAME = re.compile(NAME_PATTERN)
 _VERSION_DIR = re.compile(r"^v(\d{6,})$")
@@ -176,6 +196,11 @@ class ModelRegistry:
     def url(self) -> str:
         """The registry's root URL, as given."""
         return self._url
+
+    @property
+    def storage_options(self) -> dict[str, Any] | None:
+        """The filesystem options it was opened with (may hold credentials: never log them)."""
+        return None if self._options is None else dict(self._options)
 
     def __repr__(self) -> str:
         return f"ModelRegistry({redact_url(self._url)!r})"
@@ -413,9 +438,10 @@ class ModelRegistry:
                 previous,
             )
             previous = None
+        pointer_time = dt.datetime.now(dt.UTC)
         pointer = {
             "version": number,
-            "promoted_at": dt.datetime.now(dt.UTC).isoformat(),
+            "promoted_at": pointer_time.isoformat(),
             "previous": previous,
         }
         data = (json.dumps(pointer, indent=2) + "\n").encode("utf-8")
@@ -427,7 +453,125 @@ class ModelRegistry:
             redact_url(self._url),
             previous,
         )
+        try:
+            self.log_event(
+                name, "promotion", {"version": number, "previous": previous}, at=pointer_time
+            )
+        except StorageError as exc:  # the promotion stands; only its history entry is lost
+            logger.warning("promoted %s v%d but could not log it: %s", name, number, exc)
         return model.record
+
+    def log_event(
+        self,
+        name: str,
+        type: str,
+        data: Mapping[str, Any],
+        *,
+        at: dt.datetime | None = None,
+    ) -> dict[str, Any]:
+        """Append one event to the history of model `name`.
+
+        Parameters
+        ----------
+        name : str
+            Model name (it need not have a version yet).
+        type : {"promotion", "drift"}
+            What happened.
+        data : mapping
+            JSON-ready details (a drift check: the champion version checked, the batch id,
+            ``drifted`` and each statistic's ``value``, ``threshold`` and ``drifted``).
+        at : datetime, optional
+            When it happened (timezone-aware; default now).
+
+        Returns
+        -------
+        dict
+            The event as stored: ``type``, ``at`` (ISO 8601, UTC), ``id`` (its file name
+            without ``.json``) and the entries of `data`.
+
+        Raises
+        ------
+        InvalidInputError
+            If `name` breaks the naming rule, `type` is unknown, `data` is not JSON-ready
+            (NaN is stored as ``null``) or uses the keys ``type``, ``at`` or ``id``.
+        StorageError
+            If the file cannot be written.
+
+        Notes
+        -----
+        One new file per event, created exclusively under a name no other writer can pick
+        (UTC time to the microsecond, then a random UUID): concurrent writers, in any
+        number of processes and hosts, all keep their events.
+        """
+        self._check_name(name)
+        if type not in EVENT_TYPES:
+            raise InvalidInputError(f"unknown event type {type!r}; one of {', '.join(EVENT_TYPES)}")
+        reserved = {"type", "at", "id"} & set(data)
+        if reserved:
+            raise InvalidInputError(f"event data must not use the keys {sorted(reserved)}")
+        when = dt.datetime.now(dt.UTC) if at is None else at
+        if when.utcoffset() is None:
+            raise InvalidInputError(f"event time {when.isoformat()} has no timezone")
+        when = when.astimezone(dt.UTC)
+        for _ in range(3):
+            ident = f"{when.strftime('%Y%m%dT%H%M%S.%fZ')}-{uuid.uuid4().hex}"
+            event = _finite({"type": type, "at": when.isoformat(), "id": ident, **data})
+            try:
+                text = json.dumps(event, indent=2, allow_nan=False) + "\n"
+            except (TypeError, ValueError) as exc:
+                raise InvalidInputError(f"event data is not JSON-ready: {exc}") from exc
+            url = join_url(self._url, name, HISTORY_DIR, f"{ident}.json")
+            if write_bytes_exclusive(url, text.encode("utf-8"), self._options):
+                return event
+        raise StorageError(  # pragma: no cover - three random UUIDs taken
+            f"cannot log an event of {name!r} in {redact_url(self._url)!r}: names taken"
+        )
+
+    def history(self, name: str, type: str | None = None) -> list[dict[str, Any]]:
+        """The events of model `name` (:meth:`log_event`), oldest first.
+
+        Parameters
+        ----------
+        name : str
+            Model name.
+        type : {"promotion", "drift"}, optional
+            Only events of this type.
+
+        Returns
+        -------
+        list of dict
+            Empty when nothing was logged. An unreadable event file is left out with a
+            warning naming it.
+
+        Raises
+        ------
+        InvalidInputError
+            If `name` breaks the naming rule.
+        StorageError
+            If the history cannot be listed or read.
+        """
+        self._check_name(name)
+        fs, root = self._fs()
+        folder_url = join_url(self._url, name, HISTORY_DIR)
+        files = sorted(
+            rel
+            for rel, is_dir in self._find(fs, f"{root}/{name}/{HISTORY_DIR}", folder_url)
+            if not is_dir and _EVENT_FILE.fullmatch(rel)
+        )
+        events: list[dict[str, Any]] = []
+        for file in files:
+            url = join_url(folder_url, file)
+            try:
+                event = json.loads(read_bytes(url, self._options))
+            except (SourceNotFoundError, ValueError) as exc:
+                logger.warning("skipping an unreadable history event %s: %s", redact_url(url), exc)
+                continue
+            if not isinstance(event, dict) or event.get("type") not in EVENT_TYPES:
+                logger.warning("skipping a malformed history event %s", redact_url(url))
+                continue
+            if type is None or event["type"] == type:
+                events.append(event)
+        return events
 
     # ------------------------------------------------------------------ reading
 
@@ -795,6 +939,19 @@ def _parse_version(version: int | str) -> int | Literal["latest", "champion"]:
     raise InvalidInputError(
         f"version must be a version number, 'latest' or 'champion'; got {version!r}"
     )
+
+
+def _finite(value: Any) -> Any:
+    """`value` with NaN and infinities as None (JSON has no non-finite numbers)."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, np.generic | np.ndarray):
+        return _finite(value.tolist())
+    if isinstance(value, Mapping):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _checked_centers(centers: Any) -> np.ndarray:
