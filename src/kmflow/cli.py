@@ -1255,14 +1255,15 @@ def _write_report(path: Path | None, payload: dict[str, Any]) -> None:
 
 
 def _register_job_commands() -> None:
-    from kmflow import cli_images, cli_segments, cli_serve
+    from kmflow import cli_images, cli_report, cli_segments, cli_serve
 
     cli_segments.register(app)
     cli_images.register(app)
+    cli_report.register(app)
     cli_serve.register(app)
 
 
-_register_job_commands()  # the other commands: segment, assign, cluster-images, serve
+_register_job_commands()  # the other commands: segment, assign, cluster-images, report, serve
 
 
 def main() -> None:

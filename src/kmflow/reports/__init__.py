@@ -9,6 +9,15 @@ No Prefect here: the functions take arrays and return PNG bytes or pixels.
   cluster's nearest-to-center images, then a few random members, under a caption
 - :func:`encode_png`: RGB pixels as a PNG file
 
+A model version's report (``kmflow report``, and the report step of every training flow):
+
+- :mod:`kmflow.reports.plots`: its figures (sweep, silhouette per cluster, PCA scatter, RGB
+  cube and swatches for palettes, sizes, standardised centers, drift history), each a
+  :class:`~kmflow.reports.plots.Picture` with the values it marks
+- :mod:`kmflow.reports.build`: :func:`~kmflow.reports.build.build_report` from the registry
+  alone and :func:`~kmflow.reports.build.write_report` (the page and the PNGs)
+- :mod:`kmflow.reports.html`: the self-contained page, and the same as markdown for Prefect
+
 Every figure is drawn on its own :class:`matplotlib.figure.Figure` with the Agg canvas (never
 ``pyplot``): no display, no global figure state, safe to call from several threads.
 """
