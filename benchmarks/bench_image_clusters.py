@@ -32,7 +32,6 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_lloyd import machine_info, package_versions, write_markdown
+from bench_lloyd import run_header, write_markdown
 
 LOG = logging.getLogger("bench_image_clusters")
 
@@ -188,19 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     body = report(args, results)
     print(body)
     if args.output:
-        mach = machine_info()
-        command = " ".join(argv if argv is not None else sys.argv[1:])
-        vers = package_versions()
-        header = "\n".join(
-            [
-                f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-                f"- machine: {mach['cores']} cores, {mach['ram_gib']:.1f} GiB RAM, {mach['cpu']}",
-                "- load average before the run: " + ", ".join(f"{v:.2f}" for v in loads),
-                "- packages: " + ", ".join(f"{k} {v}" for k, v in vers.items()),
-                f"- command: `python benchmarks/bench_image_clusters.py {command}`",
-                f"- {args.seeds} seeds (mean ± sd), n_init {args.n_init}",
-                "",
-            ]
+        header = run_header(
+            "bench_image_clusters.py",
+            argv,
+            loads,
+            f"- {args.seeds} seeds (mean ± sd), n_init {args.n_init}",
         )
         write_markdown(args.output, "Clustering whole images", header, body)
         LOG.info("wrote %s", args.output)

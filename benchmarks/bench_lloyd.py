@@ -521,6 +521,24 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def run_header(script: str, argv: list[str] | None, loads: tuple[float, ...], *extra: str) -> str:
+    """The lines under a results section's title: date, machine, load, packages, command."""
+    from datetime import UTC, datetime
+
+    mach = machine_info()
+    command = " ".join(argv if argv is not None else sys.argv[1:])
+    lines = [
+        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- machine: {mach['cores']} cores, {mach['ram_gib']:.1f} GiB RAM, {mach['cpu']}",
+        "- load average before the run (1, 5, 15 min): " + ", ".join(f"{v:.2f}" for v in loads),
+        "- packages: " + ", ".join(f"{k} {v}" for k, v in package_versions().items()),
+        f"- command: `python benchmarks/{script} {command}`",
+        *extra,
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def package_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 

@@ -35,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ import numpy as np
 from pydantic import BaseModel
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_lloyd import machine_info, package_versions, write_markdown
+from bench_lloyd import run_header, write_markdown
 
 LOG = logging.getLogger("bench_serve")
 API_KEY = "bench-key-0123456789abcdef"
@@ -361,18 +361,13 @@ def main(argv: list[str] | None = None) -> int:
     body = report(args, results)
     print(body)
     if args.output:
-        mach = machine_info()
-        command = " ".join(argv if argv is not None else sys.argv[1:])
-        vers = package_versions()
-        header = "\n".join(
-            [
-                f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-                f"- machine: {mach['cores']} cores, {mach['ram_gib']:.1f} GiB RAM, {mach['cpu']}",
-                "- load average before the run: " + ", ".join(f"{v:.2f}" for v in loads),
-                "- packages: " + ", ".join(f"{k} {v}" for k, v in vers.items()),
-                f"- command: `python benchmarks/bench_serve.py {command}`",
-                "",
-            ]
+        header = run_header(
+            "bench_serve.py",
+            argv,
+            loads,
+            "- load average after the run: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()),
+            "- serving stack: "
+            + ", ".join(f"{p} {version(p)}" for p in ("fastapi", "uvicorn", "pydantic", "httpx")),
         )
         write_markdown(args.output, "Serving: predict under load", header, body)
         LOG.info("wrote %s", args.output)

@@ -37,7 +37,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, File, HTTPException, Path, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError, model_validator
@@ -54,6 +54,7 @@ from kmflow.serve.http import (
     Metrics,
     check_key,
     install_problem_handlers,
+    problem,
 )
 from kmflow.storage.fs import storage_options_for
 from kmflow.storage.registry import ModelRegistry
@@ -385,17 +386,7 @@ def create_app(
         if champions.refreshed_at is None or missing or not served:
             reasons = dict(champions.problems)
             detail = "; ".join(f"{k}: {v}" for k, v in reasons.items()) or "no model is served"
-            return JSONResponse(
-                {
-                    "type": "about:blank",
-                    "title": "Service Unavailable",
-                    "status": 503,
-                    "detail": detail,
-                    "models": served,
-                },
-                status_code=503,
-                media_type=PROBLEM_JSON,
-            )
+            return problem(503, detail, models=served)
         return {"status": "ready", "models": served, "problems": dict(champions.problems)}
 
     @app.get(
