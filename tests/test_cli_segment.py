@@ -154,6 +154,21 @@ def test_wine_through_the_cli_with_its_class_as_target(world: dict[str, Path]) -
     assert "wine version 2 (k=3, retrained from v1): promoted to champion" in stdout
     assert ModelRegistry(root / "models").champion("wine").version == 2  # type: ignore[union-attr]
 
+    # Reports: both checks in the model's history; each segment run wrote its report.
+    from kmflow.reports.build import build_report
+
+    registry = ModelRegistry(root / "models")
+    checks = registry.history("wine", "drift")
+    assert [c["drifted"] for c in checks] == [False, True]
+    assert checks[1]["statistics"]["feature_wasserstein"]["drifted"] is True
+    report = build_report(registry, "wine", 2)
+    assert report.picture("sweep").data["chosen_k"] == 3
+    assert report.picture("drift").data["checks"] == 2
+    assert report.missing == []
+    for version in (1, 2):
+        page = root / "models" / "wine" / "reports" / f"v{version:06d}" / "report.html"
+        assert page.read_text().count('<img src="data:image/png;base64,') == 4 + version
+
 
 @pytest.mark.parametrize(
     ("content", "args", "message"),

@@ -155,6 +155,26 @@ def test_monitor_detects_drift_and_retrain_replaces_the_champion(
     assert [r.version for r in registry.versions("pal")] == [1, 2]
     assert registry.champion("pal").version == 2  # type: ignore[union-attr]
 
+    # The model's history: both checked batches, the promotions; the report draws them.
+    checks = registry.history("pal", "drift")
+    assert [(c["batch_id"], c["drifted"], c["version"]) for c in checks] == [
+        (calm.batch_id, False, 1),
+        (drift.batch_id, True, 1),
+    ]
+    assert checks[1]["statistics"]["wasserstein"] == {
+        k: drift.report["statistics"]["wasserstein"][k] for k in ("value", "threshold", "drifted")
+    }
+    assert [e["version"] for e in registry.history("pal", "promotion")] == [1, 2]
+    # each training run wrote its report next to the model: the drift history from v2 on
+    for version, figures in ((1, 6), (2, 7)):
+        page = Path(env["registry"]) / "pal" / "reports" / f"v{version:06d}" / "report.html"
+        assert page.read_text().count('<img src="data:image/png;base64,') == figures
+    from kmflow.reports.build import build_report
+
+    drawn = build_report(registry, "pal", 2).picture("drift").data
+    assert (drawn["checks"], drawn["drifted"]) == (2, 1)
+    assert (drawn["retrains"], drawn["promotions"]) == ([2], [1, 2])
+
 
 def test_monitor_without_a_champion_fails_clearly(
     env: dict[str, str], tmp_path: Path, mixture_images: Any

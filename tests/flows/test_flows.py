@@ -188,6 +188,15 @@ def test_train_promotes_only_if_not_worse_and_warm_starts(
     ingest_flow(IngestParams(sources=[str(photo_dir)], store=env["store"]))
     first = train_flow(TrainParams(store=env["store"], model="m", k=5, seed=0))
     assert (first.version, first.promoted, first.champion) == (1, True, 1)
+    # The report step: the figures in the UI (data URIs) and the page next to the model.
+    figures = str(max(_artifacts("m-figures"), key=lambda a: a.created).data)
+    assert "# m version 1: palette, k=5" in figures
+    assert figures.count("](data:image/png;base64,") == 6
+    assert "a palette is fitted at one given k" in figures
+    page = Path(env["registry"]) / "m" / "reports" / "v000001" / "report.html"
+    assert page.read_text().count('<img src="data:image/png;base64,') == 6
+    link = str(max(_artifacts("m-report-page"), key=lambda a: a.created).data)
+    assert page.as_uri() in link
 
     # Fewer colors fit worse on the same pixels: registered, not promoted.
     worse = train_flow(TrainParams(store=env["store"], model="m", k=2, seed=0))

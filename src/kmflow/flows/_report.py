@@ -39,6 +39,7 @@ __all__ = [
     "palette_markdown",
     "publish_links",
     "publish_metrics",
+    "publish_model_report",
     "publish_palette",
     "publish_report",
     "swatch_png",
@@ -330,4 +331,37 @@ def publish_pictures(
             parts.append(f"File: {link(links[name])}\n")
     create_markdown_artifact(
         "\n".join(parts), key=artifact_key(model, flow, "pictures"), description=title
+    )
+
+
+def publish_model_report(model: str, outcome: tuple[Any, Any] | None) -> None:
+    """The report of a version (:func:`kmflow.tasks.report.report_task`) in the Prefect UI.
+
+    A markdown artifact ``<model>-figures`` with every figure as a PNG data URI (the Prefect
+    UI 3.8 renders those in markdown artifacts: checked in headless Chromium by
+    ``tests/reports/test_report_browser.py``), the figures it could not draw with the
+    reason, and the page's file; and a link artifact ``<model>-report-page`` to the HTML
+    page. Nothing when there is no report.
+
+    Notes
+    -----
+    The links are absolute URLs (``file://`` for local registries). A browser does not
+    follow a ``file://`` link from a page served over HTTP (the UI): copy it into the
+    address bar, or read the figures in the markdown artifact itself.
+    """
+    if outcome is None:
+        return
+    from kmflow.reports.html import report_markdown
+
+    report, files = outcome
+    page = absolute_url(files.html)
+    create_markdown_artifact(
+        report_markdown(report, {"report page (HTML)": page}),
+        key=artifact_key(model, "figures"),
+        description=f"Figures of {report.title}",
+    )
+    create_link_artifact(
+        page,
+        link_text=f"report of {model} version {report.version}",
+        key=artifact_key(model, "report-page"),
     )

@@ -13,6 +13,7 @@ from kmflow.core.promotion import promotion_decision
 from kmflow.flows._report import (
     cluster_table,
     publish_metrics,
+    publish_model_report,
     publish_pictures,
     publish_report,
     timings_table,
@@ -31,6 +32,7 @@ from kmflow.tasks.image_clusters import (
     register_image_clusters_task,
 )
 from kmflow.tasks.registry import find_champion_task, promote_model_task
+from kmflow.tasks.report import report_task
 
 __all__ = ["cluster_images_flow"]
 
@@ -144,6 +146,7 @@ def cluster_images_flow(params: ImageClusterParams) -> ImageClusterResult:
             },
             pictures_files,
         )
+    publish_model_report(params.model, report_task(params.model, record.version))
     return ImageClusterResult(
         model=record.name,
         version=record.version,

@@ -26,7 +26,12 @@ from kmflow.storage.fs import (
     write_bytes_atomic,
 )
 from kmflow.tasks._common import open_store
-from kmflow.tasks.drift import check_drift_task, save_drift_report_task
+from kmflow.tasks.drift import (
+    check_drift_task,
+    drift_log_entry,
+    log_drift_task,
+    save_drift_report_task,
+)
 from kmflow.tasks.ingest import ingest_images
 from kmflow.tasks.registry import load_model_task
 
@@ -196,6 +201,10 @@ def monitor_flow(params: MonitorParams = MonitorParams()) -> MonitorResult:  # n
         "statistics": report["statistics"],
     }
     report_url = save_drift_report_task(params.reports, batch, {**payload, "report": report})
+    log_drift_task(
+        params.model,
+        drift_log_entry(version, batch, report, size=len(added), report_url=report_url),
+    )
     if n_store is not None:  # the batch is checked: move the cursor past it
         _write_json(
             _cursor_url(params.reports, params.store),

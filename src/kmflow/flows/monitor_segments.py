@@ -33,7 +33,7 @@ from kmflow.jobs.segments.drift import RecordsDrift, check_records
 from kmflow.params import SegmentMonitorParams
 from kmflow.storage.fs import storage_options_for
 from kmflow.storage.tables import read_table
-from kmflow.tasks.drift import save_drift_report_task
+from kmflow.tasks.drift import drift_log_entry, log_drift_task, save_drift_report_task
 from kmflow.tasks.registry import load_model_task
 
 __all__ = ["monitor_segments_flow", "records_resource_id"]
@@ -99,6 +99,8 @@ def monitor_segments_flow(params: SegmentMonitorParams) -> SegmentMonitorResult:
     report_url = save_drift_report_task(
         params.reports, batch, json_ready({**payload, "report": report})
     )
+    entry = drift_log_entry(version, batch, report, size=drift.n_rows, report_url=report_url)
+    log_drift_task(params.model, json_ready(entry))
     publish_metrics(
         params.model,
         "drift",

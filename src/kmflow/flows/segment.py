@@ -11,11 +11,18 @@ from prefect.artifacts import create_table_artifact
 from kmflow.cluster.session import cluster_session, describe
 from kmflow.core.jsonable import json_ready
 from kmflow.core.promotion import promotion_decision
-from kmflow.flows._report import cluster_table, publish_metrics, publish_report, timings_table
+from kmflow.flows._report import (
+    cluster_table,
+    publish_metrics,
+    publish_model_report,
+    publish_report,
+    timings_table,
+)
 from kmflow.flows.results import SegmentResult
 from kmflow.params import SegmentParams
 from kmflow.tasks._common import artifact_key
 from kmflow.tasks.registry import find_champion_task, promote_model_task
+from kmflow.tasks.report import report_task
 from kmflow.tasks.segment import (
     champion_score_task,
     describe_segments_task,
@@ -115,6 +122,7 @@ def segment_flow(params: SegmentParams) -> SegmentResult:
             "Timings": timings_table(timings),
         },
     )
+    publish_model_report(params.model, report_task(params.model, record.version))
     models = described.segment_models
     return SegmentResult(
         model=record.name,

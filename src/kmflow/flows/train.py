@@ -16,6 +16,7 @@ from kmflow.flows._report import (
     cluster_table,
     palette_markdown,
     publish_metrics,
+    publish_model_report,
     publish_report,
     timings_table,
 )
@@ -30,6 +31,7 @@ from kmflow.tasks.registry import (
     promote_model_task,
     register_model_task,
 )
+from kmflow.tasks.report import report_task
 from kmflow.tasks.train import fit_palette_task, training_fingerprint_task
 
 __all__ = ["promotion_decision", "train_flow"]
@@ -217,6 +219,7 @@ def train_flow(params: TrainParams = TrainParams()) -> TrainResult:  # noqa: B00
             "Timings": timings_table(timings),
         },
     )
+    publish_model_report(params.model, report_task(params.model, record.version))
     return TrainResult(
         model=record.name,
         version=record.version,

@@ -25,6 +25,7 @@ from kmflow.jobs.image_clusters.job import (
 )
 from kmflow.params import ImageClusterParams
 from kmflow.tasks._common import open_registry, retry_on_transient_io, run_logger
+from kmflow.tasks.report import images_sample_files
 from kmflow.tasks.segment import reference_statistics, sweep_progress
 
 __all__ = [
@@ -175,6 +176,7 @@ def register_image_clusters_task(
         kind="images",
         preprocessing=features.to_json(),
         arrays=features.arrays(),
+        files=images_sample_files(featurized, params),
         params={
             **params.model_dump(mode="json"),
             "input": images.input,

@@ -12,6 +12,7 @@ from kmflow.core.model import Model, ModelRecord
 from kmflow.jobs.palette import Evaluation, Palette
 from kmflow.params import TrainParams
 from kmflow.tasks._common import open_registry, retry_on_transient_io, run_logger
+from kmflow.tasks.report import palette_sample_files
 
 __all__ = [
     "find_champion_task",
@@ -90,6 +91,7 @@ def register_model_task(
             "promotion": promotion or {},
         },
         reference=(reference or evaluation).reference_statistics(),
+        files=palette_sample_files(params),
         parent=parent,
         run_key=run_key,
     )

@@ -32,6 +32,7 @@ from kmflow.tasks._common import (
     retry_on_transient_io,
     run_logger,
 )
+from kmflow.tasks.report import segments_sample_files
 
 __all__ = [
     "PROGRESS_LOGGER",
@@ -206,7 +207,7 @@ def register_segments_task(
         kind="segments",
         preprocessing=prep.to_json(),
         arrays=prep.arrays(),
-        files=models.files if models else None,
+        files={**(models.files if models else {}), **segments_sample_files(prepared, params)},
         params={**params.model_dump(mode="json"), "row_store": prepared.store},
         metrics=json_ready(metrics),
         reference=reference_statistics(

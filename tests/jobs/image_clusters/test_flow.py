@@ -75,3 +75,14 @@ def test_cluster_images_flow_on_digits(digits_csv, tmp_path, monkeypatch) -> Non
     assert m["fmi"] == pytest.approx(skm.fowlkes_mallows_score(y, labels), abs=1e-12)
     assert m["ari"] > 0.5  # pca:20 k-means on digits: about 0.67
     assert sum(map(sum, result.contingency["table"])) == 1797
+    # the report step: written next to the model, from the registry (a sample kept with it)
+    from kmflow.core.report_sample import SAMPLE_FILE
+    from kmflow.reports.build import build_report
+
+    assert SAMPLE_FILE in model.record.artifacts
+    report = build_report(ModelRegistry(str(tmp_path / "models")), "digits", 1)
+    assert report.picture("sweep").data["chosen_k"] == 10
+    assert report.picture("scatter").data["n"] == 1797  # every image (at most 2,000 kept)
+    page = tmp_path / "models" / "digits" / "reports" / "v000001" / "report.html"
+    assert page.read_text().count('<img src="data:image/png;base64,') == len(report.pictures)
+    assert [m.name for m in report.missing] == ["drift"]

@@ -72,6 +72,7 @@ __all__ = [
     "Prepared",
     "assign_records",
     "describe_segments",
+    "evaluation_rows",
     "fit_segments",
     "prepare",
     "segment_labels",
@@ -276,6 +277,13 @@ def _split(prepared: Prepared, params: SegmentParams) -> tuple[da.Array, da.Arra
     else:
         held = da.zeros(X.shape[0], chunks=(X.chunks[0],), dtype=bool)
     return X, ids, held
+
+
+def evaluation_rows(prepared: Prepared, params: SegmentParams) -> tuple[da.Array, da.Array | None]:
+    """The prepared rows and the mask of those the segmentation is evaluated on (the
+    held-out rows; ``None``: every row, when nothing is held out)."""
+    X, _, held = _split(prepared, params)
+    return X, (held if params.holdout > 0 else None)
 
 
 def fit_segments(
