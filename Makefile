@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Reinstalled only when pyproject.toml changes (the source itself is an editable install).
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo bench
+.PHONY: venv chromium test demo bench
 
 venv: $(STAMP)
 
@@ -15,7 +15,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -e ".[test]"
 	touch $@
 
-test: venv
+# Headless Chromium for the browser tests (tests/reports/test_report_browser.py): Debian's
+# package, installed when missing (CI runs as root); without root the target fails, it never
+# lets the browser tests be skipped.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y --no-install-recommends chromium; \
+	  else \
+	    echo "chromium is missing and this is not root: sudo apt-get install -y chromium" >&2; \
+	    exit 1; \
+	  fi; }
+
+test: venv chromium
 	$(BIN)/ruff check src tests $(wildcard benchmarks)
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
