@@ -173,7 +173,8 @@ def test_every_link_in_the_artifacts_resolves(
     pipeline_flow(params)
 
     keys = [f"swatch-{name}" for name in ("palette", "outputs", "apply-report",
-                                          "train-report", "pipeline-report")]  # fmt: skip
+                                          "train-report", "pipeline-report", "figures",
+                                          "report-page")]  # fmt: skip
     found = _artifacts(*keys, "store-ingest-report")
     assert set(found) == {*keys, "store-ingest-report"}
     for key, artifact in found.items():
@@ -186,6 +187,9 @@ def test_every_link_in_the_artifacts_resolves(
         assert "{'" not in text, key  # no raw dicts
         assert '{"' not in text, key
     assert _LINK.findall(str(found["swatch-outputs"].data)) == [(tmp_path / "out").as_uri()]
+    page = (tmp_path / "models" / "swatch" / "reports" / "v000001" / "report.html").as_uri()
+    assert _LINK.findall(str(found["swatch-report-page"].data)) == [page]
+    assert page in _LINK.findall(str(found["swatch-figures"].data))
     palette = str(found["swatch-palette"].data)
     assert (tmp_path / "out" / "palette.png").as_uri() in palette
     (uri,) = [u for u in _LINK.findall(palette) if u.startswith("data:")]
