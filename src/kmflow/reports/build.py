@@ -284,8 +284,10 @@ def build_report(registry: ModelRegistry, name: str, version: int | str = "lates
     # the sweep
     sweep = record.metrics.get("sweep")
     chosen = record.metrics.get("chosen_k", k)
-    if isinstance(sweep, list) and sweep:
+    if isinstance(sweep, list) and len(sweep) > 1:
         entries["sweep"] = plots.sweep_figure(sweep, int(chosen), rule=record.metrics.get("rule"))
+    elif isinstance(sweep, list) and sweep:
+        missing("sweep", f"the training run fitted one k (k={chosen}): there is no sweep over k")
     elif record.kind == "palette":
         missing("sweep", f"a palette is fitted at one given k (k={k}): there is no sweep over k")
     else:

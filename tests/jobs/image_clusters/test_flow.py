@@ -81,8 +81,9 @@ def test_cluster_images_flow_on_digits(digits_csv, tmp_path, monkeypatch) -> Non
 
     assert SAMPLE_FILE in model.record.artifacts
     report = build_report(ModelRegistry(str(tmp_path / "models")), "digits", 1)
-    assert report.picture("sweep").data["chosen_k"] == 10
     assert report.picture("scatter").data["n"] == 1797  # every image (at most 2,000 kept)
     page = tmp_path / "models" / "digits" / "reports" / "v000001" / "report.html"
     assert page.read_text().count('<img src="data:image/png;base64,') == len(report.pictures)
-    assert [m.name for m in report.missing] == ["drift"]
+    reasons = {m.name: m.reason for m in report.missing}
+    assert set(reasons) == {"sweep", "drift"}
+    assert "fitted one k (k=10)" in reasons["sweep"]
