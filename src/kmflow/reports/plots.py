@@ -651,11 +651,18 @@ def drift_figure(
         ax.margins(y=0.25)
     top = axes[0]
     transform = top.get_xaxis_transform()
-    for version, when in retrains:
-        top.text(when, 1.02, f"v{version}", color=_KNEE, fontsize=8, ha="center",
-                 transform=transform)  # fmt: skip
-    for version, when in promoted:
-        top.text(when, 1.14, f"▲ v{version}", color="#2ca02c", fontsize=8, ha="center",
+    # Labels above the top panel; one close to the previous one goes a line higher.
+    placed: list[tuple[float, int]] = []
+    width = (hi - lo).total_seconds()
+    marks = [(when, f"v{v}", _KNEE) for v, when in retrains]
+    marks += [(when, f"▲ v{v}", "#2ca02c") for v, when in promoted]
+    for when, text, color in sorted(marks, key=lambda m: m[0]):
+        x = (when - lo).total_seconds() / width
+        level = 0
+        while any(abs(x - px) < 0.05 and pl == level for px, pl in placed) and level < 3:
+            level += 1
+        placed.append((x, level))
+        top.text(when, 1.02 + 0.11 * level, text, color=color, fontsize=8, ha="center",
                  transform=transform)  # fmt: skip
     handles, labels = axes[0].get_legend_handles_labels()
     if retrains:
