@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError,
 
 from kmflow import __version__
 from kmflow.config import Settings, get_settings
+from kmflow.core.jsonable import json_ready
 from kmflow.core.model import NAME_PATTERN, ModelRecord
 from kmflow.errors import InvalidInputError
 from kmflow.serve.champions import Champions, Served
@@ -163,19 +164,8 @@ def _info(record: ModelRecord) -> dict[str, Any]:
         "n_features": record.n_features,
         "created_at": record.created_at.isoformat(),
         "parent": record.parent,
-        "metrics": _finite(record.metrics),
+        "metrics": json_ready(record.metrics),
     }
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN or infinity: such numbers become null."""
-    if isinstance(value, float):
-        return value if np.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _inputs_of(kind: str, n_features: int) -> str:
@@ -428,8 +418,8 @@ def create_app(
         response.headers["X-Model-Version"] = str(served.version)
         return {
             **_info(record),
-            "params": _finite(record.params),
-            "preprocessing": _finite(record.preprocessing),
+            "params": json_ready(record.params),
+            "preprocessing": json_ready(record.preprocessing),
             "inputs": _inputs_of(record.kind, record.n_features),
         }
 

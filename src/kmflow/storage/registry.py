@@ -71,6 +71,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from kmflow.core.jsonable import json_ready
 from kmflow.core.model import NAME_PATTERN, Model, ModelRecord, centers_sha256, read_npy
 from kmflow.core.preprocessing import array_file
 from kmflow.errors import (
@@ -515,7 +516,7 @@ class ModelRegistry:
         when = when.astimezone(dt.UTC)
         for _ in range(3):
             ident = f"{when.strftime('%Y%m%dT%H%M%S.%fZ')}-{uuid.uuid4().hex}"
-            event = _finite({"type": type, "at": when.isoformat(), "id": ident, **data})
+            event = json_ready({"type": type, "at": when.isoformat(), "id": ident, **data})
             try:
                 text = json.dumps(event, indent=2, allow_nan=False) + "\n"
             except (TypeError, ValueError) as exc:
@@ -939,19 +940,6 @@ def _parse_version(version: int | str) -> int | Literal["latest", "champion"]:
     raise InvalidInputError(
         f"version must be a version number, 'latest' or 'champion'; got {version!r}"
     )
-
-
-def _finite(value: Any) -> Any:
-    """`value` with NaN and infinities as None (JSON has no non-finite numbers)."""
-    if isinstance(value, float):
-        return value if np.isfinite(value) else None
-    if isinstance(value, np.generic | np.ndarray):
-        return _finite(value.tolist())
-    if isinstance(value, Mapping):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _checked_centers(centers: Any) -> np.ndarray:
