@@ -302,6 +302,25 @@ def test_unreachable_s3_endpoint(world: dict[str, Path], args: list[str]) -> Non
     assert "Zq9-not-shown" not in proc.stderr  # no credentials
 
 
+def test_a_prefect_api_that_does_not_answer(world: dict[str, Path]) -> None:
+    """PREFECT_API_URL naming a server that is down: one line before any cluster starts
+    (it used to be a 144-line httpx traceback after the flow had begun), nothing written."""
+    port = closed_port()
+    store = world["root"] / "prefect-down.zarr"
+    proc = run_kmflow(
+        "pipeline",
+        str(world["photos"]),
+        "--store",
+        str(store),
+        world=world,
+        env={"PREFECT_API_URL": f"http://127.0.0.1:{port}/api"},
+    )
+    assert_one_clear_error(
+        proc.returncode, proc.stderr, "Prefect API", f"127.0.0.1:{port}", "PREFECT_API_URL"
+    )
+    assert not store.exists()
+
+
 def test_verbose_shows_the_traceback(world: dict[str, Path]) -> None:
     code, _, err = invoke("-v", "models", "show", "palete", "--registry", str(world["models"]))
     assert code == 2

@@ -903,12 +903,19 @@ def _as_bad_parameter(options: Mapping[str, str]) -> Iterator[None]:
 def _preflight(
     check: Callable[[Settings], None], workers: int | None, scheduler: str | None
 ) -> None:
-    """Run a command's checks before anything starts; a failure is one line, exit code 2."""
+    """Run a flow command's checks before anything starts; a failure is one line, exit code 2.
+
+    The command's own `check`, then the Prefect API the flow run will report to (when
+    ``PREFECT_API_URL`` names one).
+    """
+    from kmflow.preflight import check_prefect_api
+
     if workers is not None and scheduler:
         raise typer.BadParameter("give --workers or --scheduler, not both")
     settings = _settings()
     try:
         check(settings)
+        check_prefect_api()
     except KmflowError as exc:
         _fail(exc)
 

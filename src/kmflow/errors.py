@@ -15,6 +15,7 @@ __all__ = [
     "ModelCorruptError",
     "ModelNotFoundError",
     "NotFittedError",
+    "OrchestrationError",
     "OutputConflictError",
     "SourceNotFoundError",
     "StorageError",
@@ -56,6 +57,10 @@ class NotFittedError(KmflowError, AttributeError):
 
 class ClusterError(KmflowError, RuntimeError):
     """A Dask cluster could not be created or reached."""
+
+
+class OrchestrationError(KmflowError, RuntimeError):
+    """The Prefect API that ``PREFECT_API_URL`` names does not answer."""
 
 
 class StorageError(KmflowError, OSError):

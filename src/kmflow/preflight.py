@@ -17,6 +17,7 @@ False
 from __future__ import annotations
 
 import posixpath
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ from kmflow.core.model import ModelRecord
 from kmflow.errors import (
     InvalidInputError,
     ModelNotFoundError,
+    OrchestrationError,
     StoreCorruptError,
     StoreNotFoundError,
 )
@@ -34,6 +36,7 @@ __all__ = [
     "SettingsProblem",
     "check_folder",
     "check_model",
+    "check_prefect_api",
     "check_registry",
     "check_sources",
     "check_store",
@@ -336,3 +339,38 @@ def check_model(
             f"'kmflow models promote {name} VERSION'"
         )
     return record
+
+
+def check_prefect_api(wait: float = 10.0) -> None:
+    """When ``PREFECT_API_URL`` names a Prefect server, raise unless it answers.
+
+    Without ``PREFECT_API_URL`` Prefect starts a temporary local server for the run, and
+    there is nothing to check. Otherwise the server's health check is asked for up to `wait`
+    seconds (a server that is still starting gets that long), through Prefect's own client, so
+    Prefect Cloud's authentication applies.
+
+    Raises
+    ------
+    OrchestrationError
+        Naming the URL and why it did not answer.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if not url:
+        return
+    deadline = time.monotonic() + wait
+    while True:
+        with get_client(sync_client=True) as client:
+            error = client.api_healthcheck()
+        if error is None:
+            return
+        if time.monotonic() >= deadline:
+            reason = " ".join(str(error).split()) or type(error).__name__
+            raise OrchestrationError(
+                f"the Prefect API at {redact_url(url)} (PREFECT_API_URL) does not answer "
+                f"({reason}); start that server, or unset PREFECT_API_URL to run with a "
+                "temporary local one"
+            )
+        time.sleep(1.0)
