@@ -346,3 +346,49 @@ def test_the_kubernetes_manifest_probes_these_endpoints(service: Service) -> Non
     assert ports == [{"name": "http", "port": 80, "targetPort": "http"}]
     labels = resources["Deployment"]["spec"]["template"]["metadata"]["labels"]
     assert resources["Service"]["spec"]["selector"] == labels
+
+
+def test_records_a_drop_model_would_drop_are_refused_not_misaligned(
+    service: Service, tmp_path: Path
+) -> None:
+    """A model fitted with missing="drop" drops records with blanks; the answer would have
+    fewer segments than records, so it is a 422 naming how many, never a shifted list."""
+    import time
+
+    import dask
+
+    from kmflow.jobs.segments.prepare import fit_preprocessing, plan_columns
+    from kmflow.storage.tables import read_table
+
+    table = customers(200, seed=11)
+    path = tmp_path / "train.csv"
+    table.to_csv(path, index=False)
+    with dask.config.set(scheduler="synchronous"):
+        frame = read_table(str(path))
+        prep = fit_preprocessing(frame, plan_columns(frame, id="customer_id"), missing="drop")
+    centers = np.asarray(prep.transform(table), dtype=np.float64)[:3]
+    record = service.registry.register(
+        "dropper",
+        centers,
+        init="k-means++",
+        seed=0,
+        n_iter=1,
+        converged=True,
+        inertia=1.0,
+        fingerprint="generated",
+        kind="segments",
+        preprocessing=prep.to_json(),
+        arrays=prep.arrays(),
+    )
+    service.registry.promote("dropper", record.version)
+    records = json.loads(table.head(4).to_json(orient="records"))
+    records[1]["spend"] = None
+    with service.client() as client:
+        deadline = time.monotonic() + 30
+        while client.get("/v1/models/dropper").status_code != 200:
+            assert time.monotonic() < deadline, "the new model was never served"
+            time.sleep(0.2)
+        full = client.post("/v1/models/dropper/predict", json={"records": records[:1]})
+        assert full.status_code == 200, full.text
+        refused = client.post("/v1/models/dropper/predict", json={"records": records})
+    assert "1 of 4 records have missing values" in _problem(refused, 422)["detail"]

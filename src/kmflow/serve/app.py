@@ -209,6 +209,12 @@ def _assign(served: Served, body: PredictRequest) -> tuple[np.ndarray, np.ndarra
                 f"{model.record.n_features} numbers, not 'records'"
             )
         X = np.asarray(model.transform(body.records), dtype=np.float64)
+        if len(X) != len(body.records):  # a model fitted with missing="drop" drops such rows
+            raise InvalidInputError(
+                f"{len(body.records) - len(X)} of {len(body.records)} records have missing "
+                "values, which this model's preprocessing drops (missing='drop'): fill them, "
+                "or send prepared rows, so that every record gets its segment"
+            )
     else:
         rows = body.rows or []
         n = model.record.n_features
