@@ -17,6 +17,7 @@ from tests.serve.conftest import (
     OTHER_KEY,
     PALETTE_RGB,
     Service,
+    _register,
     customers,
 )
 
@@ -367,20 +368,15 @@ def test_records_a_drop_model_would_drop_are_refused_not_misaligned(
         frame = read_table(str(path))
         prep = fit_preprocessing(frame, plan_columns(frame, id="customer_id"), missing="drop")
     centers = np.asarray(prep.transform(table), dtype=np.float64)[:3]
-    record = service.registry.register(
+    version = _register(
+        service.registry,
         "dropper",
         centers,
-        init="k-means++",
-        seed=0,
-        n_iter=1,
-        converged=True,
-        inertia=1.0,
-        fingerprint="generated",
         kind="segments",
         preprocessing=prep.to_json(),
         arrays=prep.arrays(),
     )
-    service.registry.promote("dropper", record.version)
+    service.registry.promote("dropper", version)
     records = json.loads(table.head(4).to_json(orient="records"))
     records[1]["spend"] = None
     with service.client() as client:
