@@ -44,11 +44,12 @@ time.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import dask
 import dask.array as da
@@ -75,6 +76,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 #: Pixels per Zarr chunk of ``pixels`` (6 MiB of RGB).
 DEFAULT_CHUNK_PIXELS = 2_097_152
@@ -687,6 +690,8 @@ class PixelStore(RowStoreBase):
         ``compute`` brings each image's hash, size and error to the driver, and one compute
         appends the new pixels (Dask chunks aligned with the Zarr chunks, so every Zarr chunk
         is written by a single task). The per-image metadata and then the commit record follow.
+        The next batch is decoded while one is written (on a distributed client), so the
+        workers do not wait on the driver between batches.
         Images whose sha256 is already committed, or seen earlier in the call, are duplicates.
 
         Batch sizes adapt to the images: the first batch holds ``batch_pixels // max_pixels``
@@ -724,15 +729,33 @@ class PixelStore(RowStoreBase):
         done = 0
         largest = 0  # largest image decoded so far (pixels)
         n_batch = max(1, min(_MAX_BATCH_IMAGES, batch_pixels // max_pixels))
-        while done < len(sources):
-            batch = sources[done : done + n_batch]
-            record, batch_largest = self._ingest_batch(
-                group, record, batch, tally, max_pixels, storage_options
-            )
-            done += len(batch)
+        Pending = tuple[list[ImageSource], tuple[Any, ...]]
+
+        def start_next(start: int, batch_largest: int) -> Pending | None:
+            # Called once a batch's sizes are known, before its pixels are written: the
+            # next batch decodes on the workers while this one is stored.
+            nonlocal largest, n_batch
             largest = max(largest, batch_largest)
             fit = batch_pixels // (largest or max_pixels)
             n_batch = max(1, min(_MAX_BATCH_IMAGES, n_batch * _BATCH_GROWTH, fit))
+            following = sources[start : start + n_batch]
+            if not following:
+                return None
+            return following, self._decode_batch(following, max_pixels, storage_options)
+
+        first = sources[:n_batch]
+        pending: Pending | None = (first, self._decode_batch(first, max_pixels, storage_options))
+        while pending is not None:
+            batch, decoded = pending
+            record, pending = self._ingest_batch(
+                group,
+                record,
+                batch,
+                decoded,
+                tally,
+                functools.partial(start_next, done + len(batch)),
+            )
+            done += len(batch)
             if progress is not None:
                 progress(IngestProgress(done, len(sources), tally.n_pixels))
         report = IngestReport(
@@ -763,27 +786,41 @@ class PixelStore(RowStoreBase):
             return self._options
         return None
 
+    def _decode_batch(
+        self,
+        batch: list[ImageSource],
+        max_pixels: int,
+        storage_options: dict[str, Any] | None,
+    ) -> tuple[Any, ...]:
+        """Start decoding one batch on the workers (``persist``: returns at once on a
+        distributed client); a decode task per group of adjacent images (at most
+        ``_DECODE_TASKS`` per batch), so that thousands of small images cost tens of tasks."""
+        size = max(1, -(-len(batch) // _DECODE_TASKS))
+        groups = [batch[i : i + size] for i in range(0, len(batch), size)]
+        decode = dask.delayed(_decode_images, pure=False)
+        return tuple(
+            dask.persist(
+                *[
+                    decode([(s, self._source_options(s, storage_options)) for s in g], max_pixels)
+                    for g in groups
+                ]
+            )
+        )
+
     def _ingest_batch(
         self,
         group: zarr.Group,
         record: Commit,
         batch: list[ImageSource],
+        decoded: tuple[Any, ...],
         tally: _Tally,
-        max_pixels: int,
-        storage_options: dict[str, Any] | None,
-    ) -> tuple[Commit, int]:
-        """Decode, deduplicate and commit one batch; returns the new record and largest image."""
-        # A decode task per group of adjacent images (at most _DECODE_TASKS per batch), so
-        # that thousands of small images cost tens of tasks, not thousands.
-        size = max(1, -(-len(batch) // _DECODE_TASKS))
-        groups = [batch[i : i + size] for i in range(0, len(batch), size)]
-        decode = dask.delayed(_decode_images, pure=False)
-        decoded = dask.persist(
-            *[
-                decode([(s, self._source_options(s, storage_options)) for s in g], max_pixels)
-                for g in groups
-            ]
-        )
+        sized: Callable[[int], _T],
+    ) -> tuple[Commit, _T]:
+        """Deduplicate and commit one decoded batch; returns the new record and ``sized``'s.
+
+        ``sized`` gets the batch's largest image (pixels) as soon as the sizes are known,
+        before anything is written (it starts the next batch).
+        """
         summaries = [
             (gi, ii, summary)
             for gi, group_summaries in enumerate(
@@ -791,7 +828,7 @@ class PixelStore(RowStoreBase):
             )
             for ii, summary in enumerate(group_summaries)
         ]
-        largest = max((h * w for _, _, (_, h, w, _) in summaries), default=0)
+        after = sized(max((h * w for _, _, (_, h, w, _) in summaries), default=0))
 
         new: list[tuple[ImageSource, str, int, int, tuple[int, int]]] = []
         for src, (gi, ii, (sha, h, w, error)) in zip(batch, summaries, strict=True):
@@ -806,7 +843,7 @@ class PixelStore(RowStoreBase):
                 tally.hashes[src.url] = sha
                 new.append((src, sha, h, w, (gi, ii)))
         if not new:
-            return record, largest
+            return record, after
 
         offsets = record.n_rows + np.concatenate(
             [[0], np.cumsum([h * w for _, _, h, w, _ in new])[:-1]]
@@ -846,7 +883,7 @@ class PixelStore(RowStoreBase):
         for (src, sha, h, w, _), off in zip(new, offsets.tolist(), strict=True):
             tally.added.append(ImageRecord(src.url, src.relpath, sha, h, w, int(off)))
         tally.n_pixels += new_record.n_rows - record.n_rows
-        return new_record, largest
+        return new_record, after
 
     def _commit_items(
         self, group: zarr.Group, record: Commit, new_record: Commit, items: xr.Dataset
