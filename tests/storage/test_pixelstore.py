@@ -367,6 +367,51 @@ def test_multiple_batches(images: Images, tmp_path: Path) -> None:
     assert group["pixels"].shape == (store.n_pixels, 3)  # type: ignore[union-attr]
 
 
+def test_next_batch_decodes_while_one_is_written(
+    dask_client: Client, images: Images, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batch n + 1 is handed to the workers before batch n's pixels are written; the store
+    is the same as one ingested batch by batch, duplicates across batches included."""
+    sources = [images.make(f"p{i}.png", 50 + i, 20 + i, 30) for i in range(5)]
+    sources.append(sources[1])  # a duplicate of an image two batches earlier
+    events: list[tuple[str, int]] = []
+    decode_batch, append = PixelStore._decode_batch, PixelStore._append
+
+    def recorded_decode(self: PixelStore, batch: list[ImageSource], *a: Any) -> Any:
+        events.append(("decode", len(batch)))
+        return decode_batch(self, batch, *a)
+
+    def recorded_append(self: PixelStore, group: Any, record: Any, rows: Any, *a: Any, **kw: Any):  # type: ignore[no-untyped-def]
+        events.append(("write", int(rows.shape[0])))
+        return append(self, group, record, rows, *a, **kw)
+
+    monkeypatch.setattr(PixelStore, "_decode_batch", recorded_decode)
+    monkeypatch.setattr(PixelStore, "_append", recorded_append)
+    store = PixelStore(str(tmp_path / "store.zarr"), chunk_pixels=CHUNK)
+    # batch_pixels // max_pixels == 0: a first batch of 1 image; then as many as fit 2,000
+    # pixels at the largest image seen (600 -> 3 images, 690 -> 2).
+    report = store.ingest(sources, max_pixels=MAX_PIXELS, batch_pixels=2000)
+    monkeypatch.undo()
+    sizes = [20 * 30, 21 * 30, 22 * 30, 23 * 30, 24 * 30]
+    assert events == [
+        ("decode", 1),
+        ("decode", 3),  # the second batch starts before the first is written
+        ("write", sizes[0]),
+        ("decode", 2),
+        ("write", sizes[1] + sizes[2] + sizes[3]),
+        ("write", sizes[4]),  # its duplicate is not written
+    ]
+    assert report.duplicates == [sources[1].url]
+    assert [r.offset for r in report.added] == list(np.cumsum([0, *sizes[:-1]]))
+    _assert_store_holds(store, images.pixels)
+
+    one_by_one = PixelStore(str(tmp_path / "serial.zarr"), chunk_pixels=CHUNK)
+    for src in sources:
+        one_by_one.ingest([src], max_pixels=MAX_PIXELS)
+    assert store.fingerprint() == one_by_one.fingerprint()
+    np.testing.assert_array_equal(store.pixels().compute(), one_by_one.pixels().compute())
+
+
 def test_crash_during_metadata_commit(
     images: Images,
     tmp_path: Path,
