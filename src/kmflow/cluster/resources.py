@@ -28,7 +28,6 @@ __all__ = [
     "Placement",
     "ResidentBlocks",
     "balance_blocks",
-    "compute_as_completed",
     "current_client",
     "has_distributed_client",
     "hold_blocks",
@@ -735,34 +734,3 @@ def place_on_workers(
     if placed is None:  # pragma: no cover - recover(None) always places
         raise ClusterError("the data could not be placed on the workers")
     return (placement, *placed)
-
-
-def compute_as_completed(
-    tasks: Sequence[Any], on_done: Callable[[int, Any], None] | None = None
-) -> list[Any]:
-    """Compute delayed objects, keeping every worker busy until the last one finishes.
-
-    On a distributed client all of them are submitted at once and collected as they finish
-    (no wave waits for its slowest task); ``on_done(i, result)`` is called for each as it
-    arrives. Without a client, one ``dask.compute`` on the current scheduler, then the
-    callbacks in order. Returns the results in the order of ``tasks``.
-    """
-    client = current_client()
-    if client is None:
-        results = list(dask.compute(*tasks))
-        if on_done is not None:
-            for i, r in enumerate(results):
-                on_done(i, r)
-        return results
-    from distributed import as_completed
-
-    futures = client.compute(list(tasks))
-    position = {f.key: i for i, f in enumerate(futures)}
-    out: list[Any] = [None] * len(futures)
-    for future in as_completed(futures):
-        i = position[future.key]
-        out[i] = future.result()
-        if on_done is not None:
-            on_done(i, out[i])
-        future.release()
-    return out

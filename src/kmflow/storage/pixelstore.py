@@ -68,6 +68,7 @@ from kmflow.storage.rowstore import Commit, Layout, RowStoreBase, zarr_array
 __all__ = [
     "DEFAULT_BATCH_PIXELS",
     "DEFAULT_CHUNK_PIXELS",
+    "DecodedBatch",
     "ImageRecord",
     "IngestError",
     "IngestProgress",
@@ -140,6 +141,30 @@ class IngestError:
 
     source: str
     reason: str
+
+
+@dataclass(frozen=True)
+class DecodedBatch:
+    """The new images of one ingest batch, their pixels still on the workers.
+
+    What :meth:`PixelStore.ingest` hands its ``on_batch`` callback before the batch is
+    written, so that a caller can compute on the decoded pixels (render them) while the
+    store is being written, instead of reading them back from the store afterwards.
+
+    Attributes
+    ----------
+    records : list of ImageRecord
+        The batch's new images (offsets as they will be committed).
+    groups : tuple of dask.delayed.Delayed
+        The batch's decode tasks, already persisted: each computes to a list of
+        :class:`~kmflow.storage.images.DecodedImage`.
+    where : list of (int, int)
+        For each record, its decode task in ``groups`` and its index in that task's list.
+    """
+
+    records: list[ImageRecord]
+    groups: tuple[Any, ...]
+    where: list[tuple[int, int]]
 
 
 @dataclass(frozen=True)
@@ -651,6 +676,7 @@ class PixelStore(RowStoreBase):
         storage_options: dict[str, Any] | None = None,
         batch_pixels: int = DEFAULT_BATCH_PIXELS,
         progress: Callable[[IngestProgress], None] | None = None,
+        on_batch: Callable[[DecodedBatch], None] | None = None,
     ) -> IngestReport:
         """Decode images on the Dask workers and append the new ones to the store.
 
@@ -667,6 +693,11 @@ class PixelStore(RowStoreBase):
             Target pixels decoded per batch; each batch is committed on its own.
         progress : callable, optional
             Called with an :class:`IngestProgress` after each batch.
+        on_batch : callable, optional
+            Called with each batch's new images as a :class:`DecodedBatch` (pixels on the
+            workers) once they are known and before they are written; whatever it submits
+            to the cluster runs beside the write. It should not block for long: the next
+            batch waits for it.
 
         Returns
         -------
@@ -711,7 +742,9 @@ class PixelStore(RowStoreBase):
             # before anything is written (ImageSource checks it too, unless bypassed).
             check_relpath(src.relpath)
         with self.writing():
-            return self._ingest(sources, max_pixels, storage_options, batch_pixels, progress, t0)
+            return self._ingest(
+                sources, max_pixels, storage_options, batch_pixels, progress, on_batch, t0
+            )
 
     def _ingest(
         self,
@@ -720,6 +753,7 @@ class PixelStore(RowStoreBase):
         storage_options: dict[str, Any] | None,
         batch_pixels: int,
         progress: Callable[[IngestProgress], None] | None,
+        on_batch: Callable[[DecodedBatch], None] | None,
         t0: float,
     ) -> IngestReport:
         group, record = self._prepare_write(create=self._empty)
@@ -754,6 +788,7 @@ class PixelStore(RowStoreBase):
                 decoded,
                 tally,
                 functools.partial(start_next, done + len(batch)),
+                on_batch,
             )
             done += len(batch)
             if progress is not None:
@@ -815,11 +850,13 @@ class PixelStore(RowStoreBase):
         decoded: tuple[Any, ...],
         tally: _Tally,
         sized: Callable[[int], _T],
+        on_batch: Callable[[DecodedBatch], None] | None = None,
     ) -> tuple[Commit, _T]:
         """Deduplicate and commit one decoded batch; returns the new record and ``sized``'s.
 
         ``sized`` gets the batch's largest image (pixels) as soon as the sizes are known,
-        before anything is written (it starts the next batch).
+        before anything is written (it starts the next batch); ``on_batch`` gets the new
+        images just before they are written.
         """
         summaries = [
             (gi, ii, summary)
@@ -862,6 +899,13 @@ class PixelStore(RowStoreBase):
             for gi, idx in kept.items()
         ]
 
+        records = [
+            ImageRecord(src.url, src.relpath, sha, h, w, int(off))
+            for (src, sha, h, w, _), off in zip(new, offsets.tolist(), strict=True)
+        ]
+        if on_batch is not None:
+            on_batch(DecodedBatch(records, decoded, [where for *_, where in new]))
+
         def meta() -> xr.Dataset:  # after the pixels are written
             now = np.datetime64(dt.datetime.now(dt.UTC).replace(tzinfo=None), "ns")
             return xr.Dataset(
@@ -880,8 +924,7 @@ class PixelStore(RowStoreBase):
             group, record, da.concatenate(pieces, axis=0), meta, known=tally.known
         )
         tally.known.extend(sha for _, sha, *_ in new)
-        for (src, sha, h, w, _), off in zip(new, offsets.tolist(), strict=True):
-            tally.added.append(ImageRecord(src.url, src.relpath, sha, h, w, int(off)))
+        tally.added.extend(records)
         tally.n_pixels += new_record.n_rows - record.n_rows
         return new_record, after
 

@@ -20,6 +20,7 @@ from kmflow.jobs.image_clusters.features import (
     Umap,
     fit_features,
     parse_chain,
+    umap_fit_neighbors,
 )
 from kmflow.params import DEFAULT_IMAGE_FEATURES
 
@@ -175,6 +176,18 @@ def test_umap_is_deterministic_and_places_training_images_where_training_did(dig
     assert np.isfinite(new).all()
     lo, hi = embedding.min(axis=0), embedding.max(axis=0)
     assert ((new >= lo - 1e-6) & (new <= hi + 1e-6)).all()
+
+
+def test_umap_neighbourhood_grows_with_the_square_root_of_the_collection() -> None:
+    assert [umap_fit_neighbors(n) for n in (4, 12, 100, 200, 400, 1797, 10**6)] == [
+        3,
+        11,
+        15,
+        15,
+        20,
+        40,
+        40,
+    ]
 
 
 def test_too_few_images_for_a_reducer(digits) -> None:

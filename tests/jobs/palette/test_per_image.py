@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -181,3 +183,93 @@ def test_parameters_are_checked() -> None:
     ):
         with pytest.raises(InvalidInputError):
             PerImageParams(**bad)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- painted on ingest
+
+
+def _outputs_of(report: Any) -> dict[str, bytes]:
+    return {q.relpath: Path(q.output).read_bytes() for q in report.images}
+
+
+@pytest.mark.parametrize("scheduler", ["cluster", "threads"])
+def test_new_images_are_painted_from_decoded_pixels_never_read_back(
+    known_colors: Path, tmp_path: Path, request: pytest.FixtureRequest, scheduler: str
+) -> None:
+    """``quantize``: new images painted while ingested, as from the store, byte for byte."""
+    import dask
+
+    from kmflow.jobs.palette.job import QuantizeOptions, plan, run
+
+    options = QuantizeOptions(n_colors=4, seed=3)
+
+    def quantize(name: str, **kw: Any) -> Any:
+        checked = plan(
+            [str(known_colors)],
+            str(tmp_path / name),
+            PixelStore(str(tmp_path / f"{name}.zarr")),
+            options,
+        )
+        return run(checked, options, max_pixels=10**7, **kw)
+
+    if scheduler == "cluster":
+        request.getfixturevalue("dask_client")
+    with dask.config.set(scheduler="threads") if scheduler == "threads" else nullcontext():
+        # strict: nothing is painted before the whole ingest is known, so from the store.
+        from_store = quantize("stored", strict=True)
+        with pytest.MonkeyPatch.context() as mp:
+
+            def no_reading(self: PixelStore) -> None:
+                raise AssertionError("the pixels of a new image were read back from the store")
+
+            mp.setattr(PixelStore, "pixels", no_reading)
+            streamed = quantize("streamed")
+    assert [q.relpath for q in streamed.images] == [q.relpath for q in from_store.images]
+    assert _outputs_of(streamed) == _outputs_of(from_store)
+    assert [q.palette for q in streamed.images] == [q.palette for q in from_store.images]
+    assert streamed.psnr == from_store.psnr
+    assert streamed.n_fitted == len(_COLORS) + 1
+    # The palettes were stored: a second run finds every image in the store and refits none.
+    again = quantize("streamed")
+    assert again.ingest.added == []
+    assert again.n_fitted == 0
+    assert _outputs_of(again) == _outputs_of(from_store)
+
+
+def test_images_already_stored_are_left_to_the_store(
+    known_colors: Path, tmp_path: Path, dask_client: Any
+) -> None:
+    """Many ingest batches streamed; what the stream skips is rendered from the store."""
+    from kmflow.jobs.palette.per_image import ImageQuantizer
+    from kmflow.storage.pixelstore import DecodedBatch
+
+    sources = discover_images(str(known_colors))
+    store = PixelStore(str(tmp_path / "s.zarr"), chunk_pixels=3000)
+    store.ingest(sources[:1], max_pixels=10**7)  # already stored before the run
+    outputs = output_urls(str(tmp_path / "out"), [s.relpath for s in sources])
+    by_url = dict(zip((s.url for s in sources), outputs, strict=True))
+    params = PerImageParams(4, seed=1)
+    batches: list[DecodedBatch] = []
+    with ImageQuantizer(store, params, outputs=by_url, max_pending=1) as quantizer:
+
+        def on_batch(batch: DecodedBatch) -> None:
+            batches.append(batch)
+            quantizer.decoded(batch)
+
+        ingest = store.ingest(sources, max_pixels=10**7, batch_pixels=5000, on_batch=on_batch)
+        assert len(batches) == len(sources) - 1  # one new image per batch
+        assert ingest.duplicates == [sources[0].url]
+        by_sha = {r.sha256: r for r in store.images()}
+        items = [(by_sha[ingest.hashes[s.url]], by_url[s.url]) for s in sources]
+        report = quantizer.finish(items)
+    # Every image was painted once, in the order asked, whichever way its pixels came.
+    assert [q.output for q in report.images] == outputs
+    reference = quantize_images(
+        PixelStore(store.url),
+        [(r, str(tmp_path / "ref" / Path(o).name)) for r, o in items],
+        params,
+        reuse_palettes=False,
+    )
+    assert [q.palette for q in report.images] == [q.palette for q in reference.images]
+    for q, ref in zip(report.images, reference.images, strict=True):
+        assert Path(q.output).read_bytes() == Path(ref.output).read_bytes()

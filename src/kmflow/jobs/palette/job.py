@@ -12,6 +12,7 @@ the default), or all with one palette fitted to them (``shared``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +21,7 @@ from typing import Any, Literal
 
 from kmflow.errors import InvalidInputError
 from kmflow.jobs.palette.outputs import PALETTE_NAME, check_outputs, output_urls
-from kmflow.jobs.palette.per_image import PerImageParams, QuantizedImage, quantize_images
+from kmflow.jobs.palette.per_image import ImageQuantizer, PerImageParams, QuantizedImage
 from kmflow.storage.fs import join_url
 from kmflow.storage.images import ImageSource, discover_sources
 from kmflow.storage.pixelstore import ImageRecord, IngestProgress, IngestReport, PixelStore
@@ -188,46 +189,63 @@ def run(
 ) -> QuantizeResult:
     """Ingest the planned sources and write each one quantized (see the module docstring).
 
-    With ``strict``, nothing is rendered when any image could not be ingested (the result
-    then has no images). Computes on the current Dask scheduler (a client from
-    :func:`kmflow.cluster.connect`, or Dask's threads).
+    In per-image mode the new images are painted from their decoded pixels while the
+    ingest writes them to the store (:class:`~kmflow.jobs.palette.per_image.ImageQuantizer`);
+    the others (already stored) are read from the store. With ``strict``, nothing is rendered
+    when any image could not be ingested (the result then has no images), so nothing is
+    painted before the whole ingest is known to be clean. ``seconds`` of the result: the
+    ingest (with the painting of new images, in per-image mode), then what follows it.
+    Computes on the current Dask scheduler (a client from :func:`kmflow.cluster.connect`, or
+    Dask's threads).
     """
     t0 = time.perf_counter()
-    ingest = p.store.ingest(
-        p.sources, max_pixels=max_pixels, storage_options=source_storage_options, progress=on_ingest
-    )
-    t_ingest = time.perf_counter() - t0
-    if not ingest.hashes or (strict and ingest.errors):
-        return QuantizeResult(
-            ingest, [], float("nan"), float("nan"), 0, 0, None, None, {"ingest": t_ingest}
-        )
-    by_sha: dict[str, ImageRecord] = {r.sha256: r for r in p.store.images()}
-    todo: list[tuple[ImageRecord, str]] = []
-    for src, out in zip(p.sources, p.outputs, strict=True):
-        sha = ingest.hashes.get(src.url)
-        if sha is not None:  # named after this source, not after the first copy stored
-            r = by_sha[sha]
-            todo.append((ImageRecord(src.url, src.relpath, sha, r.height, r.width, r.offset), out))
-    t1 = time.perf_counter()
-    if options.palette == "per-image":
-        report = quantize_images(
+    quantizer = (
+        ImageQuantizer(
             p.store,
-            todo,
             options.per_image_params(),
+            outputs=dict(zip((s.url for s in p.sources), p.outputs, strict=True)),
             storage_options=out_storage_options,
             progress=on_render,
         )
-        return QuantizeResult(
-            ingest=ingest,
-            images=report.images,
-            psnr=report.psnr,
-            delta_e=report.delta_e,
-            n_pixels=report.n_pixels,
-            n_fitted=report.n_fitted,
-            palette=None,
-            palette_url=None,
-            seconds={"ingest": t_ingest, "fit+render": time.perf_counter() - t1},
+        if options.palette == "per-image"
+        else None
+    )
+    with quantizer or contextlib.nullcontext():
+        ingest = p.store.ingest(
+            p.sources,
+            max_pixels=max_pixels,
+            storage_options=source_storage_options,
+            progress=on_ingest,
+            # New images painted from their decoded pixels while the store is written.
+            on_batch=quantizer.decoded if quantizer is not None and not strict else None,
         )
+        t_ingest = time.perf_counter() - t0
+        if not ingest.hashes or (strict and ingest.errors):
+            return QuantizeResult(
+                ingest, [], float("nan"), float("nan"), 0, 0, None, None, {"ingest": t_ingest}
+            )
+        by_sha: dict[str, ImageRecord] = {r.sha256: r for r in p.store.images()}
+        todo: list[tuple[ImageRecord, str]] = []
+        for src, out in zip(p.sources, p.outputs, strict=True):
+            sha = ingest.hashes.get(src.url)
+            if sha is not None:  # named after this source, not after the first copy stored
+                r = by_sha[sha]
+                record = ImageRecord(src.url, src.relpath, sha, r.height, r.width, r.offset)
+                todo.append((record, out))
+        t1 = time.perf_counter()
+        if quantizer is not None:
+            report = quantizer.finish(todo)
+            return QuantizeResult(
+                ingest=ingest,
+                images=report.images,
+                psnr=report.psnr,
+                delta_e=report.delta_e,
+                n_pixels=report.n_pixels,
+                n_fitted=report.n_fitted,
+                palette=None,
+                palette_url=None,
+                seconds={"ingest": t_ingest, "render": time.perf_counter() - t1},
+            )
     from kmflow.jobs.palette.shared import apply_palette, fit_palette
 
     records = [r for r, _ in todo]

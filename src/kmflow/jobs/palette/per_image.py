@@ -29,7 +29,8 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -43,10 +44,12 @@ from kmflow.jobs.palette.render import ColorHistogram, ColorSpace, paint
 from kmflow.kernels import _numba
 from kmflow.kernels.lloyd import tolerance
 from kmflow.storage.fs import write_bytes_atomic
-from kmflow.storage.pixelstore import ImageRecord, PixelStore
+from kmflow.storage.images import DecodedImage
+from kmflow.storage.pixelstore import DecodedBatch, ImageRecord, PixelStore
 
 __all__ = [
     "ImagePalette",
+    "ImageQuantizer",
     "PerImageParams",
     "PerImageReport",
     "QuantizedImage",
@@ -439,19 +442,15 @@ def _image_rows(blocks: list[np.ndarray], jobs: Sequence[_Job]) -> list[np.ndarr
     return out
 
 
-def _quantize_batch(
-    blocks: list[np.ndarray],
+def _quantize_rows(
+    rows: list[np.ndarray],
     jobs: list[_Job],
     params: PerImageParams,
     storage_options: dict[str, Any] | None,
 ) -> list[tuple[QuantizedImage, np.ndarray]]:
-    """Fit, paint, encode and write a batch of images (one Dask task).
-
-    ``blocks`` are the store rows of :func:`_runs` of the batch: adjacent images arrive as
-    one slice, so a batch of many small images costs the graph one slice, not one per image.
-    """
+    """Fit, paint, encode and write images given their pixel rows (the body of every task)."""
     results = []
-    for px, job in zip(_image_rows(blocks, jobs), jobs, strict=True):
+    for px, job in zip(rows, jobs, strict=True):
         r = job.record
         hist = ColorHistogram.of(px)
         if job.centers is None:
@@ -489,6 +488,33 @@ def _quantize_batch(
     return results
 
 
+def _quantize_batch(
+    blocks: list[np.ndarray],
+    jobs: list[_Job],
+    params: PerImageParams,
+    storage_options: dict[str, Any] | None,
+) -> list[tuple[QuantizedImage, np.ndarray]]:
+    """One Dask task on stored images.
+
+    ``blocks`` are the store rows of :func:`_runs` of the batch: adjacent images arrive as
+    one slice, so a batch of many small images costs the graph one slice, not one per image.
+    """
+    return _quantize_rows(_image_rows(blocks, jobs), jobs, params, storage_options)
+
+
+def _quantize_decoded(
+    images: list[DecodedImage],
+    picks: list[int],
+    jobs: list[_Job],
+    params: PerImageParams,
+    storage_options: dict[str, Any] | None,
+) -> list[tuple[QuantizedImage, np.ndarray]]:
+    """One Dask task on images just decoded by an ingest: ``images[picks]`` of one decode
+    task, on the worker that decoded them (nothing read from the store, nothing moved)."""
+    rows = [images[i].pixels for i in picks]  # only decoded images are picked
+    return _quantize_rows(rows, jobs, params, storage_options)  # type: ignore[arg-type]
+
+
 def _fit_large(store: PixelStore, record: ImageRecord, params: PerImageParams) -> np.ndarray:
     """Centers for an image too large for one task: the distributed histogram and estimator."""
     from kmflow.estimator import KMeans
@@ -521,6 +547,249 @@ def _batches(jobs: Sequence[_Job], batch_pixels: int, max_images: int = 256) -> 
     return out
 
 
+class ImageQuantizer:
+    """Quantizes images, each to its own palette, as their pixels become available.
+
+    Two ways in: :meth:`decoded` takes the new images of an ingest batch while their decoded
+    pixels are still on the workers (pass it as ``PixelStore.ingest(on_batch=...)``), so they
+    are fitted, painted and written beside the store's own write and never read back;
+    :meth:`finish` then renders every other image asked for from the store (duplicates of
+    stored images, images too large for one task, everything when nothing was streamed),
+    waits for all of them, stores the new palettes and returns the report. Use it as a
+    context manager: leaving it early cancels what is still running.
+
+    Parameters
+    ----------
+    store : PixelStore
+        Holds the images' pixels, and the palettes fitted by earlier runs.
+    params : PerImageParams
+    outputs : mapping of str to str, optional
+        Source URL to output URL of the images :meth:`decoded` may render; images not in it
+        are left to :meth:`finish`.
+    centers : ndarray of shape (k, 3), optional
+        One palette (in ``params.color_space``) for every image instead of a fit per
+        image: how a shared palette is rendered. Nothing is then fitted or stored.
+    storage_options : dict, optional
+        fsspec options for the outputs.
+    reuse_palettes : bool, default True
+        Paint a stored image with the palette the store already holds for the same content
+        and parameters instead of fitting again; new palettes are stored either way.
+    batch_pixels : int, default 4,000,000
+        Pixels of stored images fitted per task (decoded images go one task per decode task
+        of the ingest, on the worker that holds them).
+    max_task_pixels : int, default 64,000,000
+        Larger images are fitted with the distributed estimator on their histogram.
+    progress : callable, optional
+        ``progress(done, total)`` images, as tasks finish.
+    max_pending : int, default 2
+        Ingest batches whose renders may be unfinished at once; :meth:`decoded` waits for
+        the oldest beyond that, which bounds the decoded pixels held on the workers.
+
+    Notes
+    -----
+    On a distributed client tasks are submitted as they come and collected as they finish
+    (no wave waits for its slowest task); without one each call computes its tasks at once.
+    """
+
+    def __init__(
+        self,
+        store: PixelStore,
+        params: PerImageParams,
+        *,
+        outputs: Mapping[str, str] | None = None,
+        centers: np.ndarray | None = None,
+        storage_options: dict[str, Any] | None = None,
+        reuse_palettes: bool = True,
+        batch_pixels: int = _DEFAULT_BATCH_PIXELS,
+        max_task_pixels: int = _DEFAULT_MAX_TASK_PIXELS,
+        progress: Callable[[int, int], None] | None = None,
+        max_pending: int = 2,
+    ) -> None:
+        if batch_pixels < 1 or max_task_pixels < 1 or max_pending < 1:
+            raise InvalidInputError(
+                f"batch_pixels, max_task_pixels and max_pending must be positive; got "
+                f"{batch_pixels}, {max_task_pixels}, {max_pending}"
+            )
+        self._t0 = time.perf_counter()
+        self._store = store
+        self._params = params
+        self._outputs = dict(outputs or {})
+        self._centers = centers
+        self._storage_options = storage_options
+        self._reuse = reuse_palettes
+        self._batch_pixels = batch_pixels
+        self._max_task_pixels = max_task_pixels
+        self._progress = progress
+        self._max_pending = max_pending
+        self._streamed: set[str] = set()  # outputs submitted by decoded()
+        self._results: dict[str, tuple[QuantizedImage, np.ndarray]] = {}  # by output URL
+        self._pending: deque[list[tuple[Any, list[_Job]]]] = deque()  # futures per call
+        self._n_tasks = 0
+        self._done = 0
+        self._total = len(self._outputs)
+
+    def __enter__(self) -> ImageQuantizer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+    def cancel(self) -> None:
+        """Cancel the tasks still running (their images may or may not be written)."""
+        while self._pending:
+            for future, _ in self._pending.popleft():
+                future.cancel()
+
+    def decoded(self, batch: DecodedBatch) -> None:
+        """Render the new images of one ingest batch from their decoded pixels."""
+        if self._centers is not None:
+            raise ValueError("decoded() is for per-image palettes (no shared centers)")
+        picked: dict[int, tuple[list[int], list[_Job]]] = {}
+        for record, (gi, ii) in zip(batch.records, batch.where, strict=True):
+            output = self._outputs.get(record.source)
+            if (
+                output is None
+                or output in self._streamed
+                or record.n_pixels > self._max_task_pixels
+            ):
+                continue
+            self._streamed.add(output)
+            picks, jobs = picked.setdefault(gi, ([], []))
+            picks.append(ii)
+            jobs.append(_Job(record, output, None))
+        task = dask.delayed(_quantize_decoded, pure=False)
+        self._submit(
+            [
+                task(
+                    batch.groups[gi],
+                    picks,
+                    dask.delayed(jobs, traverse=False),  # plain data: not searched
+                    self._params,
+                    self._storage_options,
+                )
+                for gi, (picks, jobs) in picked.items()
+            ],
+            [jobs for _, jobs in picked.values()],
+        )
+
+    def finish(self, images: Sequence[tuple[ImageRecord, str]]) -> PerImageReport:
+        """Render the images not yet rendered, wait for every task, and report.
+
+        Parameters
+        ----------
+        images : sequence of (ImageRecord, str)
+            Every stored image asked for with the URL its PNG goes to (see
+            :func:`kmflow.jobs.palette.outputs.output_urls`), those :meth:`decoded` already
+            rendered included: the report lists them in this order.
+        """
+        items = list(images)
+        self._total = len(items)
+        params, shared = self._params, self._centers is not None
+        rest = [(r, o) for r, o in items if o not in self._streamed]
+        keys = {r.sha256: params.palette_key(r.sha256) for r, _ in rest}
+        known: dict[str, np.ndarray] = {}
+        if self._reuse and rest and not shared:
+            known = self._store.image_palettes(list(keys.values()))
+        jobs: list[_Job] = []
+        fitted_large: dict[str, np.ndarray] = {}
+        for record, output in rest:
+            given = self._centers if shared else known.get(keys[record.sha256])
+            if given is None and record.n_pixels > self._max_task_pixels:
+                if record.sha256 not in fitted_large:
+                    logger.info(
+                        "fitting %s (%d pixels) on the cluster", record.relpath, record.n_pixels
+                    )
+                    fitted_large[record.sha256] = _fit_large(self._store, record, params)
+                given = fitted_large[record.sha256]
+            jobs.append(_Job(record, output, given))
+        if self._progress is not None and not self._done:
+            self._progress(0, self._total)
+        batches = _batches(jobs, self._batch_pixels)
+        pixels = self._store.pixels() if jobs else None
+        task = dask.delayed(_quantize_batch, pure=False)
+        self._submit(
+            [
+                task(
+                    [pixels[a:b] for a, b in _runs(batch)] if pixels is not None else [],
+                    dask.delayed(batch, traverse=False),
+                    params,
+                    self._storage_options,
+                )
+                for batch in batches
+            ],
+            batches,
+        )
+        self._collect(keep=0)
+        results = [self._results[o] for _, o in items]
+        new = {params.palette_key(q.sha256): c for q, c in results if q.refitted}
+        new.update({params.palette_key(s): c for s, c in fitted_large.items()})
+        if new and not shared:
+            self._store.write_image_palettes(new)
+        quantized = [q for q, _ in results]
+        if shared:  # "exact" means an image kept its own colors: never so with a shared palette
+            quantized = [replace(q, exact=False) for q in quantized]
+        n = sum(q.height * q.width for q in quantized)
+        sse = sum(q.sse for q in quantized)
+        de = sum(q.delta_e * q.height * q.width for q in quantized)
+        from kmflow.jobs.palette.color import psnr
+
+        return PerImageReport(
+            images=quantized,
+            psnr=psnr(sse / (3 * n)) if n else float("nan"),
+            delta_e=de / n if n else float("nan"),
+            n_pixels=n,
+            n_fitted=sum(1 for q in quantized if q.refitted) + len(fitted_large),
+            n_tasks=self._n_tasks,
+            seconds=time.perf_counter() - self._t0,
+            params=asdict(params),
+        )
+
+    # ------------------------------------------------------------------- tasks
+
+    def _submit(self, tasks: list[Any], jobs: list[list[_Job]]) -> None:
+        if not tasks:
+            return
+        self._n_tasks += len(tasks)
+        client = _client()
+        if client is None:
+            for out, batch in zip(dask.compute(*tasks), jobs, strict=True):
+                self._take(out, batch)
+            return
+        self._pending.append(list(zip(client.compute(tasks), jobs, strict=True)))
+        self._collect(keep=self._max_pending)
+
+    def _collect(self, keep: int) -> None:
+        """Take every finished task, then wait until at most ``keep`` calls have some left."""
+        from distributed import wait
+
+        for call in self._pending:
+            for item in [i for i in call if i[0].done()]:
+                self._take_future(call, item)
+        self._pending = deque(call for call in self._pending if call)
+        while len(self._pending) > keep:
+            call = self._pending[0]
+            wait([future for future, _ in call])
+            for item in list(call):
+                self._take_future(call, item)
+            self._pending.popleft()
+
+    def _take_future(
+        self, call: list[tuple[Any, list[_Job]]], item: tuple[Any, list[_Job]]
+    ) -> None:
+        future, batch = item
+        out = future.result()  # a task's error is raised here
+        future.release()
+        call.remove(item)
+        self._take(out, batch)
+
+    def _take(self, out: list[tuple[QuantizedImage, np.ndarray]], batch: list[_Job]) -> None:
+        for job, result in zip(batch, out, strict=True):
+            self._results[job.output] = result
+        self._done += len(batch)
+        if self._progress is not None:
+            self._progress(self._done, max(self._total, self._done))
+
+
 def quantize_images(
     store: PixelStore,
     images: Sequence[tuple[ImageRecord, str]],
@@ -535,123 +804,30 @@ def quantize_images(
 ) -> PerImageReport:
     """Quantize stored images, each to its own palette, and write them as PNG.
 
-    Parameters
-    ----------
-    store : PixelStore
-        Holds the images' pixels, and the palettes fitted by earlier runs.
-    images : sequence of (ImageRecord, str)
-        Each stored image with the URL its PNG goes to (see
-        :func:`kmflow.jobs.palette.outputs.output_urls`).
-    params : PerImageParams
-    centers : ndarray of shape (k, 3), optional
-        One palette (in ``params.color_space``) for every image instead of a fit per
-        image: how a shared palette is rendered. Nothing is then fitted or stored.
-    storage_options : dict, optional
-        fsspec options for the outputs.
-    reuse_palettes : bool, default True
-        Paint with a palette the store already holds for the same image content and
-        parameters instead of fitting again; new palettes are stored either way.
-    batch_pixels : int, default 4,000,000
-        Pixels of images fitted per task.
-    max_task_pixels : int, default 64,000,000
-        Larger images are fitted with the distributed estimator on their histogram.
-    progress : callable, optional
-        ``progress(done, total)`` images, as batches finish.
-
-    Returns
-    -------
-    PerImageReport
-
-    Notes
-    -----
-    Every batch task is submitted at once and collected as it finishes (on a distributed
-    client; one ``compute`` on Dask's threads without one); every task reads its images'
-    pixel rows from the store once. Large images cost one histogram ``compute`` and
-    one distributed fit each.
+    :class:`ImageQuantizer` with nothing streamed: every image is read from the store (once,
+    by the task that renders it). The parameters are the quantizer's; ``images`` those of
+    :meth:`ImageQuantizer.finish`. Large images cost one histogram ``compute`` and one
+    distributed fit each.
     """
-    t0 = time.perf_counter()
-    if batch_pixels < 1 or max_task_pixels < 1:
-        raise InvalidInputError(
-            f"batch_pixels and max_task_pixels must be positive; got {batch_pixels}, "
-            f"{max_task_pixels}"
-        )
-    items = list(images)
-    shared = centers is not None
-    keys = {r.sha256: params.palette_key(r.sha256) for r, _ in items}
-    known: dict[str, np.ndarray] = {}
-    if reuse_palettes and items and not shared:
-        known = store.image_palettes(list(keys.values()))
-    jobs: list[_Job] = []
-    fitted_large: dict[str, np.ndarray] = {}
-    for record, output in items:
-        given = centers if shared else known.get(keys[record.sha256])
-        if given is None and record.n_pixels > max_task_pixels:
-            if record.sha256 not in fitted_large:
-                logger.info(
-                    "fitting %s (%d pixels) on the cluster", record.relpath, record.n_pixels
-                )
-                fitted_large[record.sha256] = _fit_large(store, record, params)
-            given = fitted_large[record.sha256]
-        jobs.append(_Job(record, output, given))
-
-    pixels = store.pixels() if items else None
-    batches = _batches(jobs, batch_pixels)
-    task = dask.delayed(_quantize_batch, pure=False)
-    tasks = [
-        task(
-            [pixels[a:b] for a, b in _runs(batch)] if pixels is not None else [],
-            dask.delayed(batch, traverse=False),  # plain data: not searched for collections
-            params,
-            storage_options,
-        )
-        for batch in batches
-    ]
-    done = 0
-    if progress is not None:
-        progress(0, len(jobs))
-
-    def on_done(i: int, _: Any) -> None:
-        nonlocal done
-        done += len(batches[i])
-        if progress is not None:
-            progress(done, len(jobs))
-
-    results: list[tuple[QuantizedImage, np.ndarray]] = [
-        r for out in _compute(tasks, on_done) for r in out
-    ]
-    new = {keys[q.sha256]: c for q, c in results if q.refitted}
-    new.update({keys[s]: c for s, c in fitted_large.items()})
-    if new and not shared:
-        store.write_image_palettes(new)
-    quantized = [q for q, _ in results]
-    if shared:  # "exact" means an image kept its own colors: never so with a shared palette
-        quantized = [replace(q, exact=False) for q in quantized]
-    n = sum(q.height * q.width for q in quantized)
-    sse = sum(q.sse for q in quantized)
-    de = sum(q.delta_e * q.height * q.width for q in quantized)
-    from kmflow.jobs.palette.color import psnr
-
-    return PerImageReport(
-        images=quantized,
-        psnr=psnr(sse / (3 * n)) if n else float("nan"),
-        delta_e=de / n if n else float("nan"),
-        n_pixels=n,
-        n_fitted=sum(1 for q in quantized if q.refitted) + len(fitted_large),
-        n_tasks=len(batches),
-        seconds=time.perf_counter() - t0,
-        params=asdict(params),
-    )
+    with ImageQuantizer(
+        store,
+        params,
+        centers=centers,
+        storage_options=storage_options,
+        reuse_palettes=reuse_palettes,
+        batch_pixels=batch_pixels,
+        max_task_pixels=max_task_pixels,
+        progress=progress,
+    ) as quantizer:
+        return quantizer.finish(images)
 
 
-def _compute(tasks: list[Any], on_done: Callable[[int, Any], None]) -> list[Any]:
-    """All tasks at once, collected as they finish on a cluster (one compute without one)."""
+def _client() -> Any:
+    """The distributed client tasks run on, or None (without importing distributed)."""
     import sys
 
-    if "distributed" in sys.modules:  # a client can only exist once distributed is imported
-        from kmflow.cluster.resources import compute_as_completed
+    if "distributed" not in sys.modules:  # a client can only exist once it is imported
+        return None
+    from kmflow.cluster.resources import current_client
 
-        return compute_as_completed(tasks, on_done)
-    results = list(dask.compute(*tasks))
-    for i, r in enumerate(results):
-        on_done(i, r)
-    return results
+    return current_client()
