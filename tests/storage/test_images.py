@@ -757,11 +757,16 @@ def test_read_image_on_dask_worker_processes(tmp_path: Path, dask_client: Any) -
     assert "not found" in results[3].error
 
 
-def test_encode_png_indexed_round_trips_to_palette_colors() -> None:
-    rng = np.random.default_rng(0)
-    palette = rng.integers(0, 256, size=(5, 3), dtype=np.uint8)
-    labels = rng.integers(0, 5, size=(7, 9))
+@pytest.mark.parametrize(
+    ("k", "depth"), [(1, 1), (2, 1), (3, 2), (5, 4), (16, 4), (17, 8), (256, 8)]
+)
+def test_encode_png_indexed_round_trips_to_palette_colors(k: int, depth: int) -> None:
+    rng = np.random.default_rng(k)
+    palette = rng.integers(0, 256, size=(k, 3), dtype=np.uint8)
+    labels = rng.integers(0, k, size=(7, 9))
     data = encode_png_indexed(labels, palette)
+    assert data[12:16] == b"IHDR"
+    assert data[24] == depth  # bits per pixel: the fewest the palette needs
     with Image.open(io.BytesIO(data)) as im:
         assert im.mode == "P"
         rgb = np.asarray(im.convert("RGB"))

@@ -684,7 +684,8 @@ def encode_png_indexed(labels: np.ndarray, palette: np.ndarray) -> bytes:
     """Encode a label image as an indexed PNG: pixel ``(y, x)`` is ``palette[labels[y, x]]``.
 
     Smaller and faster to write than RGB for a quantized image; any reader that converts it
-    to RGB gets exactly the palette colors.
+    to RGB gets exactly the palette colors. Pillow packs the pixels to the fewest bits the
+    palette needs (1, 2, 4 or 8: 16 colors take 4 bits).
 
     Parameters
     ----------

@@ -198,6 +198,11 @@ def _encoded(array: zarr.Array[Any], values: np.ndarray) -> np.ndarray:
     return values
 
 
+#: The rows' codec. Zstandard at level 1 rather than Zarr's default (level 3): on photo
+#: pixels it compresses 2.3x faster for a 2.5% larger store (ratio 1.59 instead of 1.63).
+_ROW_COMPRESSORS = (zarr.codecs.ZstdCodec(level=1),)
+
+
 # --------------------------------------------------------------------------- the machinery
 
 
@@ -486,7 +491,9 @@ class RowStoreBase:
             1, _CHUNK_BYTES // max(1, rows.shape[1] * rows.dtype.itemsize)
         )
         item_chunk = lay.item_chunk or chunk
-        encoding: dict[str, dict[str, Any]] = {lay.rows: {"chunks": (chunk, rows.shape[1])}}
+        encoding: dict[str, dict[str, Any]] = {
+            lay.rows: {"chunks": (chunk, rows.shape[1]), "compressors": _ROW_COMPRESSORS}
+        }
         for name in lay.item_vars:
             encoding[name] = {"chunks": (item_chunk,)}
             if empty[name].dtype.kind == "M":
