@@ -370,8 +370,8 @@ def test_multiple_batches(images: Images, tmp_path: Path) -> None:
 def test_next_batch_decodes_while_one_is_written(
     dask_client: Client, images: Images, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Batch n + 1 is handed to the workers before batch n's pixels are written; the store
-    is the same as one ingested batch by batch, duplicates across batches included."""
+    """Batches n + 1 and n + 2 are handed to the workers before batch n's pixels are written;
+    the store is the same as one ingested batch by batch, duplicates across batches included."""
     sources = [images.make(f"p{i}.png", 50 + i, 20 + i, 30) for i in range(5)]
     sources.append(sources[1])  # a duplicate of an image two batches earlier
     events: list[tuple[str, int]] = []
@@ -395,9 +395,9 @@ def test_next_batch_decodes_while_one_is_written(
     sizes = [20 * 30, 21 * 30, 22 * 30, 23 * 30, 24 * 30]
     assert events == [
         ("decode", 1),
-        ("decode", 3),  # the second batch starts before the first is written
-        ("write", sizes[0]),
+        ("decode", 3),  # the next two batches start before the first is written
         ("decode", 2),
+        ("write", sizes[0]),
         ("write", sizes[1] + sizes[2] + sizes[3]),
         ("write", sizes[4]),  # its duplicate is not written
     ]

@@ -44,12 +44,12 @@ time.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import dask
 import dask.array as da
@@ -78,8 +78,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_T = TypeVar("_T")
-
 #: Pixels per Zarr chunk of ``pixels`` (6 MiB of RGB).
 DEFAULT_CHUNK_PIXELS = 2_097_152
 #: Pixels decoded and appended per ingest batch (64 MiB of RGB).
@@ -88,6 +86,8 @@ DEFAULT_BATCH_PIXELS = 64 * 2**20 // 3
 _MAX_BATCH_IMAGES = 4096
 _BATCH_GROWTH = 4
 _DECODE_TASKS = 32
+#: Batches being decoded on the workers while the driver stores the one before them.
+_DECODE_AHEAD = 2
 _STRING = np.dtypes.StringDType()
 _STR_VARS = ("source", "relpath", "sha256")
 _INT_VARS = ("height", "width", "offset")
@@ -721,8 +721,8 @@ class PixelStore(RowStoreBase):
         ``compute`` brings each image's hash, size and error to the driver, and one compute
         appends the new pixels (Dask chunks aligned with the Zarr chunks, so every Zarr chunk
         is written by a single task). The per-image metadata and then the commit record follow.
-        The next batch is decoded while one is written (on a distributed client), so the
-        workers do not wait on the driver between batches.
+        The next two batches are decoded while one is written (on a distributed client), so
+        the workers do not wait on the driver between batches.
         Images whose sha256 is already committed, or seen earlier in the call, are duplicates.
 
         Batch sizes adapt to the images: the first batch holds ``batch_pixels // max_pixels``
@@ -763,33 +763,30 @@ class PixelStore(RowStoreBase):
         done = 0
         largest = 0  # largest image decoded so far (pixels)
         n_batch = max(1, min(_MAX_BATCH_IMAGES, batch_pixels // max_pixels))
-        Pending = tuple[list[ImageSource], tuple[Any, ...]]
+        ahead: deque[tuple[list[ImageSource], tuple[Any, ...]]] = deque()
+        started = 0  # sources handed to the workers so far
 
-        def start_next(start: int, batch_largest: int) -> Pending | None:
+        def start(count: int) -> None:
+            nonlocal started
+            batch = sources[started : started + count]
+            ahead.append((batch, self._decode_batch(batch, max_pixels, storage_options)))
+            started += len(batch)
+
+        def start_more(batch_largest: int) -> None:
             # Called once a batch's sizes are known, before its pixels are written: the
-            # next batch decodes on the workers while this one is stored.
+            # workers decode the next batches while this one is stored, so that they never
+            # wait on the driver between batches.
             nonlocal largest, n_batch
             largest = max(largest, batch_largest)
             fit = batch_pixels // (largest or max_pixels)
-            n_batch = max(1, min(_MAX_BATCH_IMAGES, n_batch * _BATCH_GROWTH, fit))
-            following = sources[start : start + n_batch]
-            if not following:
-                return None
-            return following, self._decode_batch(following, max_pixels, storage_options)
+            while len(ahead) < _DECODE_AHEAD and started < len(sources):
+                n_batch = max(1, min(_MAX_BATCH_IMAGES, n_batch * _BATCH_GROWTH, fit))
+                start(n_batch)
 
-        first = sources[:n_batch]
-        pending: Pending | None = (first, self._decode_batch(first, max_pixels, storage_options))
-        while pending is not None:
-            batch, decoded = pending
-            record, pending = self._ingest_batch(
-                group,
-                record,
-                batch,
-                decoded,
-                tally,
-                functools.partial(start_next, done + len(batch)),
-                on_batch,
-            )
+        start(n_batch)
+        while ahead:
+            batch, decoded = ahead.popleft()
+            record = self._ingest_batch(group, record, batch, decoded, tally, start_more, on_batch)
             done += len(batch)
             if progress is not None:
                 progress(IngestProgress(done, len(sources), tally.n_pixels))
@@ -849,13 +846,13 @@ class PixelStore(RowStoreBase):
         batch: list[ImageSource],
         decoded: tuple[Any, ...],
         tally: _Tally,
-        sized: Callable[[int], _T],
+        sized: Callable[[int], None],
         on_batch: Callable[[DecodedBatch], None] | None = None,
-    ) -> tuple[Commit, _T]:
-        """Deduplicate and commit one decoded batch; returns the new record and ``sized``'s.
+    ) -> Commit:
+        """Deduplicate and commit one decoded batch; returns the new commit record.
 
         ``sized`` gets the batch's largest image (pixels) as soon as the sizes are known,
-        before anything is written (it starts the next batch); ``on_batch`` gets the new
+        before anything is written (it starts the next batches); ``on_batch`` gets the new
         images just before they are written.
         """
         summaries = [
@@ -865,7 +862,7 @@ class PixelStore(RowStoreBase):
             )
             for ii, summary in enumerate(group_summaries)
         ]
-        after = sized(max((h * w for _, _, (_, h, w, _) in summaries), default=0))
+        sized(max((h * w for _, _, (_, h, w, _) in summaries), default=0))
 
         new: list[tuple[ImageSource, str, int, int, tuple[int, int]]] = []
         for src, (gi, ii, (sha, h, w, error)) in zip(batch, summaries, strict=True):
@@ -880,7 +877,7 @@ class PixelStore(RowStoreBase):
                 tally.hashes[src.url] = sha
                 new.append((src, sha, h, w, (gi, ii)))
         if not new:
-            return record, after
+            return record
 
         offsets = record.n_rows + np.concatenate(
             [[0], np.cumsum([h * w for _, _, h, w, _ in new])[:-1]]
@@ -926,7 +923,7 @@ class PixelStore(RowStoreBase):
         tally.known.extend(sha for _, sha, *_ in new)
         tally.added.extend(records)
         tally.n_pixels += new_record.n_rows - record.n_rows
-        return new_record, after
+        return new_record
 
     def _commit_items(
         self, group: zarr.Group, record: Commit, new_record: Commit, items: xr.Dataset

@@ -67,6 +67,8 @@ _FINE_BITS, _FINE_LIMIT = 5, 32768
 #: Lloyd iterations on the exact colors after convergence on the 5-bit cells.
 _EXACT_ITER = 10
 _DEFAULT_BATCH_PIXELS = 4_000_000
+#: Dask priority of the painting tasks (the ingest's tasks have the default, 0).
+_PAINT_PRIORITY = -1
 _DEFAULT_MAX_TASK_PIXELS = 64_000_000
 
 
@@ -755,7 +757,11 @@ class ImageQuantizer:
             for out, batch in zip(dask.compute(*tasks), jobs, strict=True):
                 self._take(out, batch)
             return
-        self._pending.append(list(zip(client.compute(tasks), jobs, strict=True)))
+        # Below the ingest's own tasks: its decodes and writes never queue behind paintings
+        # (the ingest would then wait for every batch's slowest image), and the workers
+        # paint whenever the ingest leaves them idle.
+        futures = client.compute(tasks, priority=_PAINT_PRIORITY)
+        self._pending.append(list(zip(futures, jobs, strict=True)))
         self._collect(keep=self._max_pending)
 
     def _collect(self, keep: int) -> None:
