@@ -59,6 +59,7 @@ import numpy as np
 import xarray as xr
 import zarr
 from fsspec.utils import get_protocol
+from zarr.codecs import ZstdCodec
 
 from kmflow.config import get_settings
 from kmflow.errors import InvalidInputError, StoreCorruptError, StoreNotFoundError
@@ -200,7 +201,7 @@ def _encoded(array: zarr.Array[Any], values: np.ndarray) -> np.ndarray:
 
 #: The rows' codec. Zstandard at level 1 rather than Zarr's default (level 3): on photo
 #: pixels it compresses 2.3x faster for a 2.5% larger store (ratio 1.59 instead of 1.63).
-_ROW_COMPRESSORS = (zarr.codecs.ZstdCodec(level=1),)
+_ROW_COMPRESSORS = (ZstdCodec(level=1),)
 
 
 # --------------------------------------------------------------------------- the machinery
