@@ -273,3 +273,38 @@ def test_images_already_stored_are_left_to_the_store(
     assert [q.palette for q in report.images] == [q.palette for q in reference.images]
     for q, ref in zip(report.images, reference.images, strict=True):
         assert Path(q.output).read_bytes() == Path(ref.output).read_bytes()
+
+
+def test_a_painting_that_fails_during_ingest_leaves_a_valid_store(
+    known_colors: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An output that cannot be written stops the run; what was committed stays readable,
+    and the next run completes it."""
+    import dask
+
+    import kmflow.jobs.palette.per_image as per_image
+    from kmflow.jobs.palette.job import QuantizeOptions, plan, run
+
+    options = QuantizeOptions(n_colors=4, seed=0)
+    store = PixelStore(str(tmp_path / "s.zarr"), chunk_pixels=3000)
+    checked = plan([str(known_colors)], str(tmp_path / "out"), store, options)
+    written = per_image.write_bytes_atomic
+
+    def failing(url: str, data: bytes, *a: Any, **kw: Any) -> None:
+        if url.endswith("greens.png"):
+            raise OSError(f"disk full writing {url}")
+        written(url, data, *a, **kw)
+
+    monkeypatch.setattr(per_image, "write_bytes_atomic", failing)
+    with dask.config.set(scheduler="threads"), pytest.raises(OSError, match="disk full"):
+        run(checked, options, max_pixels=10**7)
+    monkeypatch.undo()
+    reopened = PixelStore(store.url)
+    assert 0 < reopened.n_images < len(checked.sources)  # committed batches only
+    stored = {r.relpath for r in reopened.images()}
+    assert "greens.png" not in stored
+    with dask.config.set(scheduler="threads"):
+        again = run(checked, options, max_pixels=10**7)
+    assert sorted(q.relpath for q in again.images) == sorted(s.relpath for s in checked.sources)
+    assert PixelStore(store.url).n_images == len(checked.sources)
+    assert all(Path(q.output).exists() for q in again.images)
