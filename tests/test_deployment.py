@@ -278,11 +278,16 @@ class RetryingTransport(httpx.HTTPTransport):
     The server answers 503 for errors it classes as retryable (a SQLite database locked by a
     concurrent writer, a statement timeout: common on a loaded two-core machine); 502/429 and
     connection errors are transient too. A request that fails that way changed nothing, so it
-    is sent again after a growing pause, for at most about two minutes.
+    is sent again after a growing pause, for at most about two minutes. A read that timed out
+    (a GET, or a POST to a ``.../filter`` query) is sent again too: reading changes nothing.
     """
 
     RETRY_STATUS = frozenset({429, 502, 503})
     PAUSES = (0.5, 1, 2, 4, 8, 15, 30, 60)
+
+    @staticmethod
+    def _is_read(request: httpx.Request) -> bool:
+        return request.method == "GET" or request.url.path.endswith("/filter")
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         for pause in (*self.PAUSES, None):
@@ -290,6 +295,9 @@ class RetryingTransport(httpx.HTTPTransport):
                 response = super().handle_request(request)
             except (httpx.ConnectError, httpx.RemoteProtocolError):
                 if pause is None:
+                    raise
+            except httpx.ReadTimeout:
+                if pause is None or not self._is_read(request):
                     raise
             else:
                 if response.status_code not in self.RETRY_STATUS or pause is None:
