@@ -28,12 +28,10 @@ import posixpath
 import re
 import struct
 import warnings
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import deflate
 import numpy as np
 from fsspec.utils import glob_translate
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -45,6 +43,7 @@ from kmflow.errors import (
     KmflowError,
     SourceNotFoundError,
 )
+from kmflow.storage import png
 from kmflow.storage.fs import get_fs, read_bytes, redact_url, storage_errors, url_of
 
 __all__ = [
@@ -444,6 +443,10 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
 
 def _decode(data: bytes, max_pixels: int) -> np.ndarray:
     """:func:`decode_image` on valid arguments, warnings already captured."""
+    if data.startswith(png.SIGNATURE):  # the plain 8-bit RGB PNG without Pillow (faster)
+        fast = png.decode_rgb8(data, max_pixels)
+        if fast is not None:
+            return fast
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
@@ -703,11 +706,8 @@ def encode_png_indexed(labels: np.ndarray, palette: np.ndarray) -> bytes:
 
     Notes
     -----
-    Written here rather than by Pillow: scanlines unfiltered (filter type 0, what the PNG
-    specification advises for palette images; Pillow's adaptive filters make such files
-    larger) and compressed by libdeflate at level 6 (zlib's default level; same format,
-    any PNG reader). On quantized photos this is about 7x faster than Pillow's encoder and
-    the files about 15% smaller.
+    Written by :func:`kmflow.storage.png.encode_indexed` (unfiltered scanlines, libdeflate),
+    not by Pillow: several times faster, smaller files.
     """
     pal = np.asarray(palette)
     lab = np.asarray(labels)
@@ -721,39 +721,4 @@ def encode_png_indexed(labels: np.ndarray, palette: np.ndarray) -> bytes:
         raise InvalidInputError(
             f"labels must lie in [0, {pal.shape[0]}); got {lab.min()}..{lab.max()}"
         )
-    height, width = lab.shape
-    k = pal.shape[0]
-    bits = 1 if k <= 2 else 2 if k <= 4 else 4 if k <= 16 else 8
-    per_byte = 8 // bits
-    row_bytes = -(-width // per_byte)
-    values = lab.astype(np.uint8, copy=False)
-    # One filter-type byte (0: none) before each scanline, then the packed pixels.
-    raw = np.zeros((height, 1 + row_bytes), dtype=np.uint8)
-    if bits == 8:
-        raw[:, 1:] = values
-    else:
-        if row_bytes * per_byte != width:
-            values = np.pad(values, ((0, 0), (0, row_bytes * per_byte - width)))
-        grouped = values.reshape(height, row_bytes, per_byte)
-        packed = raw[:, 1:]
-        for i in range(per_byte):  # the leftmost pixel in the high bits
-            packed |= grouped[:, :, i] << np.uint8(8 - bits * (i + 1))
-    header = struct.pack(">IIBBBBB", width, height, bits, 3, 0, 0, 0)
-    return b"".join(
-        [
-            _PNG_SIGNATURE,
-            _png_chunk(b"IHDR", header),
-            _png_chunk(b"PLTE", np.ascontiguousarray(pal).tobytes()),
-            _png_chunk(b"IDAT", deflate.zlib_compress(raw.tobytes(), _PNG_LEVEL)),
-            _png_chunk(b"IEND", b""),
-        ]
-    )
-
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_LEVEL = 6
-
-
-def _png_chunk(kind: bytes, data: bytes | bytearray) -> bytes:
-    crc = zlib.crc32(data, zlib.crc32(kind))
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+    return png.encode_indexed(lab, pal)
