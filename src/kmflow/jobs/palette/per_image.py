@@ -139,6 +139,9 @@ class ImagePalette:
         Lloyd iterations of the final refinement on the exact colors.
     exact : bool
         True when the image has no more distinct colors than k (kept exactly).
+    labels : ndarray of int32, shape (n_colors,), optional
+        The nearest center of each of the histogram's colors, when the fit computed it (so
+        that painting need not again); not stored.
     """
 
     centers: np.ndarray
@@ -146,6 +149,7 @@ class ImagePalette:
     inertia: float
     n_iter: int
     exact: bool
+    labels: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def palette_rgb(centers: np.ndarray, color_space: ColorSpace) -> np.ndarray:
@@ -160,28 +164,40 @@ def _rng(seed: int, sha256: str) -> np.random.Generator:
 
 
 @nb.njit(nogil=True, cache=True)
-def _pool(codes, X, w, n_cells, sums, weight):  # type: ignore[no-untyped-def]
+def _pool(codes, drop, bits, X, w, sums, weight):  # type: ignore[no-untyped-def]
+    """Add each row to its cell: codes ``>> drop`` to ``bits`` per channel, packed."""
     for i in range(codes.shape[0]):
-        c = codes[i]
+        c = (
+            ((np.int64(codes[i, 0]) >> drop) << (2 * bits))
+            | ((np.int64(codes[i, 1]) >> drop) << bits)
+            | (np.int64(codes[i, 2]) >> drop)
+        )
         weight[c] += w[i]
         for f in range(X.shape[1]):
-            sums[c, f] += w[i] * X[i, f]
+            sums[c, f] += w[i] * np.float64(X[i, f])
 
 
 def _cells(
-    codes: np.ndarray, X: np.ndarray, w: np.ndarray, bits: int
+    codes: np.ndarray, X: np.ndarray, w: np.ndarray, bits: int, code_bits: int = 8
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pool rows into cells of ``bits`` per sRGB channel: weighted means, weights, codes.
 
-    ``codes`` are the rows' sRGB colors as three ``int64`` columns in 0..255; the returned
-    codes are the occupied cells' own (0 .. 2**bits - 1), for pooling them further.
+    ``codes`` are the rows' sRGB colors (``code_bits`` per channel: 8 for colors, fewer for
+    cells pooled already) as three integer columns; the returned codes are the occupied
+    cells' own (0 .. 2**bits - 1), for pooling them further. One compiled pass over the rows.
     """
-    c = codes >> (8 - bits)
-    key = (c[:, 0] << (2 * bits)) | (c[:, 1] << bits) | c[:, 2]
     n_cells = 1 << (3 * bits)
     sums = np.zeros((n_cells, X.shape[1]))
     weight = np.zeros(n_cells)
-    _pool(key, np.ascontiguousarray(X, dtype=np.float64), w, n_cells, sums, weight)
+    _pool(
+        np.ascontiguousarray(codes),
+        code_bits - bits,
+        bits,
+        np.ascontiguousarray(X),
+        w,
+        sums,
+        weight,
+    )
     used = np.flatnonzero(weight)
     cell_codes = np.stack(
         [
@@ -216,10 +232,14 @@ def _kmeans_pp(X, w, trials, u, centers):  # type: ignore[no-untyped-def]
             t = X[i, f] - centers[0, f]
             v += t * t
         d2[i] = v
+    cum = np.empty(n)
     for c in range(1, k):
+        # Running sums of the weighted distances, once for all trials: a trial's pick, the
+        # first row whose running sum passes its target, is then a binary search.
         pot = 0.0
         for i in range(n):
             pot += w[i] * d2[i]
+            cum[i] = pot
         if pot <= 0.0:  # every point sits on a center already
             for r in range(c, k):
                 centers[r, :] = centers[0, :]
@@ -228,13 +248,7 @@ def _kmeans_pp(X, w, trials, u, centers):  # type: ignore[no-untyped-def]
         best = 0
         for trial in range(trials):
             target = u[1 + (c - 1) * trials + trial] * pot
-            acc = 0.0
-            pick = n - 1
-            for i in range(n):
-                acc += w[i] * d2[i]
-                if acc > target:
-                    pick = i
-                    break
+            pick = min(np.searchsorted(cum, target, side="right"), n - 1)
             p = 0.0
             for i in range(n):
                 v = 0.0
@@ -263,8 +277,12 @@ def _kmeans_plusplus(X: np.ndarray, w: np.ndarray, k: int, rng: np.random.Genera
 
 def _lloyd(
     X: np.ndarray, w: np.ndarray, centers: np.ndarray, max_iter: int, tol_abs: float
-) -> tuple[np.ndarray, float, int]:
-    """Weighted Lloyd iterations in memory; empty clusters move to the farthest points."""
+) -> tuple[np.ndarray, float, int, np.ndarray]:
+    """Weighted Lloyd iterations in memory; empty clusters move to the farthest points.
+
+    Returns the centers, their inertia, the iterations run and each row's nearest center
+    (int32, as :func:`kmflow.kernels.lloyd.nearest` gives it).
+    """
     k, d = centers.shape
     centers = centers.copy()
     n_iter = 0
@@ -287,7 +305,7 @@ def _lloyd(
     labels = np.empty(X.shape[0], dtype=np.int32)
     d2 = np.empty(X.shape[0])
     _numba.assign(X, np.ascontiguousarray(centers.T), labels, d2)
-    return centers, float(w @ d2), n_iter
+    return centers, float(w @ d2), n_iter, labels
 
 
 def _variance(X: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -331,18 +349,14 @@ def fit_image_palette(hist: ColorHistogram, params: PerImageParams, sha256: str)
     rng = _rng(params.seed, sha256)
     # Three resolutions: starts on <= 4,096 cells, convergence on <= 32,768, then at most
     # a few iterations on the exact unique colors (the cells' optimum is already close).
-    codes = hist.colors.astype(np.int64)
+    codes, code_bits = hist.colors, 8
     if X.shape[0] > _FINE_LIMIT:
-        fine_x, fine_w, fine_codes = _cells(codes, X, w, _FINE_BITS)
+        fine_x, fine_w, codes = _cells(codes, hist.in_space(params.color_space), w, _FINE_BITS)
+        code_bits = _FINE_BITS
     else:
-        fine_x, fine_w, fine_codes = X, w, codes
+        fine_x, fine_w = X, w
     if fine_x.shape[0] > _COARSE_LIMIT:
-        coarse_x, coarse_w, _ = _cells(
-            fine_codes << (8 - _FINE_BITS) if fine_x is not X else codes,
-            fine_x,
-            fine_w,
-            _COARSE_BITS,
-        )
+        coarse_x, coarse_w, _ = _cells(codes, fine_x, fine_w, _COARSE_BITS, code_bits)
     else:
         coarse_x, coarse_w = fine_x, fine_w
     tol_abs = tolerance(_variance(fine_x, fine_w), params.tol)
@@ -352,20 +366,21 @@ def fit_image_palette(hist: ColorHistogram, params: PerImageParams, sha256: str)
         best = (np.inf, np.empty((0, 3)))
         for _ in range(params.n_init):
             seeded = _kmeans_plusplus(coarse_x, coarse_w, k, rng)
-            centers, inertia, _ = _lloyd(coarse_x, coarse_w, seeded, params.max_iter, tol_abs)
+            centers, inertia, _, _ = _lloyd(coarse_x, coarse_w, seeded, params.max_iter, tol_abs)
             if inertia < best[0]:
                 best = (inertia, centers)
         start = best[1]
-    centers, inertia, n_iter = _lloyd(fine_x, fine_w, start, params.max_iter, tol_abs)
+    centers, inertia, n_iter, labels = _lloyd(fine_x, fine_w, start, params.max_iter, tol_abs)
     if fine_x is not X:
         refine = min(params.max_iter, _EXACT_ITER)
-        centers, inertia, n_iter = _lloyd(X, w, centers, refine, tol_abs)
+        centers, inertia, n_iter, labels = _lloyd(X, w, centers, refine, tol_abs)
     return ImagePalette(
         centers=centers,
         rgb=palette_rgb(centers, params.color_space),
         inertia=inertia,
         n_iter=n_iter,
         exact=False,
+        labels=labels,
     )
 
 
@@ -455,15 +470,24 @@ def _quantize_rows(
     for px, job in zip(rows, jobs, strict=True):
         r = job.record
         hist = ColorHistogram.of(px)
+        labels = None
         if job.centers is None:
             pal = fit_image_palette(hist, params, r.sha256)
             centers, rgb, exact, refitted = pal.centers, pal.rgb, pal.exact, True
+            labels = pal.labels
         else:
             centers = job.centers
             rgb = palette_rgb(centers, params.color_space)
             exact, refitted = len(hist.colors) <= params.n_colors, False
         painted = paint(
-            hist, r.height, r.width, centers, rgb, params.color_space, dither=params.dither
+            hist,
+            r.height,
+            r.width,
+            centers,
+            rgb,
+            params.color_space,
+            dither=params.dither,
+            labels=labels,
         )
         # Atomic for readers; no fsync per file: a re-run recreates any output a crash lost.
         write_bytes_atomic(job.output, painted.png, storage_options, durable=False)

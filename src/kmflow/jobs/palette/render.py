@@ -194,6 +194,7 @@ def paint(
     color_space: ColorSpace,
     *,
     dither: bool = False,
+    labels: np.ndarray | None = None,
 ) -> Painted:
     """Paint one image with a palette and encode it as PNG (indexed up to 256 colors).
 
@@ -209,6 +210,9 @@ def paint(
     color_space : {"rgb", "lab"}
     dither : bool, default False
         Floyd–Steinberg error diffusion (in sRGB) instead of the nearest center.
+    labels : ndarray of int, shape (n_colors,), optional
+        The nearest center of each histogram color if already known (a fit computes them);
+        ignored with ``dither``.
 
     Returns
     -------
@@ -216,7 +220,8 @@ def paint(
     """
     n = hist.n_pixels
     if not dither:
-        labels = nearest(hist.in_space(color_space), centers)
+        if labels is None:
+            labels = nearest(hist.in_space(color_space), centers)
         known_lab = hist.lab if color_space == "lab" else None
         sse, delta_e = histogram_error(hist.colors, hist.counts, labels, palette_rgb, known_lab)
         index = labels[hist.inverse]
