@@ -174,6 +174,12 @@ _C4 = 4.0 / 29.0
 #: Colors per step of the staged passes below: their buffers stay in the core's caches.
 _CHUNK = 4096
 
+# The staged passes: each compiled loop below is written so that LLVM vectorises it (one
+# input and one output array, no calls, no branches but selects; gathers in loops of their
+# own), and the cube root, arctangent and exponential are numpy's SIMD functions, applied to
+# a whole chunk between them. A loop that calls libm per value runs at a few values per
+# hundred nanoseconds; these run at one or two nanoseconds a value.
+
 
 @nb.njit(nogil=True, cache=True, error_model="numpy")
 def _xyz_ratios(rgb, start, m, lut, mat, white, t):  # type: ignore[no-untyped-def]
@@ -189,15 +195,15 @@ def _xyz_ratios(rgb, start, m, lut, mat, white, t):  # type: ignore[no-untyped-d
 
 
 @nb.njit(nogil=True, cache=True, error_model="numpy")
-def _lab_of_ratios(t, cube_roots, m, out, start):  # type: ignore[no-untyped-def]
-    """Lab rows ``out[start + i]`` from the ratios and their cube roots (CIE's f(t))."""
+def _lab_of_ratios(t, m, lab):  # type: ignore[no-untyped-def]
+    """Lab ``lab[0:3, i]`` from the ratios ``t[0:3]`` and their cube roots ``t[3:6]``."""
     for i in range(m):
-        fx = cube_roots[0, i] if t[0, i] > _D3 else t[0, i] / _K + _C4
-        fy = cube_roots[1, i] if t[1, i] > _D3 else t[1, i] / _K + _C4
-        fz = cube_roots[2, i] if t[2, i] > _D3 else t[2, i] / _K + _C4
-        out[start + i, 0] = 116.0 * fy - 16.0
-        out[start + i, 1] = 500.0 * (fx - fy)
-        out[start + i, 2] = 200.0 * (fy - fz)
+        fx = t[3, i] if t[0, i] > _D3 else t[0, i] / _K + _C4
+        fy = t[4, i] if t[1, i] > _D3 else t[1, i] / _K + _C4
+        fz = t[5, i] if t[2, i] > _D3 else t[2, i] / _K + _C4
+        lab[0, i] = 116.0 * fy - 16.0
+        lab[1, i] = 500.0 * (fx - fy)
+        lab[2, i] = 200.0 * (fy - fz)
 
 
 def _lab_chunk(
@@ -208,15 +214,12 @@ def _lab_chunk(
     mat: np.ndarray,
     white: np.ndarray,
     t: np.ndarray,
-    cube_roots: np.ndarray,
-    out: np.ndarray,
-    out_start: int,
+    lab: np.ndarray,
 ) -> None:
-    """Lab of ``rgb[start:start + m]`` into ``out[out_start:]``: numpy's cube root (SIMD,
-    several times faster than a scalar call per value) between two compiled passes."""
+    """Lab of ``rgb[start:start + m]`` into ``lab[0:3, :m]`` (``t``: a (6, chunk) buffer)."""
     _xyz_ratios(rgb, start, m, lut, mat, white, t)
-    np.cbrt(t[:, :m], out=cube_roots[:, :m])
-    _lab_of_ratios(t, cube_roots, m, out, out_start)
+    np.cbrt(t[0:3, :m], out=t[3:6, :m])
+    _lab_of_ratios(t, m, lab)
 
 
 def lab_of_uint8(rgb: np.ndarray, lut: np.ndarray, m: np.ndarray, white: np.ndarray) -> np.ndarray:
@@ -241,10 +244,11 @@ def lab_of_uint8(rgb: np.ndarray, lut: np.ndarray, m: np.ndarray, white: np.ndar
     n = rgb.shape[0]
     out = np.empty((n, 3))
     size = min(_CHUNK, max(n, 1))
-    t, cube_roots = np.empty((3, size)), np.empty((3, size))
+    t, lab = np.empty((6, size)), np.empty((3, size))
     for s in range(0, n, size):
         k = min(size, n - s)
-        _lab_chunk(rgb, s, k, lut, m, white, t, cube_roots, out, s)
+        _lab_chunk(rgb, s, k, lut, m, white, t, lab)
+        out[s : s + k] = lab[:, :k].T
     return out
 
 
@@ -324,24 +328,39 @@ def ciede2000_ufunc(L1, a1, b1, L2, a2, b2):  # type: ignore[no-untyped-def]
     return _ciede2000_pair(L1, a1, b1, L2, a2, b2)
 
 
-@nb.njit(nogil=True, cache=True, error_model="numpy")
-def _ciede2000_terms(lab, labels, start, m, palette_lab, ux_o, uy_o, tl_o, tc_o, th_o, rc_o, odd_o):  # type: ignore[no-untyped-def]
-    """Everything of CIEDE2000 but its three transcendental functions, per color.
-
-    For color ``start + i`` (Lab ``lab[i]``) and its palette entry: the sum of the two unit
-    hue vectors (``ux``, ``uy``: its angle is the mean hue), the lightness, chroma and hue
-    terms already divided by their weights (``tl``, ``tc``, ``th``), the rotation's chroma
-    factor ``rc``, and ``odd`` where the reference formula must decide (a zero chroma, hues
-    about opposite). The hue terms come from the unit hue vectors instead of their angles:
-    the mean hue of CIEDE2000 is the bisector of the shorter arc between the hues, i.e. the
-    direction of the sum of the unit vectors; ``2 sin(dh/2)`` is the length of their
-    difference, signed by their cross product; ``T``'s four cosines of multiples of the mean
-    hue follow from its cosine and sine by the angle-sum formulas.
-    """
+@nb.njit(nogil=True, cache=True)
+def _gather_pairs(labels, start, m, palette_lab, known, pairs):  # type: ignore[no-untyped-def]
+    """``pairs[3:6, i]``: the Lab of color ``start + i``'s palette entry; ``pairs[0:3, i]``
+    its own Lab from ``known`` when given (else :func:`_lab_chunk` writes them)."""
     for i in range(m):
         j = labels[start + i]
-        L1, a1, b1 = lab[i, 0], lab[i, 1], lab[i, 2]
-        L2, a2, b2 = palette_lab[j, 0], palette_lab[j, 1], palette_lab[j, 2]
+        pairs[3, i] = palette_lab[j, 0]
+        pairs[4, i] = palette_lab[j, 1]
+        pairs[5, i] = palette_lab[j, 2]
+    if known.shape[0]:
+        for i in range(m):
+            pairs[0, i] = known[start + i, 0]
+            pairs[1, i] = known[start + i, 1]
+            pairs[2, i] = known[start + i, 2]
+
+
+@nb.njit(nogil=True, cache=True, error_model="numpy")
+def _ciede2000_terms(pairs, m, out):  # type: ignore[no-untyped-def]
+    """Everything of CIEDE2000 but its arctangent, exponential and sine, per pair.
+
+    ``pairs[0:6, i]`` are the two Lab colors of pair ``i``. Written to ``out``: 0-1 the sum
+    of the two unit hue vectors (its angle is the mean hue), 2-4 the lightness, chroma and
+    hue terms divided by their weights, 5 the rotation's chroma factor, 6 a flag (1.0) where
+    the reference formula must decide (a zero chroma, hues about opposite). The hue terms
+    come from the unit hue vectors instead of their angles: the mean hue of CIEDE2000 is the
+    bisector of the shorter arc between the hues, i.e. the direction of the sum of the unit
+    vectors; ``2 sin(dh/2)`` is the length of their difference, signed by their cross
+    product; ``T``'s four cosines of multiples of the mean hue follow from its cosine and
+    sine by the angle-sum formulas.
+    """
+    for i in range(m):
+        L1, a1, b1 = pairs[0, i], pairs[1, i], pairs[2, i]
+        L2, a2, b2 = pairs[3, i], pairs[4, i], pairs[5, i]
         C1 = math.sqrt(a1 * a1 + b1 * b1)
         C2 = math.sqrt(a2 * a2 + b2 * b2)
         Cbar = (C1 + C2) / 2.0
@@ -353,7 +372,7 @@ def _ciede2000_terms(lab, labels, start, m, palette_lab, ux_o, uy_o, tl_o, tc_o,
         C1p = math.sqrt(a1p * a1p + b1 * b1)
         C2p = math.sqrt(a2p * a2p + b2 * b2)
         prod = C1p * C2p
-        x1, y1 = a1p / C1p, b1 / C1p  # unit hue vectors (NaN for a zero chroma: odd)
+        x1, y1 = a1p / C1p, b1 / C1p  # unit hue vectors (NaN for a zero chroma: flagged)
         x2, y2 = a2p / C2p, b2 / C2p
         ux, uy = x1 + x2, y1 + y2
         u2 = ux * ux + uy * uy
@@ -377,14 +396,14 @@ def _ciede2000_terms(lab, labels, start, m, palette_lab, ux_o, uy_o, tl_o, tc_o,
         )
         Cbp2 = Cbp * Cbp
         Cbp7 = Cbp2 * Cbp2 * Cbp2 * Cbp
-        rc_o[i] = 2.0 * math.sqrt(Cbp7 / (Cbp7 + 25.0**7))
         l50 = (Lbp - 50.0) * (Lbp - 50.0)
-        tl_o[i] = (L2 - L1) / (1.0 + 0.015 * l50 / math.sqrt(20.0 + l50))
-        tc_o[i] = (C2p - C1p) / (1.0 + 0.045 * Cbp)
-        th_o[i] = dHp / (1.0 + 0.015 * Cbp * T)
-        ux_o[i] = ux
-        uy_o[i] = uy
-        odd_o[i] = prod == 0.0 or u2 < _OPPOSITE
+        out[0, i] = ux
+        out[1, i] = uy
+        out[2, i] = (L2 - L1) / (1.0 + 0.015 * l50 / math.sqrt(20.0 + l50))
+        out[3, i] = (C2p - C1p) / (1.0 + 0.045 * Cbp)
+        out[4, i] = dHp / (1.0 + 0.015 * Cbp * T)
+        out[5, i] = 2.0 * math.sqrt(Cbp7 / (Cbp7 + 25.0**7))
+        out[6, i] = 1.0 if (prod == 0.0 or u2 < _OPPOSITE) else 0.0
 
 
 @nb.njit(nogil=True, cache=True, error_model="numpy")
@@ -399,17 +418,48 @@ def _rotation_exponent(m, hue, arg):  # type: ignore[no-untyped-def]
         arg[i] = -(q * q)
 
 
+#: Taylor coefficients of sin(x) / x in x**2, to x**18: below 1e-17 for |x| <= pi / 3,
+#: the range of CIEDE2000's rotation angle 2 dtheta.
+_SIN = tuple((-1.0) ** k / math.factorial(2 * k + 1) for k in range(10))
+
+
 @nb.njit(nogil=True, cache=True, error_model="numpy")
-def _rotation_angle(m, gauss, angle):  # type: ignore[no-untyped-def]
-    """``2 * dtheta`` in radians, with ``dtheta = 30 exp(...)`` degrees."""
+def _rotated_delta_e(m, gauss, out):  # type: ignore[no-untyped-def]
+    """ΔE00 of each pair into ``out[7]``, from the terms and ``exp(exponent)``."""
     for i in range(m):
-        angle[i] = math.radians(2.0 * (30.0 * gauss[i]))
+        x = math.radians(2.0 * (30.0 * gauss[i]))  # 2 dtheta, 0 .. pi/3
+        x2 = x * x
+        sine = x * (
+            _SIN[0]
+            + x2
+            * (
+                _SIN[1]
+                + x2
+                * (
+                    _SIN[2]
+                    + x2
+                    * (
+                        _SIN[3]
+                        + x2
+                        * (
+                            _SIN[4]
+                            + x2
+                            * (
+                                _SIN[5]
+                                + x2 * (_SIN[6] + x2 * (_SIN[7] + x2 * (_SIN[8] + x2 * _SIN[9])))
+                            )
+                        )
+                    )
+                )
+            )
+        )
+        rt = -sine * out[5, i]
+        tl, tc, th = out[2, i], out[3, i], out[4, i]
+        out[7, i] = math.sqrt(tl * tl + tc * tc + th * th + rt * tc * th)
 
 
-@nb.njit(nogil=True, cache=True, error_model="numpy")
-def _error_sums(  # type: ignore[no-untyped-def]
-    colors, counts, labels, start, m, palette, lab, palette_lab, hue, sine, tl, tc, th, rc, odd, acc
-):
+@nb.njit(nogil=True, cache=True)
+def _error_sums(colors, counts, labels, start, m, palette, pairs, hue, out, acc):  # type: ignore[no-untyped-def]
     """Add the chunk's weighted squared RGB errors, ΔE00 and counts to ``acc``."""
     sse = 0.0
     de = 0.0
@@ -421,26 +471,16 @@ def _error_sums(  # type: ignore[no-untyped-def]
         d1 = np.float64(colors[start + i, 1]) - np.float64(palette[j, 1])
         d2 = np.float64(colors[start + i, 2]) - np.float64(palette[j, 2])
         sse += w * (d0 * d0 + d1 * d1 + d2 * d2)
-        if (
-            lab[i, 0] == palette_lab[j, 0]
-            and lab[i, 1] == palette_lab[j, 1]
-            and lab[i, 2] == palette_lab[j, 2]
-        ):
+        if pairs[0, i] == pairs[3, i] and pairs[1, i] == pairs[4, i] and pairs[2, i] == pairs[5, i]:
             e = 0.0  # painted as itself
-        elif odd[i] or hue[i] < _WRAP or hue[i] > 360.0 - _WRAP:
+        elif out[6, i] != 0.0 or hue[i] < _WRAP or hue[i] > 360.0 - _WRAP:
             # Zero chroma, hues about opposite, or the mean hue at 0° (where the rotation
             # term, not periodic, jumps): the reference formula and its conventions decide.
             e = _ciede2000_pair(
-                lab[i, 0],
-                lab[i, 1],
-                lab[i, 2],
-                palette_lab[j, 0],
-                palette_lab[j, 1],
-                palette_lab[j, 2],
+                pairs[0, i], pairs[1, i], pairs[2, i], pairs[3, i], pairs[4, i], pairs[5, i]
             )
         else:
-            rt = -sine[i] * rc[i]
-            e = math.sqrt(tl[i] * tl[i] + tc[i] * tc[i] + th[i] * th[i] + rt * tc[i] * th[i])
+            e = out[7, i]
         de += w * e
         total += w
     acc[0] += sse
@@ -463,9 +503,10 @@ def histogram_error_sums(
 
     Staged over chunks of 4,096 colors, nothing allocated per color: each color's Lab (from
     ``colors_lab``, else computed as :func:`lab_of_uint8` does), the algebraic part of its
-    CIEDE2000 to its palette entry in one compiled pass, the arctangent, exponential and
-    sine of every color of the chunk by numpy (SIMD), then the weighted sums in a last
-    compiled pass. About 1.8x faster than one compiled pass calling the scalar functions.
+    CIEDE2000 to its palette entry in one vectorised compiled pass, the arctangent and
+    exponential of the whole chunk by numpy (SIMD), the rotation's sine by its Taylor
+    series, then the weighted sums. About 5x faster than one compiled pass calling libm
+    per color.
     Agrees with the per-pair reference to rounding (below 1e-11); a color painted as itself
     counts 0 exactly.
 
@@ -506,39 +547,19 @@ def histogram_error_sums(
     palette = np.ascontiguousarray(palette, dtype=np.uint8)
     palette_lab = np.ascontiguousarray(palette_lab, dtype=np.float64)
     size = min(_CHUNK, max(n, 1))
-    t, cube_roots, lab = np.empty((3, size)), np.empty((3, size)), np.empty((size, 3))
-    ux, uy, tl, tc, th, rc, hue, arg, sine = (np.empty(size) for _ in range(9))
-    odd = np.empty(size, dtype=np.bool_)
+    t, pairs, out = np.empty((6, size)), np.empty((6, size)), np.empty((8, size))
+    hue, gauss = np.empty(size), np.empty(size)
     acc = np.zeros(3)
+    no_lab = np.empty((0, 3))
     for s in range(0, n, size):
         c = min(size, n - s)
+        _gather_pairs(labels, s, c, palette_lab, no_lab if known is None else known, pairs)
         if known is None:
-            _lab_chunk(colors, s, c, lut, m, white, t, cube_roots, lab, 0)
-            chunk_lab = lab
-        else:
-            chunk_lab = known[s : s + c]
-        _ciede2000_terms(chunk_lab, labels, s, c, palette_lab, ux, uy, tl, tc, th, rc, odd)
-        np.arctan2(uy[:c], ux[:c], out=hue[:c])
-        _rotation_exponent(c, hue, arg)
-        np.exp(arg[:c], out=arg[:c])
-        _rotation_angle(c, arg, sine)
-        np.sin(sine[:c], out=sine[:c])
-        _error_sums(
-            colors,
-            counts,
-            labels,
-            s,
-            c,
-            palette,
-            chunk_lab,
-            palette_lab,
-            hue,
-            sine,
-            tl,
-            tc,
-            th,
-            rc,
-            odd,
-            acc,
-        )
+            _lab_chunk(colors, s, c, lut, m, white, t, pairs)
+        _ciede2000_terms(pairs, c, out)
+        np.arctan2(out[1, :c], out[0, :c], out=hue[:c])
+        _rotation_exponent(c, hue, gauss)
+        np.exp(gauss[:c], out=gauss[:c])
+        _rotated_delta_e(c, gauss, out)
+        _error_sums(colors, counts, labels, s, c, palette, pairs, hue, out, acc)
     return float(acc[0]), float(acc[1]), float(acc[2])
