@@ -435,6 +435,14 @@ class _Job:
     centers: np.ndarray | None  # a stored (or distributed-fitted) palette, else fit here
 
 
+class _Jobs(tuple):  # type: ignore[type-arg]
+    """A task's jobs as one argument: Dask searches plain lists and tuples (and dataclasses)
+    for collections element by element, and would add a task per job to rebuild them; a
+    subclass it passes as it is, inside the task that takes it."""
+
+    __slots__ = ()
+
+
 def _runs(jobs: Sequence[_Job]) -> list[tuple[int, int]]:
     """Row ranges of the store covering a batch's images, one per run of adjacent images."""
     runs: list[tuple[int, int]] = []
@@ -689,7 +697,7 @@ class ImageQuantizer:
                 task(
                     batch.groups[gi],
                     picks,
-                    dask.delayed(jobs, traverse=False),  # plain data: not searched
+                    _Jobs(jobs),
                     self._params,
                     self._storage_options,
                 )
@@ -737,7 +745,7 @@ class ImageQuantizer:
             [
                 task(
                     [pixels[a:b] for a, b in _runs(batch)] if pixels is not None else [],
-                    dask.delayed(batch, traverse=False),
+                    _Jobs(batch),
                     params,
                     self._storage_options,
                 )
