@@ -230,7 +230,7 @@ def _profile_per_image(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     Replays what kmflow's per-image task does to each image with kmflow's public functions
     and times each step: ``ColorHistogram.of``, ``fit_image_palette``, ``paint`` (labels,
-    PSNR/ΔE, PNG encode) and the file write, plus a Pillow decode of the source and its
+    PSNR/ΔE, PNG encode) and the file write, plus kmflow's decode of the source and its
     sha256 (what kmflow does at ingest) for scale. Two parts of ``paint`` are then timed again
     on their own: ``histogram_error`` (PSNR and ΔE, called as ``paint`` calls it for an RGB
     fit) and ``encode_png_indexed``.
@@ -240,7 +240,7 @@ def _profile_per_image(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from kmflow.jobs.palette.per_image import PerImageParams, fit_image_palette
     from kmflow.jobs.palette.render import ColorHistogram, histogram_error, paint
     from kmflow.kernels.lloyd import nearest
-    from kmflow.storage.images import encode_png_indexed
+    from kmflow.storage.images import decode_image, encode_png_indexed
 
     names = json.loads((work / "images.json").read_text())[:: args.sklearn_every]
     params = PerImageParams(n_colors=args.k, seed=args.seed)
@@ -253,14 +253,14 @@ def _profile_per_image(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         t = [time.perf_counter()]
         data = (work / "images" / name).read_bytes()
         sha = hashlib.sha256(data).hexdigest()
-        arr = _read(str(work / "images" / name))
+        arr = decode_image(data, max_pixels=1 << 30)
         h, w = arr.shape[:2]
         t.append(time.perf_counter())
         hist = ColorHistogram.of(arr.reshape(-1, 3))
         t.append(time.perf_counter())
         pal = fit_image_palette(hist, params, sha)
         t.append(time.perf_counter())
-        painted = paint(hist, h, w, pal.centers, pal.rgb, "rgb")
+        painted = paint(hist, h, w, pal.centers, pal.rgb, "rgb", labels=pal.labels)
         t.append(time.perf_counter())
         (out / name).write_bytes(painted.png)
         t.append(time.perf_counter())
