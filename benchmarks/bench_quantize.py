@@ -733,8 +733,8 @@ def build_report(
                     "own functions, seconds per MP on one core: "
                     + ", ".join(f"{k} {v:.3f}" for k, v in per_mp.items())
                     + f"; sum of the steps {total_mp:.3f} s/MP, i.e. {N_PROCESSES / total_mp:.1f} "
-                    f"MP/s on {N_PROCESSES} cores if nothing else ran (decode = Pillow PNG decode "
-                    "of the source plus its sha256, done by kmflow at ingest; histogram = "
+                    f"MP/s on {N_PROCESSES} cores if nothing else ran (decode = kmflow's decode "
+                    "of the source PNG plus its sha256, as at ingest; histogram = "
                     "`ColorHistogram.of`; fit = `fit_image_palette`; paint = `paint` (labels, "
                     "PSNR/ΔE, PNG encode); the two `paint:` items time its `histogram_error` and "
                     "`encode_png_indexed` again on their own)."

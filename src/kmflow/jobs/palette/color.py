@@ -47,7 +47,7 @@ def srgb_to_lab(rgb: np.ndarray, *, compiled: bool = False) -> np.ndarray:
     rgb : ndarray of shape (..., 3)
         ``uint8`` values in 0..255, or floats in 0..255.
     compiled : bool, default False
-        For ``uint8`` input, one compiled pass (about 7x faster) whose values differ from the
+        For ``uint8`` input, compiled passes (several times faster) whose values differ from the
         default's in the last bits (below 1e-12): for measuring (ΔE), not for anything whose
         results must stay bit for bit the same (fits, assignments).
 

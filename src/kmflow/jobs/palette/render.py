@@ -151,9 +151,9 @@ def histogram_error(
 
     Notes
     -----
-    One compiled pass over the colors (``_compiled.histogram_error_sums``), nothing allocated
-    per color; the palette's Lab is computed once, with the conversion the colors' Lab
-    comes from (a color painted as itself then has a ΔE of exactly 0, not 1e-13).
+    Vectorised compiled passes over chunks of colors (``_compiled.histogram_error_sums``),
+    nothing allocated per color; the palette's Lab is computed once, with the conversion the
+    colors' Lab comes from (a color painted as itself has a ΔE of exactly 0, not 1e-13).
     """
     sse, de, total = histogram_error_sums(
         colors,
