@@ -320,11 +320,10 @@ _OPPOSITE = 1e-4
 _WRAP = 1e-6
 
 
-@nb.vectorize(
-    ["float64(float64, float64, float64, float64, float64, float64)"], nopython=True, cache=True
-)
+@nb.vectorize(nopython=True, cache=True)  # loops compiled (or loaded) on first use, not at import
 def ciede2000_ufunc(L1, a1, b1, L2, a2, b2):  # type: ignore[no-untyped-def]
-    """CIEDE2000 as a ufunc of the six Lab coordinates of a pair (broadcasting)."""
+    """CIEDE2000 as a ufunc of the six Lab coordinates of a pair (broadcasting); callers pass
+    float64 (:func:`kmflow.jobs.palette.color.ciede2000` does)."""
     return _ciede2000_pair(L1, a1, b1, L2, a2, b2)
 
 
