@@ -21,6 +21,7 @@ import zlib
 import deflate
 import numba as nb
 import numpy as np
+from PIL import Image
 
 __all__ = ["SIGNATURE", "decode_rgb8", "encode_indexed"]
 
@@ -158,8 +159,6 @@ def decode_rgb8(data: bytes, max_pixels: int) -> np.ndarray | None:
     if (depth, color, compression, filtering, interlace) != (8, 2, 0, 0, 0):
         return None
     # Pillow's own decompression-bomb limit applies to Pillow's path: keep such images there.
-    from PIL import Image
-
     limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
     if not 0 < width * height <= limit:
         return None

@@ -419,7 +419,7 @@ def _rotation_exponent(m, hue, arg):  # type: ignore[no-untyped-def]
 
 #: Taylor coefficients of sin(x) / x in x**2, to x**18: below 1e-17 for |x| <= pi / 3,
 #: the range of CIEDE2000's rotation angle 2 dtheta.
-_SIN = tuple((-1.0) ** k / math.factorial(2 * k + 1) for k in range(10))
+_SIN = np.array([(-1.0) ** k / math.factorial(2 * k + 1) for k in range(10)])
 
 
 @nb.njit(nogil=True, cache=True, error_model="numpy")
@@ -428,30 +428,10 @@ def _rotated_delta_e(m, gauss, out):  # type: ignore[no-untyped-def]
     for i in range(m):
         x = math.radians(2.0 * (30.0 * gauss[i]))  # 2 dtheta, 0 .. pi/3
         x2 = x * x
-        sine = x * (
-            _SIN[0]
-            + x2
-            * (
-                _SIN[1]
-                + x2
-                * (
-                    _SIN[2]
-                    + x2
-                    * (
-                        _SIN[3]
-                        + x2
-                        * (
-                            _SIN[4]
-                            + x2
-                            * (
-                                _SIN[5]
-                                + x2 * (_SIN[6] + x2 * (_SIN[7] + x2 * (_SIN[8] + x2 * _SIN[9])))
-                            )
-                        )
-                    )
-                )
-            )
-        )
+        series = _SIN[9]
+        for j in range(8, -1, -1):  # Horner, a fixed count: unrolled and vectorised
+            series = _SIN[j] + x2 * series
+        sine = x * series
         rt = -sine * out[5, i]
         tl, tc, th = out[2, i], out[3, i], out[4, i]
         out[7, i] = math.sqrt(tl * tl + tc * tc + th * th + rt * tc * th)

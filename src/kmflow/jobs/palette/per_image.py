@@ -469,7 +469,7 @@ def _image_rows(blocks: list[np.ndarray], jobs: Sequence[_Job]) -> list[np.ndarr
 
 def _quantize_rows(
     rows: list[np.ndarray],
-    jobs: list[_Job],
+    jobs: Sequence[_Job],
     params: PerImageParams,
     storage_options: dict[str, Any] | None,
 ) -> list[tuple[QuantizedImage, np.ndarray]]:
@@ -524,7 +524,7 @@ def _quantize_rows(
 
 def _quantize_batch(
     blocks: list[np.ndarray],
-    jobs: list[_Job],
+    jobs: Sequence[_Job],
     params: PerImageParams,
     storage_options: dict[str, Any] | None,
 ) -> list[tuple[QuantizedImage, np.ndarray]]:
@@ -539,7 +539,7 @@ def _quantize_batch(
 def _quantize_decoded(
     images: list[DecodedImage],
     picks: list[int],
-    jobs: list[_Job],
+    jobs: Sequence[_Job],
     params: PerImageParams,
     storage_options: dict[str, Any] | None,
 ) -> list[tuple[QuantizedImage, np.ndarray]]:
@@ -820,7 +820,7 @@ class ImageQuantizer:
         call.remove(item)
         self._take(out, batch)
 
-    def _take(self, out: list[tuple[QuantizedImage, np.ndarray]], batch: list[_Job]) -> None:
+    def _take(self, out: list[tuple[QuantizedImage, np.ndarray]], batch: Sequence[_Job]) -> None:
         for job, result in zip(batch, out, strict=True):
             self._results[job.output] = result
         self._done += len(batch)
