@@ -12,8 +12,7 @@ from skimage.color import deltaE_ciede2000
 from kmflow.jobs.palette._compiled import histogram_error_sums, image_histogram
 from kmflow.jobs.palette.color import (
     _LINEAR_OF_UINT8,
-    _WHITE_D65,
-    _XYZ_FROM_RGB,
+    _RATIOS_FROM_RGB,
     ciede2000,
     psnr,
     srgb_to_lab,
@@ -224,8 +223,7 @@ def test_fused_ciede2000_per_pair_on_degenerate_lab_pairs() -> None:
                 other[i : i + 1],
                 base[i : i + 1],
                 _LINEAR_OF_UINT8,
-                _XYZ_FROM_RGB,
-                _WHITE_D65,
+                _RATIOS_FROM_RGB,
             )
             assert total == 1.0
             assert de == pytest.approx(ref[i], rel=1e-11, abs=1e-11)

@@ -28,7 +28,19 @@ _XYZ_FROM_RGB = np.array(
 )
 _RGB_FROM_XYZ = np.linalg.inv(_XYZ_FROM_RGB)
 _WHITE_D65 = _XYZ_FROM_RGB.sum(axis=1)  # XYZ of RGB (1, 1, 1)
+#: Linear sRGB -> XYZ over the white point: its rows sum to 1.
+_RATIOS_FROM_RGB = _XYZ_FROM_RGB / _WHITE_D65[:, None]
 _DELTA = 6.0 / 29.0
+
+
+def _white_ratios(lin: np.ndarray) -> np.ndarray:
+    """XYZ over the white point of linear sRGB ``(..., 3)``, written as green plus the red and
+    blue differences to it: a gray's three ratios are then exactly equal, so its a* and b*
+    are exactly 0 (CIEDE2000 is not continuous at zero chroma: a gray must not get a hue
+    from rounding)."""
+    g = lin[..., 1:2]
+    red, blue = _RATIOS_FROM_RGB[:, 0], _RATIOS_FROM_RGB[:, 2]
+    return g + (lin[..., 0:1] - g) * red + (lin[..., 2:3] - g) * blue
 
 
 def _linearize(c: np.ndarray) -> np.ndarray:
@@ -54,17 +66,17 @@ def srgb_to_lab(rgb: np.ndarray, *, compiled: bool = False) -> np.ndarray:
     Returns
     -------
     ndarray of float64, shape (..., 3)
-        L* in [0, 100], a* and b* roughly in [-128, 127].
+        L* in [0, 100], a* and b* roughly in [-128, 127]; exactly 0 for a gray.
     """
     rgb = np.asarray(rgb)
     if compiled and rgb.dtype == np.uint8:
-        out = lab_of_uint8(rgb.reshape(-1, 3), _LINEAR_OF_UINT8, _XYZ_FROM_RGB, _WHITE_D65)
+        out = lab_of_uint8(rgb.reshape(-1, 3), _LINEAR_OF_UINT8, _RATIOS_FROM_RGB)
         return out.reshape(rgb.shape)
     if rgb.dtype == np.uint8:  # 256 possible values: the same numbers from a table
         lin = _LINEAR_OF_UINT8[rgb]
     else:
         lin = _linearize(rgb.astype(np.float64) / 255.0)
-    xyz = lin @ _XYZ_FROM_RGB.T / _WHITE_D65
+    xyz = _white_ratios(lin)
     f = np.where(xyz > _DELTA**3, np.cbrt(xyz), xyz / (3 * _DELTA**2) + 4.0 / 29.0)
     L = 116.0 * f[..., 1] - 16.0
     a = 500.0 * (f[..., 0] - f[..., 1])

@@ -19,8 +19,7 @@ from kmflow.errors import InvalidInputError
 from kmflow.jobs.palette._compiled import floyd_steinberg, histogram_error_sums, image_histogram
 from kmflow.jobs.palette.color import (
     _LINEAR_OF_UINT8,
-    _WHITE_D65,
-    _XYZ_FROM_RGB,
+    _RATIOS_FROM_RGB,
     psnr,
     srgb_to_lab,
 )
@@ -164,8 +163,7 @@ def histogram_error(
         srgb_to_lab(palette_rgb, compiled=colors_lab is None),
         colors_lab,
         _LINEAR_OF_UINT8,
-        _XYZ_FROM_RGB,
-        _WHITE_D65,
+        _RATIOS_FROM_RGB,
     )
     return sse, de / total if total else float("nan")
 
