@@ -70,14 +70,41 @@ def encode_indexed(labels: np.ndarray, palette: np.ndarray) -> bytes:
     )
 
 
+@nb.njit(nogil=True, cache=True, inline="always")
+def _paeth_step(src, a, b, c):  # type: ignore[no-untyped-def]
+    """One byte of Paeth: ``src`` plus the predictor of left ``a``, up ``b``, up-left ``c``."""
+    pa = abs(b - c)  # |p - a| with p = a + b - c
+    pb = abs(a - c)
+    pc = abs(a + b - 2 * c)
+    bc = b if pb <= pc else c
+    pred = a if (pa <= pb) & (pa <= pc) else bc  # no short-circuit: selects, not branches
+    return (src + pred) & 0xFF
+
+
+@nb.njit(nogil=True, cache=True)
+def _paeth3(src, prev, row, stride):  # type: ignore[no-untyped-def]
+    """A Paeth-filtered row of RGB pixels. The left and upper-left neighbours are carried in
+    registers, one pixel (three independent channels) per step: reading them back from
+    ``row`` would chain every byte to the store of the one three before it."""
+    a0 = a1 = a2 = np.int32(0)
+    c0 = c1 = c2 = np.int32(0)
+    for x in range(0, stride, 3):
+        b0, b1, b2 = np.int32(prev[x]), np.int32(prev[x + 1]), np.int32(prev[x + 2])
+        a0 = _paeth_step(np.int32(src[x]), a0, b0, c0)
+        a1 = _paeth_step(np.int32(src[x + 1]), a1, b1, c1)
+        a2 = _paeth_step(np.int32(src[x + 2]), a2, b2, c2)
+        row[x], row[x + 1], row[x + 2] = a0, a1, a2
+        c0, c1, c2 = b0, b1, b2
+
+
 @nb.njit(nogil=True, cache=True)
 def _unfilter(raw, height, stride, bpp, out):  # type: ignore[no-untyped-def]
     """Undo the scanline filters of ``raw`` (height rows of 1 + stride bytes) into ``out``
     (height * stride bytes); False on an unknown filter type.
 
     Branch-free inner loops (the first ``bpp`` bytes of a row, whose left neighbours are 0,
-    and the first row, whose upper ones are, are peeled off), so that Paeth, the usual
-    filter of photos, runs at a few cycles a byte.
+    and the first row, whose upper ones are, are peeled off); Paeth, the usual filter of
+    photos, on RGB rows by :func:`_paeth3` (about 1 ns a byte instead of 5).
     """
     zero = np.zeros(stride, dtype=np.uint8)
     for y in range(height):
@@ -102,6 +129,8 @@ def _unfilter(raw, height, stride, bpp, out):  # type: ignore[no-untyped-def]
                 row[i] = (
                     np.int32(src[i]) + ((np.int32(row[i - bpp]) + np.int32(prev[i])) >> 1)
                 ) & 0xFF
+        elif kind == 4 and bpp == 3:  # Paeth on RGB: one pixel a step, a and c in registers
+            _paeth3(src, prev, row, stride)
         elif kind == 4:  # Paeth: with a = 0 and c = 0 the predictor is b
             for i in range(bpp):
                 row[i] = (np.int32(src[i]) + np.int32(prev[i])) & 0xFF

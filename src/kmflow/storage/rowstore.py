@@ -199,9 +199,11 @@ def _encoded(array: zarr.Array[Any], values: np.ndarray) -> np.ndarray:
     return values
 
 
-#: The rows' codec. Zstandard at level 1 rather than Zarr's default (level 3): on photo
-#: pixels it compresses 2.3x faster for a 2.5% larger store (ratio 1.59 instead of 1.63).
-_ROW_COMPRESSORS = (ZstdCodec(level=1),)
+#: The rows' codec. Zstandard at its fast level -1 rather than Zarr's default (level 3): on
+#: photo pixels it compresses 1.5x faster than level 1 (which is 2.3x faster than level 3) and
+#: decompresses 2.5x faster, for a store 4% larger than level 1's (ratio 1.44 instead of 1.50).
+#: Stores written with another level read the same (the codec is in each array's metadata).
+_ROW_COMPRESSORS = (ZstdCodec(level=-1),)
 
 
 # --------------------------------------------------------------------------- the machinery
