@@ -7,8 +7,9 @@ per image; each runs in its own fresh subprocess (this script re-invoked with ``
 two cores:
 
 - kmflow ``quantize`` in per-image mode (the default: each image its own k colors) and in
-  shared mode (one palette for all), through ``kmflow.jobs.palette.job.plan`` / ``run`` on a
-  ``LocalCluster(n_workers=2, threads_per_worker=1)``;
+  shared mode (one palette for all), through ``kmflow.jobs.palette.job.plan`` / ``run`` on
+  kmflow's local cluster (``kmflow.cluster.local.start_local_cluster``, as ``kmflow quantize``
+  starts it) with 2 single-threaded worker processes;
 - scikit-learn ``KMeans(k, n_init=1)`` per image on a 1,000-pixel sample, then ``predict`` on
   all pixels (its color-quantization example), and on all of the image's pixels (on a
   deterministic subset of the images only: every ``--sklearn-every``-th);
@@ -156,20 +157,18 @@ def ensure_pngquant() -> tuple[str | None, str]:
 
 def _run_kmflow(args: argparse.Namespace, work: Path, palette: str, mem: PeakRSS) -> dict[str, Any]:
     from dask.utils import key_split
-    from distributed import Client, LocalCluster, get_task_stream
+    from distributed import get_task_stream
 
-    from kmflow.config import get_settings
+    from kmflow.cluster.local import start_local_cluster
+    from kmflow.config import ClusterSettings, get_settings
     from kmflow.jobs.palette.job import QuantizeOptions, plan, run
     from kmflow.storage.pixelstore import PixelStore
 
     out = work / "out" / args.worker
     t0 = time.perf_counter()
-    with (
-        LocalCluster(
-            n_workers=N_PROCESSES, threads_per_worker=1, dashboard_address=None
-        ) as cluster,
-        Client(cluster),
-    ):
+    # kmflow's own local cluster (as `kmflow quantize` starts it), sized to the peers.
+    settings = ClusterSettings(n_workers=N_PROCESSES, threads_per_worker=1, dashboard_address=None)
+    with start_local_cluster(settings):
         cluster_s = time.perf_counter() - t0
         mem.mark_baseline()
         t0 = time.perf_counter()
@@ -657,7 +656,7 @@ def build_report(
         f"two sample photos (flips, crops, bicubic resizes 1-3x; seed {args.seed}), k = "
         f"{args.k}. End to end = read the PNG files → quantize every image → write one PNG per "
         "image (kmflow: `plan` + `run`, which also ingests the pixels into its Zarr store and "
-        "measures PSNR/ΔE itself; LocalCluster start not included, see Details). Every peer "
+        "measures PSNR/ΔE itself; cluster start not included, see Details). Every peer "
         f"runs per image in a pool of {N_PROCESSES} processes (1 BLAS thread each).",
         "",
         "| contender | images | MP | end-to-end s | MP/s | PSNR dB (pooled) | mean PSNR per "
@@ -715,7 +714,7 @@ def build_report(
                 shown.append(f"other {rest:.1f}")
             lines.append(
                 f"- {label(r['name'], args)}: {_fmt_stages(r['stages'])}; total "
-                f"{r['total_s']:.1f} (wall; LocalCluster start "
+                f"{r['total_s']:.1f} (wall; cluster start "
                 f"{r['notes']['cluster_start_s']:.1f} s before it). Dask workers busy "
                 f"{sum(busy.values()):.1f} s of {N_PROCESSES} x {r['total_s']:.1f} s "
                 f"({sum(busy.values()) / (N_PROCESSES * r['total_s']):.0%}), by task (Dask "
@@ -869,8 +868,10 @@ def build_report(
         "nanny and workers, pool processes, pngquant), sampled every 50 ms; shared pages count "
         "once per process.",
         f"- kmflow: `QuantizeOptions(n_colors={args.k}, palette=..., seed={args.seed})` (defaults "
-        "otherwise: n_init 4, max_iter 300, no dithering), `plan` + `run` on "
-        f"`LocalCluster(n_workers={N_PROCESSES}, threads_per_worker=1)`, a fresh store per mode.",
+        "otherwise: n_init 8, max_iter 300, no dithering), `plan` + `run` on kmflow's local "
+        f"cluster (`start_local_cluster`, {N_PROCESSES} worker processes x 1 thread, as "
+        "`kmflow quantize` starts it: its workers' malloc settings included), a fresh store "
+        "per mode.",
         f"- scikit-learn: `KMeans(n_clusters={args.k}, n_init=1, random_state={args.seed})`, "
         "k-means++, tol 1e-4; the sample variant follows its color-quantization example (float "
         "/ 255, `shuffle(..., n_samples=1000)`, `predict` on all pixels); the all-pixels "
@@ -880,7 +881,7 @@ def build_report(
         f"{args.pillow_kmeans:g} x the image's pixels (kmeans=1, until no pixel changes, took "
         "5-30 s per MP). pngquant: `pngquant --nofs --force "
         f"--output OUT.png {args.k} IN.png` (quality and speed defaults). Indexed PNGs written "
-        "with Pillow's default settings, as kmflow writes them.",
+        "with Pillow's default settings (kmflow writes its own: unfiltered, libdeflate level 6).",
     ]
     return "\n".join(lines) + "\n", checks
 

@@ -16,7 +16,7 @@ from distributed.core import Status
 
 import kmflow.cluster.resources
 from kmflow.cluster import connect, has_distributed_client, memory_budget
-from kmflow.cluster.local import resolved_n_workers
+from kmflow.cluster.local import WORKER_MALLOC_ENV, resolved_n_workers
 from kmflow.config import ClusterSettings, Settings
 from kmflow.errors import ClusterError
 
@@ -77,6 +77,9 @@ def test_local_mode_starts_worker_processes_and_closes_them() -> None:
         assert memory_budget() == 2 * GiB
         assert da.ones((1000, 3), chunks=(250, 3)).sum().compute() == 3000
         assert client.submit(os.getpid, pure=False).result() in pids.values()
+        # The workers keep freed memory for their next arrays (glibc malloc settings).
+        environs = client.run(lambda: {k: os.environ.get(k) for k in WORKER_MALLOC_ENV})
+        assert list(environs.values()) == [WORKER_MALLOC_ENV, WORKER_MALLOC_ENV]
     assert client.status == "closed"
     assert cluster.status == Status.closed
     assert _wait_until_gone(list(pids.values())) == []
