@@ -188,8 +188,8 @@ _CHUNK = 4096
 # x >= 0. Their ``*_into`` array versions are for tests.
 
 # cbrt: x is scaled by 8 (its root by 2) until it is at least 1/8, a cubic gives the root of
-# [1/8, 1] to 1.4e-2, two Halley steps (cubic convergence) take it below 1e-16 and a Newton
-# step rounds it to within 3 units in the last place of libm's (0.65 on average).
+# [1/8, 1] to 1.4e-2, two Halley steps (cubic convergence) take it below 1e-16 and a last
+# Newton step to within one unit in the last place of the exact root (glibc's cbrt: 3.3).
 _CBRT_POLY = (0.35456, 1.36012, -1.19994, 0.49071)  # weighted least squares, 1.4e-2
 
 
@@ -234,7 +234,7 @@ _Q = (
     4.853903996359136964868e2,
     1.945506571482613964425e2,
 )
-_MOREBITS = 6.123233995736765886130e-17  # pi/4 - float(pi/4) halved (pi/2's low part / 2)
+_MOREBITS = 6.123233995736765886130e-17  # pi/2 - float(pi/2); pi/4's low part is half of it
 
 
 @nb.njit(inline="always", error_model="numpy")
@@ -585,8 +585,9 @@ def histogram_error_sums(
     Staged over chunks of 4,096 colors, nothing allocated per color: each color's Lab (from
     ``colors_lab``, else computed as :func:`lab_of_uint8` does), the algebraic part of its
     CIEDE2000 to its palette entry in one vectorised compiled pass, the mean hue and the
-    rotation term in another, then the weighted sums. About 10x faster than one compiled
-    pass calling libm per color (20-25 ns a color, on AVX2 as on AVX-512).
+    rotation term in others, then the weighted sums: about 60 ns a color on an AVX2 core,
+    where one compiled pass calling libm per color, or numpy's cbrt/arctan2/exp between
+    the passes, takes 150-170.
     Agrees with the per-pair reference to rounding (below 1e-11); a color painted as itself
     counts 0 exactly.
 
