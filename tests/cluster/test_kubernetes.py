@@ -38,6 +38,7 @@ from kmflow.cluster.kubernetes import (
     cluster_spec,
     render_manifest,
 )
+from kmflow.cluster.local import WORKER_MALLOC_ENV
 from kmflow.config import ClusterSettings, KubernetesSettings, Settings, get_settings
 from kmflow.errors import ClusterError
 
@@ -59,6 +60,10 @@ CUSTOM = KubernetesSettings(
     settings_from="team-settings",
     idle_timeout=900,
 )
+
+
+#: The container entries of kmflow's default worker malloc settings, sorted by name.
+_MALLOC_ENV = [{"name": k, "value": v} for k, v in sorted(WORKER_MALLOC_ENV.items())]
 
 
 def _containers(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -240,6 +245,7 @@ def test_spec_follows_the_settings() -> None:
     for container in (scheduler, worker):
         assert container["env"] == [
             {"name": "AWS_DEFAULT_REGION", "value": "eu-west-1"},
+            *_MALLOC_ENV,
             {"name": "ZED", "value": "last"},
         ]
         assert container["envFrom"] == [
@@ -263,7 +269,16 @@ def test_spec_without_settings_from_has_no_env_from() -> None:
     scheduler, worker = _containers(cluster_spec(KubernetesSettings(settings_from=None)))
     assert "envFrom" not in scheduler
     assert "envFrom" not in worker
-    assert scheduler["env"] == worker["env"] == []
+    assert scheduler["env"] == worker["env"] == _MALLOC_ENV
+
+
+def test_env_setting_overrides_the_malloc_defaults() -> None:
+    settings = KubernetesSettings(settings_from=None, env={"MALLOC_TRIM_THRESHOLD_": "65536"})
+    _, worker = _containers(cluster_spec(settings))
+    assert worker["env"] == [
+        {"name": "MALLOC_MMAP_THRESHOLD_", "value": WORKER_MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"]},
+        {"name": "MALLOC_TRIM_THRESHOLD_", "value": "65536"},
+    ]
 
 
 def test_spec_accepts_every_settings_level(monkeypatch: pytest.MonkeyPatch) -> None:

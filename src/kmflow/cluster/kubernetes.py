@@ -34,6 +34,7 @@ from distributed import Client
 from distributed.utils import LoopRunner, sync
 from tornado.ioloop import IOLoop
 
+from kmflow.cluster.local import WORKER_MALLOC_ENV
 from kmflow.config import ClusterSettings, KubernetesSettings, get_settings
 from kmflow.errors import ClusterError
 
@@ -96,7 +97,9 @@ def cluster_spec(
         - CPU and memory requests equal to limits, ``worker_*`` on the worker container and
           ``scheduler_*`` on the scheduler container;
         - the containers started with ``dask scheduler`` / ``dask worker``;
-        - ``env`` as container environment variables (sorted by name), and, unless
+        - :data:`~kmflow.cluster.local.WORKER_MALLOC_ENV` (glibc malloc settings that keep
+          freed memory for the next task's arrays) and ``env``, which wins, as container
+          environment variables (sorted by name), and, unless
           ``settings_from`` is None, ``envFrom`` the ConfigMap and the Secret of that name,
           both optional, so that the pods read kmflow's ``KMFLOW_*`` settings (storage
           options, credentials) from the same place as the flow's own pod.
@@ -113,7 +116,7 @@ def cluster_spec(
         image=kube.image,
         n_workers=kube.n_workers,
         resources=_resources(kube.worker_cpu, kube.worker_memory),
-        env=dict(sorted(kube.env.items())),
+        env=dict(sorted({**WORKER_MALLOC_ENV, **kube.env}.items())),
         worker_command=_WORKER_COMMAND,
         idle_timeout=kube.idle_timeout,
     )
