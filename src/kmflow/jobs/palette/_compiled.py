@@ -185,7 +185,8 @@ _CHUNK = 4096
 # with libm to a few units in the last place on the range it is used on (tested against
 # numpy); none is a drop-in replacement outside it: ``_cbrt`` for x >= 2**-9 (smaller x get
 # a value, not an accurate one), ``_atan2_degrees`` for any finite pair, ``_exp_neg`` for
-# x >= 0. Their ``*_into`` array versions are for tests.
+# x >= 0. ``cbrt_into`` and ``atan2_degrees_into`` are loops the passes call on 1-D rows;
+# ``exp_neg_into`` exists for the tests (the rotation pass inlines ``_exp_neg``).
 
 # cbrt: x is scaled by 8 (its root by 2) until it is at least 1/8, a cubic gives the root of
 # [1/8, 1] to 1.4e-2, two Halley steps (cubic convergence) take it below 1e-16 and a last
