@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,11 +33,13 @@ from kmflow.errors import (
 )
 from kmflow.storage.images import ImageSource, encode_png
 from kmflow.storage.pixelstore import (
+    DecodedBatch,
     ImageRecord,
     IngestProgress,
     IngestReport,
     PixelStore,
 )
+from kmflow.storage.rowstore import aligned_chunks
 
 MAX_PIXELS = 1_000_000
 CHUNK = 1000
@@ -375,23 +379,49 @@ def test_next_batch_decodes_while_one_is_written(
     sources = [images.make(f"p{i}.png", 50 + i, 20 + i, 30) for i in range(5)]
     sources.append(sources[1])  # a duplicate of an image two batches earlier
     events: list[tuple[str, int]] = []
-    decode_batch, append = PixelStore._decode_batch, PixelStore._append
+    decode_batch, write_batch = PixelStore._decode_batch, PixelStore._write_batch
 
     def recorded_decode(self: PixelStore, batch: list[ImageSource], *a: Any) -> Any:
         events.append(("decode", len(batch)))
         return decode_batch(self, batch, *a)
 
-    def recorded_append(self: PixelStore, group: Any, record: Any, rows: Any, *a: Any, **kw: Any):  # type: ignore[no-untyped-def]
-        events.append(("write", int(rows.shape[0])))
-        return append(self, group, record, rows, *a, **kw)
+    rows_of_task: dict[str, tuple[int, int]] = {}  # write task key: the rows it writes
+
+    def recorded_write(self: PixelStore, group: Any, rows_end: int, *a: Any) -> Any:
+        writing = write_batch(self, group, rows_end, *a)
+        if writing is not None:
+            events.append(("write", writing.end - rows_end))
+            chunks = aligned_chunks(rows_end, writing.end - rows_end, CHUNK)
+            starts = rows_end + np.cumsum([0, *chunks])
+            for task, a0, a1 in zip(writing.writes, starts[:-1], starts[1:], strict=True):
+                rows_of_task[str(task.key)] = (int(a0), int(a1))
+        return writing
 
     monkeypatch.setattr(PixelStore, "_decode_batch", recorded_decode)
-    monkeypatch.setattr(PixelStore, "_append", recorded_append)
+    monkeypatch.setattr(PixelStore, "_write_batch", recorded_write)
     store = PixelStore(str(tmp_path / "store.zarr"), chunk_pixels=CHUNK)
     # batch_pixels // max_pixels == 0: a first batch of 1 image; then as many as fit 2,000
     # pixels at the largest image seen (600 -> 3 images, 690 -> 2).
-    report = store.ingest(sources, max_pixels=MAX_PIXELS, batch_pixels=2000)
+    with get_task_stream(dask_client) as stream:
+        report = store.ingest(sources, max_pixels=MAX_PIXELS, batch_pixels=2000)
     monkeypatch.undo()
+    # The batches end inside Zarr chunks (rows 600 and 2580 of 1,000-row chunks): writes of
+    # one Zarr chunk never ran at once (a partial chunk write reads, merges and rewrites it).
+    ran = {
+        str(t["key"]): next(ss for ss in t["startstops"] if ss["action"] == "compute")
+        for t in stream.data
+        if str(t["key"]) in rows_of_task
+    }
+    assert len(ran) == len(rows_of_task) == 1 + 3 + 2
+    by_chunk: dict[int, list[dict[str, Any]]] = {}
+    for key, (a0, a1) in rows_of_task.items():
+        for c in range(a0 // CHUNK, (a1 - 1) // CHUNK + 1):
+            by_chunk.setdefault(c, []).append(ran[key])
+    shared = {c: sorted(runs, key=lambda r: r["start"]) for c, runs in by_chunk.items()}
+    assert {c for c, runs in shared.items() if len(runs) > 1} == {0, 2}
+    for runs in shared.values():
+        for before, after in itertools.pairwise(runs):
+            assert after["start"] >= before["stop"]
     sizes = [20 * 30, 21 * 30, 22 * 30, 23 * 30, 24 * 30]
     assert events == [
         ("decode", 1),
@@ -410,6 +440,100 @@ def test_next_batch_decodes_while_one_is_written(
         one_by_one.ingest([src], max_pixels=MAX_PIXELS)
     assert store.fingerprint() == one_by_one.fingerprint()
     np.testing.assert_array_equal(store.pixels().compute(), one_by_one.pixels().compute())
+
+
+@pytest.mark.parametrize("start", [7, 10])
+def test_chunk_writes_cover_the_rows_and_wait_for_a_shared_chunk(start: int) -> None:
+    """One write task per Zarr chunk of the new rows; the first waits for the write before
+    it only when both touch one Zarr chunk (``start`` inside it)."""
+    from kmflow.storage.images import DecodedImage
+    from kmflow.storage.pixelstore import _chunk_writes
+
+    rng = np.random.default_rng(0)
+    src = ImageSource(url="memory://x.png", relpath="x.png")
+    b, c = (rng.integers(0, 256, (n, 3), dtype=np.uint8) for n in (12, 9))
+    g0 = dask.delayed(
+        [DecodedImage(src, "a", 1, 5, None, "bad"), DecodedImage(src, "b", 3, 4, b, None)]
+    )
+    g1 = dask.delayed([DecodedImage(src, "c", 3, 3, c, None)])
+    target = zarr.create_array(
+        zarr.storage.MemoryStore(), shape=(start + 21, 3), chunks=(10, 3), dtype="u1"
+    )
+    before = dask.delayed(int, pure=False)(0)
+    tasks = _chunk_writes(target, start, [(g0, 1, 12), (g1, 0, 9)], before)
+    assert len(tasks) == len(aligned_chunks(start, 21, 10))
+    waits = [before.key in dict(t.__dask_graph__()) for t in tasks]
+    assert waits == [start % 10 != 0] + [False] * (len(tasks) - 1)
+    assert sum(dask.compute(*tasks)) == 21
+    np.testing.assert_array_equal(target[start:], np.concatenate([b, c]))
+    assert not target[:start].any()
+
+
+def test_a_failing_ingest_keeps_committed_batches_and_stops_writing(
+    dask_client: Client, images: Images, tmp_path: Path
+) -> None:
+    """A batch fails while the one before it may still be written: that one is committed
+    once its pixels are, the failing one stays invisible, nothing writes once ingest() has
+    raised, and a rerun adds the rest."""
+    sources = [images.make(f"f{i}.png", 70 + i, 20 + i, 30) for i in range(5)]
+    url = tmp_path / "store.zarr"
+    store = PixelStore(str(url), chunk_pixels=CHUNK)
+    seen: list[int] = []
+
+    def fail_third(batch: DecodedBatch) -> None:
+        seen.append(len(batch.records))
+        if len(seen) == 3:
+            raise RuntimeError("on_batch failed")
+
+    with pytest.raises(RuntimeError, match="on_batch failed"):
+        store.ingest(sources, max_pixels=MAX_PIXELS, batch_pixels=2000, on_batch=fail_third)
+    assert seen == [1, 3, 1]
+    committed = store.images()
+    assert [r.source for r in committed] == [s.url for s in sources[:4]]  # batches 1 and 2
+    _assert_store_holds(store, {s.url: images.pixels[s.url] for s in sources[:4]})
+
+    def chunk_files() -> dict[str, tuple[int, int]]:
+        return {
+            str(p): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in (url / "pixels").rglob("*")
+            if p.is_file()
+        }
+
+    written = chunk_files()
+    time.sleep(0.5)
+    assert chunk_files() == written  # no write of the failed call ran on after it raised
+
+    report = store.ingest(sources, max_pixels=MAX_PIXELS)
+    assert len(report.added) == 5 - len(committed)
+    _assert_store_holds(store, images.pixels)
+
+
+def test_a_failed_commit_commits_nothing_after_it(
+    dask_client: Client, images: Images, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second batch's metadata commit fails while the third is written: neither is
+    committed (the third's rows would follow rows no image owns), the first stays."""
+    sources = [images.make(f"m{i}.png", 90 + i, 20 + i, 30) for i in range(5)]
+    store = PixelStore(str(tmp_path / "store.zarr"), chunk_pixels=CHUNK)
+    commit = PixelStore._commit_images
+    calls: list[int] = []
+
+    def second_fails(self: PixelStore, group: Any, record: Any, new: Any, meta: Any) -> None:
+        calls.append(int(meta.sizes["image"]))
+        if len(calls) == 2:
+            raise RuntimeError("commit failed")
+        commit(self, group, record, new, meta)
+
+    monkeypatch.setattr(PixelStore, "_commit_images", second_fails)
+    with pytest.raises(RuntimeError, match="commit failed"):
+        store.ingest(sources, max_pixels=MAX_PIXELS, batch_pixels=2000)
+    monkeypatch.undo()
+    assert calls == [1, 3]
+    assert [r.source for r in store.images()] == [sources[0].url]
+    _assert_store_holds(store, {sources[0].url: images.pixels[sources[0].url]})
+    report = store.ingest(sources, max_pixels=MAX_PIXELS)
+    assert [r.source for r in report.added] == [s.url for s in sources[1:]]
+    _assert_store_holds(store, images.pixels)
 
 
 def test_crash_during_metadata_commit(
@@ -627,7 +751,9 @@ def test_ingest_on_process_cluster_matches_in_process(
     assert len(decode) == len(sources)
     assert {t["worker"] for t in decode} <= workers
     # Writing the pixels also ran on the workers (the driver never holds them all).
-    assert any("store" in str(t["key"]) for t in stream.data)
+    writes = [t for t in stream.data if str(t["key"]).startswith("_write_rows")]
+    assert writes
+    assert {t["worker"] for t in writes} <= workers
 
     in_process = PixelStore(str(tmp_path / "local.zarr"), chunk_pixels=CHUNK)
     with dask.config.set(scheduler="threads"), get_task_stream(dask_client) as local_stream:

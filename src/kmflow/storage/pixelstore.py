@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -63,7 +64,7 @@ from kmflow.fingerprint import fingerprint
 from kmflow.storage.fs import redact_url
 from kmflow.storage.images import DecodedImage, ImageSource, check_relpath, read_image
 from kmflow.storage.rowstore import LEASE_GROUP as LEASE_GROUP  # the lease subgroup
-from kmflow.storage.rowstore import Commit, Layout, RowStoreBase, zarr_array
+from kmflow.storage.rowstore import Commit, Layout, RowStoreBase, aligned_chunks, zarr_array
 
 __all__ = [
     "DEFAULT_BATCH_PIXELS",
@@ -222,11 +223,33 @@ class _Tally:
 
     known: list[str]  # sha256 of the committed images, in store order
     seen: set[str]  # committed or decoded earlier in this call
+    n_sources: int = 0
     added: list[ImageRecord] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     errors: list[IngestError] = field(default_factory=list)
     hashes: dict[str, str] = field(default_factory=dict)
     n_pixels: int = 0
+
+
+@dataclass(frozen=True)
+class _Writing:
+    """An ingest batch whose new pixels are being written: what its commit needs."""
+
+    new: list[tuple[ImageSource, str, int, int, tuple[int, int]]]  # source, sha256, h, w, where
+    records: list[ImageRecord]
+    offsets: np.ndarray
+    start: int  # its first pixel row
+    end: int  # the pixel rows once it is committed
+    writes: tuple[Any, ...]  # persisted write tasks, one per Zarr chunk, in row order
+
+    def wait_quietly(self) -> None:
+        """Return once none of the writes runs any more, whether they failed or not."""
+        if "distributed" in sys.modules:  # else persist() ran them already
+            from distributed import futures_of, wait
+
+            futures = futures_of(list(self.writes))
+            if futures:
+                wait(futures)
 
 
 # --------------------------------------------------------------------------- worker-side tasks
@@ -271,10 +294,57 @@ def _summaries(images: list[DecodedImage]) -> list[tuple[str | None, int, int, s
     return [(i.sha256, i.height, i.width, i.error) for i in images]
 
 
-def _rows_of(images: list[DecodedImage], keep: list[int]) -> np.ndarray:
-    """The pixel rows of the kept images of a group, in order (only decoded ones are kept)."""
-    parts = [images[i].pixels for i in keep]
-    return np.concatenate([p for p in parts if p is not None], axis=0)
+def _chunk_writes(
+    target: zarr.Array[Any],
+    start: int,
+    images: list[tuple[Any, int, int]],
+    after: Any = None,
+) -> list[Any]:
+    """The write tasks (Dask delayed, one per Zarr chunk) of images appended at row ``start``.
+
+    ``images`` are ``(decode task, index in its list, pixels)`` in row order. ``after`` is the
+    last write of the rows before ``start``, perhaps still running: when ``start`` is inside
+    a Zarr chunk, the first task here depends on it, so that chunk is never written by two
+    tasks at once.
+    """
+    write = dask.delayed(_write_rows, pure=False)
+    chunk = target.chunks[0]
+    tasks: list[Any] = []
+    image, first = 0, 0  # the next row to write: row ``first`` of ``images[image]``
+    row = start
+    for rows in aligned_chunks(start, sum(n for *_, n in images), chunk):
+        pieces = []
+        while rows:
+            group, index, size = images[image]
+            take = min(rows, size - first)
+            pieces.append((group, index, first, first + take))
+            rows -= take
+            first += take
+            if first == size:
+                image, first = image + 1, 0
+        shared = not tasks and row % chunk and after is not None
+        tasks.append(write(target, row, pieces, after if shared else None))
+        row += sum(b - a for _, _, a, b in pieces)
+    return tasks
+
+
+def _write_rows(
+    target: zarr.Array[Any],
+    start: int,
+    pieces: list[tuple[list[DecodedImage], int, int, int]],
+    after: object = None,
+) -> int:
+    """Write one Zarr chunk's share of an ingest batch at row ``start``; the rows written.
+
+    ``pieces`` are ``(images, index, first, stop)``: rows ``first:stop`` of the decoded image
+    ``images[index]`` (a decode task's list), in order. ``after`` is only a dependency: the
+    write of the batch before, when it ends inside the Zarr chunk this one starts in (a
+    partial chunk write is a read-modify-write, so two at once would lose one's rows).
+    """
+    rows = [images[i].pixels[a:b] for images, i, a, b in pieces]  # type: ignore[index]
+    block = rows[0] if len(rows) == 1 else np.concatenate(rows, axis=0)
+    target[start : start + len(block)] = block
+    return len(block)
 
 
 def _array(group: zarr.Group, name: str) -> zarr.Array[Any]:
@@ -692,7 +762,7 @@ class PixelStore(RowStoreBase):
         batch_pixels : int, default 64 MiB of RGB
             Target pixels decoded per batch; each batch is committed on its own.
         progress : callable, optional
-            Called with an :class:`IngestProgress` after each batch.
+            Called with an :class:`IngestProgress` after each batch is committed.
         on_batch : callable, optional
             Called with each batch's new images as a :class:`DecodedBatch` (pixels on the
             workers) once they are known and before they are written; whatever it submits
@@ -718,11 +788,14 @@ class PixelStore(RowStoreBase):
         Notes
         -----
         Per batch: one ``persist`` decodes the images on the workers (pixels stay there), one
-        ``compute`` brings each image's hash, size and error to the driver, and one compute
-        appends the new pixels (Dask chunks aligned with the Zarr chunks, so every Zarr chunk
-        is written by a single task). The per-image metadata and then the commit record follow.
-        The next two batches are decoded while one is written (on a distributed client), so
-        the workers do not wait on the driver between batches.
+        ``compute`` brings each image's hash, size and error to the driver, and one ``persist``
+        writes the new pixels: a task per Zarr chunk, on the worker holding its rows, so that
+        every Zarr chunk is written by a single task at a time. On a distributed client the
+        driver goes on while they run: the next batch is deduplicated and handed to
+        ``on_batch`` before this one's per-image metadata and commit record are written (in
+        batch order, each once its pixels are), and the two batches after it are decoded
+        meanwhile, so the workers do not wait on the driver between batches. A failing ingest
+        waits for its running writes before it gives the lease back.
         Images whose sha256 is already committed, or seen earlier in the call, are duplicates.
 
         Batch sizes adapt to the images: the first batch holds ``batch_pixels // max_pixels``
@@ -758,7 +831,7 @@ class PixelStore(RowStoreBase):
     ) -> IngestReport:
         group, record = self._prepare_write(create=self._empty)
         known = self._known_hashes(group, record)
-        tally = _Tally(known=known, seen=set(known))
+        tally = _Tally(known=known, seen=set(known), n_sources=len(sources))
 
         done = 0
         largest = 0  # largest image decoded so far (pixels)
@@ -783,13 +856,40 @@ class PixelStore(RowStoreBase):
                 n_batch = max(1, min(_MAX_BATCH_IMAGES, n_batch * _BATCH_GROWTH, fit))
                 start(n_batch)
 
-        start(n_batch)
-        while ahead:
-            batch, decoded = ahead.popleft()
-            record = self._ingest_batch(group, record, batch, decoded, tally, start_more, on_batch)
-            done += len(batch)
-            if progress is not None:
-                progress(IngestProgress(done, len(sources), tally.n_pixels))
+        # A batch's pixels are written while the next batch is deduplicated and handed to
+        # on_batch; it is committed (metadata, then the record) once they are, in order.
+        # ``pending`` holds the batches not yet reported, each with its writes or None.
+        pending: deque[tuple[int, _Writing | None]] = deque()
+        rows_end = record.n_rows
+        try:
+            start(n_batch)
+            while ahead:
+                batch, decoded = ahead.popleft()
+                last = next((w for _, w in reversed(pending) if w is not None), None)
+                writing = self._write_batch(
+                    group, rows_end, batch, decoded, tally, start_more, on_batch, last
+                )
+                done += len(batch)
+                pending.append((done, writing))
+                if writing is not None:
+                    rows_end = writing.end
+                # Commit and report every batch but a newest one still being written.
+                while pending and (len(pending) > 1 or pending[0][1] is None):
+                    record = self._report_batch(group, record, pending.popleft(), tally, progress)
+            while pending:
+                record = self._report_batch(group, record, pending.popleft(), tally, progress)
+        except BaseException:
+            # Nothing of this writer may still be writing once its lease is released; the
+            # batches written in full right after the last commit are committed still.
+            for _, writing in pending:
+                if writing is not None:
+                    writing.wait_quietly()
+            try:
+                while pending and getattr(pending[0][1], "start", record.n_rows) == record.n_rows:
+                    record = self._report_batch(group, record, pending.popleft(), tally, progress)
+            except Exception as exc:  # the first error is the one raised
+                logger.warning("%s: could not commit a written batch: %s", self._shown, exc)
+            raise
         report = IngestReport(
             added=tally.added,
             duplicates=tally.duplicates,
@@ -839,21 +939,26 @@ class PixelStore(RowStoreBase):
             )
         )
 
-    def _ingest_batch(
+    def _write_batch(
         self,
         group: zarr.Group,
-        record: Commit,
+        rows_end: int,
         batch: list[ImageSource],
         decoded: tuple[Any, ...],
         tally: _Tally,
         sized: Callable[[int], None],
-        on_batch: Callable[[DecodedBatch], None] | None = None,
-    ) -> Commit:
-        """Deduplicate and commit one decoded batch; returns the new commit record.
+        on_batch: Callable[[DecodedBatch], None] | None,
+        last: _Writing | None,
+    ) -> _Writing | None:
+        """Deduplicate one decoded batch and start writing its new pixels at ``rows_end``.
 
         ``sized`` gets the batch's largest image (pixels) as soon as the sizes are known,
         before anything is written (it starts the next batches); ``on_batch`` gets the new
-        images just before they are written.
+        images just before they are written. ``last`` is the batch written before this one,
+        perhaps still being written. Returns None when the batch has nothing new.
+
+        On a distributed client the writes run in the background (one task per Zarr chunk,
+        on the worker holding most of its rows), and :meth:`_commit_batch` waits for them.
         """
         summaries = [
             (gi, ii, summary)
@@ -877,25 +982,10 @@ class PixelStore(RowStoreBase):
                 tally.hashes[src.url] = sha
                 new.append((src, sha, h, w, (gi, ii)))
         if not new:
-            return record
+            return None
 
-        offsets = record.n_rows + np.concatenate(
-            [[0], np.cumsum([h * w for _, _, h, w, _ in new])[:-1]]
-        ).astype(np.int64)
-        kept: dict[int, list[int]] = {}
-        rows_of: dict[int, int] = {}
-        for _, _, h, w, (gi, ii) in new:
-            kept.setdefault(gi, []).append(ii)
-            rows_of[gi] = rows_of.get(gi, 0) + h * w
-        pieces = [
-            da.from_delayed(
-                dask.delayed(_rows_of, pure=False)(decoded[gi], idx),
-                shape=(rows_of[gi], 3),
-                dtype=np.uint8,
-            )
-            for gi, idx in kept.items()
-        ]
-
+        sizes = np.array([h * w for _, _, h, w, _ in new], dtype=np.int64)
+        offsets = rows_end + np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         records = [
             ImageRecord(src.url, src.relpath, sha, h, w, int(off))
             for (src, sha, h, w, _), off in zip(new, offsets.tolist(), strict=True)
@@ -903,26 +993,75 @@ class PixelStore(RowStoreBase):
         if on_batch is not None:
             on_batch(DecodedBatch(records, decoded, [where for *_, where in new]))
 
-        def meta() -> xr.Dataset:  # after the pixels are written
-            now = np.datetime64(dt.datetime.now(dt.UTC).replace(tzinfo=None), "ns")
-            return xr.Dataset(
-                {
-                    "source": ("image", np.array([s.url for s, *_ in new], dtype=_STRING)),
-                    "relpath": ("image", np.array([s.relpath for s, *_ in new], dtype=_STRING)),
-                    "sha256": ("image", np.array([sha for _, sha, *_ in new], dtype=_STRING)),
-                    "height": ("image", np.array([h for _, _, h, _, _ in new], dtype=np.int64)),
-                    "width": ("image", np.array([w for _, _, _, w, _ in new], dtype=np.int64)),
-                    "offset": ("image", offsets),
-                    "ingested_at": ("image", np.full(len(new), now, dtype="datetime64[ns]")),
-                }
-            )
-
-        new_record = self._append(
-            group, record, da.concatenate(pieces, axis=0), meta, known=tally.known
+        self._check_lease()
+        for name in self._row_derived(dict(group.arrays())):  # they no longer cover every row
+            del group[name]
+        # Every chunk written holds rows: Zarr's check for an all-fill-value chunk (a
+        # comparison of every byte, to skip writing it) is a wasted pass over the data.
+        target = self._array(group, "pixels").with_config({"write_empty_chunks": True})
+        n = int(sizes.sum())
+        target.resize((rows_end + n, target.shape[1]))
+        # The batch before may end inside the Zarr chunk this one starts in: then this
+        # batch's first write waits for that batch's last one.
+        tasks = _chunk_writes(
+            target,
+            rows_end,
+            [(decoded[gi], ii, int(size)) for (*_, (gi, ii)), size in zip(new, sizes, strict=True)],
+            last.writes[-1] if last is not None else None,
         )
-        tally.known.extend(sha for _, sha, *_ in new)
-        tally.added.extend(records)
-        tally.n_pixels += new_record.n_rows - record.n_rows
+        return _Writing(new, records, offsets, rows_end, rows_end + n, dask.persist(*tasks))
+
+    def _report_batch(
+        self,
+        group: zarr.Group,
+        record: Commit,
+        item: tuple[int, _Writing | None],
+        tally: _Tally,
+        progress: Callable[[IngestProgress], None] | None,
+    ) -> Commit:
+        """Commit a batch once its pixels are written (if it has any); report progress."""
+        done, writing = item
+        if writing is not None:
+            record = self._commit_batch(group, record, writing, tally)
+        if progress is not None:
+            progress(IngestProgress(done, tally.n_sources, tally.n_pixels))
+        return record
+
+    def _commit_batch(
+        self, group: zarr.Group, record: Commit, writing: _Writing, tally: _Tally
+    ) -> Commit:
+        """Wait for a batch's pixels, then append its images' metadata and commit it."""
+        written = sum(dask.compute(*writing.writes))
+        if writing.start != record.n_rows or writing.start + written != writing.end:  # a bug
+            raise RuntimeError(
+                f"{self._shown}: wrote {written} pixels at row {writing.start} (expected "
+                f"{writing.end - writing.start}) after {record.n_rows} committed"
+            )
+        self._check_lease()  # before the metadata: another writer may be appending its own
+        new = writing.new
+        now = np.datetime64(dt.datetime.now(dt.UTC).replace(tzinfo=None), "ns")
+        meta = xr.Dataset(
+            {
+                "source": ("image", np.array([s.url for s, *_ in new], dtype=_STRING)),
+                "relpath": ("image", np.array([s.relpath for s, *_ in new], dtype=_STRING)),
+                "sha256": ("image", np.array([sha for _, sha, *_ in new], dtype=_STRING)),
+                "height": ("image", np.array([h for _, _, h, _, _ in new], dtype=np.int64)),
+                "width": ("image", np.array([w for _, _, _, w, _ in new], dtype=np.int64)),
+                "offset": ("image", writing.offsets),
+                "ingested_at": ("image", np.full(len(new), now, dtype="datetime64[ns]")),
+            }
+        )
+        hashes = [sha for _, sha, *_ in new]
+        new_record = Commit(
+            n_rows=writing.end,
+            n_items=record.n_items + len(new),
+            fingerprint=fingerprint([*tally.known, *hashes]),
+            meta=record.meta,
+        )
+        self._commit_items(group, record, new_record, meta)
+        tally.known.extend(hashes)
+        tally.added.extend(writing.records)
+        tally.n_pixels += writing.end - record.n_rows
         return new_record
 
     def _commit_items(
