@@ -275,6 +275,40 @@ def test_images_already_stored_are_left_to_the_store(
         assert Path(q.output).read_bytes() == Path(ref.output).read_bytes()
 
 
+def test_paintings_go_where_the_pixels_are_unless_that_worker_is_busier(
+    tmp_path: Path, dask_client: Any
+) -> None:
+    """Every decoded group sits on one worker: its paintings are spread so that neither
+    worker has more than one painting's pixels queued beyond the other; groups on the idle
+    worker stay there."""
+    import dask
+    from distributed import futures_of, wait
+
+    from kmflow.jobs.palette.per_image import ImageQuantizer, _Job
+    from kmflow.storage.pixelstore import ImageRecord
+
+    a, b = sorted(dask_client.scheduler_info()["workers"])
+    sizes = [3000, 1000, 2000, 2000, 500, 4000, 1000, 1500]
+    groups = [dask_client.persist(dask.delayed(list)([i]), workers=[a]) for i in sizes]
+    groups.append(dask_client.persist(dask.delayed(list)([9]), workers=[b]))
+    sizes.append(1000)
+    jobs = [
+        [_Job(ImageRecord(f"s{i}", f"r{i}", f"h{i}", 1, n, 0), f"o{i}", None)]
+        for i, n in enumerate(sizes)
+    ]
+    wait([f for g in groups for f in futures_of(g)])
+    store = PixelStore(str(tmp_path / "s.zarr"))
+    with ImageQuantizer(store, PerImageParams(4)) as quantizer:
+        places = quantizer._places(dask_client, groups, jobs)
+    load = {a: 0, b: 0}
+    for w, n in zip(places, sizes, strict=True):
+        load[w] += n
+    assert places[0] == a  # nothing queued anywhere: it stays with its pixels
+    assert places[-1] == b  # b is not the busier one: it keeps its own group
+    assert abs(load[a] - load[b]) <= max(sizes)
+    assert load[b] > 1000  # some of a's paintings moved
+
+
 def test_a_painting_that_fails_during_ingest_leaves_a_valid_store(
     known_colors: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

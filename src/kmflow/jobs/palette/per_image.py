@@ -623,6 +623,8 @@ class ImageQuantizer:
     -----
     On a distributed client tasks are submitted as they come and collected as they finish
     (no wave waits for its slowest task); without one each call computes its tasks at once.
+    A painting of decoded images runs on the worker holding them unless that worker has
+    more painting queued than another would have with it added: then the pixels travel.
     """
 
     def __init__(
@@ -658,6 +660,7 @@ class ImageQuantizer:
         self._streamed: set[str] = set()  # outputs submitted by decoded()
         self._results: dict[str, tuple[QuantizedImage, np.ndarray]] = {}  # by output URL
         self._pending: deque[list[tuple[Any, list[_Job]]]] = deque()  # futures per call
+        self._placed: dict[Any, str] = {}  # future key: the worker a painting was sent to
         self._n_tasks = 0
         self._done = 0
         self._total = len(self._outputs)
@@ -704,6 +707,7 @@ class ImageQuantizer:
                 for gi, (picks, jobs) in picked.items()
             ],
             [jobs for _, jobs in picked.values()],
+            inputs=[batch.groups[gi] for gi in picked],
         )
 
     def finish(self, images: Sequence[tuple[ImageRecord, str]]) -> PerImageReport:
@@ -780,7 +784,10 @@ class ImageQuantizer:
 
     # ------------------------------------------------------------------- tasks
 
-    def _submit(self, tasks: list[Any], jobs: list[list[_Job]]) -> None:
+    def _submit(
+        self, tasks: list[Any], jobs: list[list[_Job]], inputs: list[Any] | None = None
+    ) -> None:
+        """Run ``tasks`` (``jobs`` are their images); ``inputs``: each one's decode task."""
         if not tasks:
             return
         self._n_tasks += len(tasks)
@@ -792,9 +799,54 @@ class ImageQuantizer:
         # Below the ingest's own tasks: its decodes and writes never queue behind paintings
         # (the ingest would then wait for every batch's slowest image), and the workers
         # paint whenever the ingest leaves them idle.
-        futures = client.compute(tasks, priority=_PAINT_PRIORITY)
+        if inputs is None:
+            futures = client.compute(tasks, priority=_PAINT_PRIORITY)
+        else:
+            futures = [None] * len(tasks)
+            places = self._places(client, inputs, jobs)
+            for worker in set(places):
+                picks = [i for i, w in enumerate(places) if w == worker]
+                for i, future in zip(
+                    picks,
+                    client.compute(
+                        [tasks[i] for i in picks],
+                        priority=_PAINT_PRIORITY,
+                        workers=[worker],
+                        allow_other_workers=True,
+                    ),
+                    strict=True,
+                ):
+                    futures[i] = future
+                    self._placed[future.key] = worker
         self._pending.append(list(zip(futures, jobs, strict=True)))
         self._collect(keep=self._max_pending)
+
+    def _places(self, client: Any, inputs: list[Any], jobs: list[list[_Job]]) -> list[str]:
+        """The worker each painting of decoded images is sent to: the one that decoded them,
+        unless it has so much painting queued that another worker would still have less
+        with this one added (then the images travel; Dask's work stealing rarely moves a
+        task whose input is megabytes, so one worker would paint while the other waits)."""
+        from distributed import futures_of
+
+        threads = client.nthreads()
+        keys = [futures_of(d)[0].key for d in inputs]
+        holders = client.who_has([f for d in inputs for f in futures_of(d)])
+        load = dict.fromkeys(threads, 0.0)  # pixels queued per thread
+        for call in self._pending:
+            for future, batch in call:
+                worker = self._placed.get(future.key)
+                if worker in load and not future.done():
+                    load[worker] += sum(j.record.n_pixels for j in batch) / threads[worker]
+        places = []
+        for key, batch in zip(keys, jobs, strict=True):
+            pixels = sum(j.record.n_pixels for j in batch)
+            home = next((w for w in holders.get(key, ()) if w in load), None)
+            least = min(load, key=load.__getitem__)
+            if home is None or load[home] > load[least] + pixels / threads[least]:
+                home = least
+            load[home] += pixels / threads[home]
+            places.append(home)
+        return places
 
     def _collect(self, keep: int) -> None:
         """Take every finished task, then wait until at most ``keep`` calls have some left."""
@@ -816,6 +868,7 @@ class ImageQuantizer:
     ) -> None:
         future, batch = item
         out = future.result()  # a task's error is raised here
+        self._placed.pop(future.key, None)
         future.release()
         call.remove(item)
         self._take(out, batch)
