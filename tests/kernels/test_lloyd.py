@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from sklearn.cluster import KMeans as SKKMeans
 
 from kmflow.kernels import assign, inertia, lloyd
-from kmflow.kernels.lloyd import tolerance
+from kmflow.kernels.dense import tolerance
 
 # The worked example: six RGB points, three initial centroids (pure red, green, blue).
 TOY_POINTS = np.array(

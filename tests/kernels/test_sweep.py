@@ -16,7 +16,8 @@ from kmflow.core.sweep import choose_k
 from kmflow.errors import InvalidInputError, TooFewDistinctPointsError
 from kmflow.kernels import sweep as sweep_mod
 from kmflow.kernels._numba import accumulate, accumulate_multi
-from kmflow.kernels.lloyd import lloyd, nearest
+from kmflow.kernels.dense import nearest
+from kmflow.kernels.lloyd import lloyd
 from kmflow.kernels.sweep import SweepInfo, parse_ks, sweep
 
 REL = 1e-6

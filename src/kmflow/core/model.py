@@ -481,7 +481,8 @@ class Model:
 
     def predict_features(self, X: Any) -> Any:
         """The nearest center of every row already in the centers' space."""
-        from kmflow.kernels.lloyd import assign, nearest
+        from kmflow.kernels.dense import nearest
+        from kmflow.kernels.lloyd import assign
 
         if hasattr(X, "dask"):
             return assign(X, self.centers)

@@ -2,15 +2,37 @@
 
 - :mod:`kmflow.kernels.init`: k-means|| (default), greedy k-means++ and random initial centers
 - :mod:`kmflow.kernels.lloyd`: Lloyd iterations, assignment, inertia
+- :mod:`kmflow.kernels.dense`: the same on one in-memory array (nearest center, tolerance)
 - :mod:`kmflow.kernels.validation`: input checks and the validation pass
 - :mod:`kmflow.kernels.sweep`: fit and score several k at once, one pass per iteration
   (``kmflow.kernels.sweep.sweep``; the function is not re-exported here, so the module
   name stays the module)
 """
 
-from kmflow.kernels.init import kmeans_parallel, kmeans_plusplus, random_centers
-from kmflow.kernels.lloyd import IterationInfo, LloydResult, assign, inertia, lloyd
-from kmflow.kernels.sweep import KResult, SweepInfo, SweepResult
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from kmflow.kernels.init import kmeans_parallel, kmeans_plusplus, random_centers
+    from kmflow.kernels.lloyd import IterationInfo, LloydResult, assign, inertia, lloyd
+    from kmflow.kernels.sweep import KResult, SweepInfo, SweepResult
+
+# Imported on first use: a worker task needing only the in-memory kernels (``_numba``,
+# ``dense``) then never imports dask.array through this package.
+_LAZY = {
+    **dict.fromkeys(("kmeans_parallel", "kmeans_plusplus", "random_centers"), "init"),
+    **dict.fromkeys(("IterationInfo", "LloydResult", "assign", "inertia", "lloyd"), "lloyd"),
+    **dict.fromkeys(("KResult", "SweepInfo", "SweepResult"), "sweep"),
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f"kmflow.kernels.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'kmflow.kernels' has no attribute {name!r}")
+
 
 __all__ = [
     "IterationInfo",

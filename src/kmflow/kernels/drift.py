@@ -32,7 +32,7 @@ from annotated_types import Gt, Le
 from kmflow.errors import InvalidInputError
 from kmflow.kernels import _numba
 from kmflow.kernels._blocks import Blocks, map_reduce
-from kmflow.kernels.lloyd import _require_finite
+from kmflow.kernels.dense import _require_finite
 from kmflow.kernels.metrics import _block_weights
 from kmflow.kernels.validation import check_array, check_centers, check_sample_weight
 

@@ -17,9 +17,9 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from kmflow.errors import InvalidInputError
 from kmflow.kernels import _numba
 from kmflow.kernels._blocks import Blocks, map_reduce
+from kmflow.kernels.dense import _assign_block, _require_finite, tolerance
 from kmflow.kernels.validation import (
     check_array,
     check_centers,
@@ -33,8 +33,6 @@ __all__ = [
     "assign",
     "inertia",
     "lloyd",
-    "nearest",
-    "tolerance",
 ]
 
 logger = logging.getLogger(__name__)
@@ -93,14 +91,6 @@ class LloydResult:
 
 
 Callback = Callable[[IterationInfo], Any]
-
-
-def tolerance(variance: np.ndarray, tol: float) -> float:
-    """Absolute tolerance on the summed squared center shift: ``tol * mean(variance)``.
-
-    The same scaling as scikit-learn, with the variance weighted by ``sample_weight``.
-    """
-    return float(np.mean(variance) * tol)
 
 
 # --------------------------------------------------------------------------- block functions
@@ -336,44 +326,6 @@ def inertia(X: Any, centers: Any, *, sample_weight: Any = None) -> float:
     W = check_sample_weight(sample_weight, Xd)
     c = check_centers(centers, None, Xd.shape[1], shape_from=f"X has {Xd.shape[1]} features")
     return _cost_pass(Blocks(Xd, W), c)
-
-
-def _require_finite(x: np.ndarray) -> None:
-    if x.dtype.kind == "f":
-        bad = ~np.isfinite(x).all(axis=1)
-        if bad.any():
-            raise InvalidInputError(
-                f"X contains NaN or infinity in {int(bad.sum())} row(s) of a block; "
-                "drop or impute them first"
-            )
-
-
-def _assign_block(x: np.ndarray, centers_t: np.ndarray) -> np.ndarray:
-    _require_finite(x)
-    labels = np.empty(x.shape[0], dtype=np.int32)
-    d2 = np.empty(x.shape[0])
-    _numba.assign(x, centers_t, labels, d2)
-    return labels
-
-
-def nearest(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    """Index of the nearest center of every row of an in-memory array.
-
-    Parameters
-    ----------
-    x : ndarray of shape (n_samples, n_features)
-    centers : ndarray of shape (n_clusters, n_features)
-
-    Returns
-    -------
-    ndarray of int32, shape (n_samples,)
-
-    Raises
-    ------
-    InvalidInputError
-        On NaN/inf rows.
-    """
-    return _assign_block(x, np.ascontiguousarray(np.asarray(centers, dtype=np.float64).T))
 
 
 def assign(X: da.Array, centers: np.ndarray) -> da.Array:

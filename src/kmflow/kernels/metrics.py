@@ -29,7 +29,7 @@ from kmflow.errors import InvalidInputError
 from kmflow.kernels import _numba
 from kmflow.kernels._blocks import Blocks, map_reduce
 from kmflow.kernels._random import derive_key, uniform
-from kmflow.kernels.lloyd import _require_finite
+from kmflow.kernels.dense import _require_finite
 from kmflow.kernels.validation import (
     DEFAULT_CHUNK_ROWS,
     check_array,

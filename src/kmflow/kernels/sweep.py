@@ -37,6 +37,7 @@ from kmflow.errors import InvalidInputError, TooFewDistinctPointsError
 from kmflow.kernels import _numba
 from kmflow.kernels._blocks import Blocks, StatesLost, map_persist_reduce, map_reduce
 from kmflow.kernels._random import derive_key, uniform
+from kmflow.kernels.dense import tolerance
 from kmflow.kernels.init import (
     _STREAM_FIRST,
     _STREAM_ROUND,
@@ -49,7 +50,7 @@ from kmflow.kernels.init import (
     _round_block_stateless,
     _weight_block,
 )
-from kmflow.kernels.lloyd import IterationInfo, _far_block, _far_combine, tolerance
+from kmflow.kernels.lloyd import IterationInfo, _far_block, _far_combine
 from kmflow.kernels.metrics import _davies_bouldin
 from kmflow.kernels.validation import (
     DataStats,

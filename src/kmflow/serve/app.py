@@ -199,7 +199,7 @@ async def _predict_request(request: Request) -> PredictRequest:
 
 def _assign(served: Served, body: PredictRequest) -> tuple[np.ndarray, np.ndarray | None]:
     """Nearest centers (and distances) of the request's inputs, on the version it took."""
-    from kmflow.kernels.lloyd import nearest
+    from kmflow.kernels.dense import nearest
 
     model = served.model
     if body.records is not None:

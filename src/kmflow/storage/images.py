@@ -49,6 +49,7 @@ from kmflow.storage.fs import get_fs, read_bytes, redact_url, storage_errors, ur
 __all__ = [
     "IMAGE_EXTENSIONS",
     "DecodedImage",
+    "ImageRecord",
     "ImageSource",
     "check_relpath",
     "decode_image",
@@ -568,6 +569,26 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- read / encode
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One committed image: where it came from and where its pixels are.
+
+    Its pixels are rows ``offset : offset + height * width`` of the store, row-major.
+    """
+
+    source: str
+    relpath: str
+    sha256: str
+    height: int
+    width: int
+    offset: int
+
+    @property
+    def n_pixels(self) -> int:
+        """``height * width``."""
+        return self.height * self.width
 
 
 @dataclass(frozen=True, eq=False)

@@ -61,8 +61,9 @@ from fsspec.utils import get_protocol
 
 from kmflow.errors import InvalidInputError, StoreCorruptError
 from kmflow.fingerprint import fingerprint
+from kmflow.storage._ingest_worker import _decode_images, _summaries, _write_rows
 from kmflow.storage.fs import redact_url
-from kmflow.storage.images import DecodedImage, ImageSource, check_relpath, read_image
+from kmflow.storage.images import ImageRecord, ImageSource, check_relpath
 from kmflow.storage.rowstore import LEASE_GROUP as LEASE_GROUP  # the lease subgroup
 from kmflow.storage.rowstore import Commit, Layout, RowStoreBase, aligned_chunks, zarr_array
 
@@ -114,26 +115,6 @@ _LAYOUT = Layout(
 
 
 # --------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    """One committed image: where it came from and where its pixels are.
-
-    Its pixels are rows ``offset : offset + height * width`` of the store, row-major.
-    """
-
-    source: str
-    relpath: str
-    sha256: str
-    height: int
-    width: int
-    offset: int
-
-    @property
-    def n_pixels(self) -> int:
-        """``height * width``."""
-        return self.height * self.width
 
 
 @dataclass(frozen=True)
@@ -255,45 +236,6 @@ class _Writing:
 # --------------------------------------------------------------------------- worker-side tasks
 
 
-def _decode_image(
-    source: ImageSource, storage_options: dict[str, Any] | None, max_pixels: int
-) -> DecodedImage:
-    """Read one image on a worker; never raises (a failure becomes ``error``)."""
-    try:
-        image = read_image(source, storage_options=storage_options, max_pixels=max_pixels)
-    except Exception as exc:  # read_image should not raise; one bad image never sinks a batch
-        return DecodedImage(source, None, 0, 0, None, f"{type(exc).__name__}: {exc}")
-    if image.error is not None:
-        return image
-    px = image.pixels
-    expected = (image.height * image.width, 3)
-    if image.sha256 is None:
-        reason = "the decoder returned no content hash"
-    elif not isinstance(px, np.ndarray) or px.dtype != np.uint8 or px.shape != expected:
-        shape = getattr(px, "shape", None)
-        reason = (
-            f"the decoder returned pixels of shape {shape} for a "
-            f"{image.height}x{image.width} image (expected uint8 {expected})"
-        )
-    elif image.height * image.width == 0:
-        reason = f"the image has no pixels ({image.height}x{image.width})"
-    else:
-        return image
-    return DecodedImage(source, image.sha256, image.height, image.width, None, reason)
-
-
-def _decode_images(
-    sources: list[tuple[ImageSource, dict[str, Any] | None]], max_pixels: int
-) -> list[DecodedImage]:
-    """Read a group of images on a worker (one task); never raises."""
-    return [_decode_image(src, options, max_pixels) for src, options in sources]
-
-
-def _summaries(images: list[DecodedImage]) -> list[tuple[str | None, int, int, str | None]]:
-    """The small part of each decoded image that travels to the driver."""
-    return [(i.sha256, i.height, i.width, i.error) for i in images]
-
-
 def _chunk_writes(
     target: zarr.Array[Any],
     start: int,
@@ -326,25 +268,6 @@ def _chunk_writes(
         tasks.append(write(target, row, pieces, after if shared else None))
         row += sum(b - a for _, _, a, b in pieces)
     return tasks
-
-
-def _write_rows(
-    target: zarr.Array[Any],
-    start: int,
-    pieces: list[tuple[list[DecodedImage], int, int, int]],
-    after: object = None,
-) -> int:
-    """Write one Zarr chunk's share of an ingest batch at row ``start``; the rows written.
-
-    ``pieces`` are ``(images, index, first, stop)``: rows ``first:stop`` of the decoded image
-    ``images[index]`` (a decode task's list), in order. ``after`` is only a dependency: the
-    write of the batch before, when it ends inside the Zarr chunk this one starts in (a
-    partial chunk write is a read-modify-write, so two at once would lose one's rows).
-    """
-    rows = [images[i].pixels[a:b] for images, i, a, b in pieces]  # type: ignore[index]
-    block = rows[0] if len(rows) == 1 else np.concatenate(rows, axis=0)
-    target[start : start + len(block)] = block
-    return len(block)
 
 
 def _array(group: zarr.Group, name: str) -> zarr.Array[Any]:
@@ -469,7 +392,8 @@ class PixelStore(RowStoreBase):
         -----
         Loads the per-image variables (small); no pixel is read.
         """
-        ds = self.open()[list(_IMAGE_VARS)].load()
+        # Read here (a few small arrays), not as tasks on the cluster's workers.
+        ds = self.open()[list(_IMAGE_VARS)].load(scheduler="sync")
         cols = {name: ds[name].values.tolist() for name in ("source", "relpath", "sha256")}
         ints = {name: ds[name].values.astype(np.int64).tolist() for name in _INT_VARS}
         return [

@@ -275,6 +275,22 @@ def test_images_already_stored_are_left_to_the_store(
         assert Path(q.output).read_bytes() == Path(ref.output).read_bytes()
 
 
+def test_a_worker_painting_images_imports_neither_xarray_nor_dask_array() -> None:
+    """What the ingest and per-image tasks need on a worker (decode, write rows, paint)
+    imports in a fraction of a second: no xarray, pandas, dask.array or the store module."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, distributed\n"
+        "import kmflow.storage._ingest_worker, kmflow.jobs.palette.per_image\n"
+        "heavy = ('dask.array', 'xarray', 'pandas', 'kmflow.storage.pixelstore', 'prefect')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_paintings_go_where_the_pixels_are_unless_that_worker_is_busier(
     tmp_path: Path, dask_client: Any
 ) -> None:

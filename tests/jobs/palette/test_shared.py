@@ -313,7 +313,7 @@ def test_shared_rendering_is_the_per_pixel_assignment_byte_for_byte(
     store: PixelStore, tmp_path: Path
 ) -> None:
     """One pass over unique colors writes exactly the PNG a per-pixel assignment writes."""
-    from kmflow.kernels.lloyd import nearest
+    from kmflow.kernels.dense import nearest
     from kmflow.storage.images import encode_png_indexed
 
     for color_space in ("rgb", "lab"):

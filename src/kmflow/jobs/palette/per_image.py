@@ -32,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
 import numba as nb
@@ -42,10 +42,12 @@ from kmflow.errors import InvalidInputError
 from kmflow.jobs.palette.color import lab_to_srgb
 from kmflow.jobs.palette.render import ColorHistogram, ColorSpace, paint
 from kmflow.kernels import _numba
-from kmflow.kernels.lloyd import tolerance
+from kmflow.kernels.dense import tolerance
 from kmflow.storage.fs import write_bytes_atomic
-from kmflow.storage.images import DecodedImage
-from kmflow.storage.pixelstore import DecodedBatch, ImageRecord, PixelStore
+from kmflow.storage.images import DecodedImage, ImageRecord
+
+if TYPE_CHECKING:  # not at run time: a worker painting images never imports the store
+    from kmflow.storage.pixelstore import DecodedBatch, PixelStore
 
 __all__ = [
     "ImagePalette",
@@ -281,7 +283,7 @@ def _lloyd(
     """Weighted Lloyd iterations in memory; empty clusters move to the farthest points.
 
     Returns the centers, their inertia, the iterations run and each row's nearest center
-    (int32, as :func:`kmflow.kernels.lloyd.nearest` gives it).
+    (int32, as :func:`kmflow.kernels.dense.nearest` gives it).
     """
     k, d = centers.shape
     centers = centers.copy()

@@ -23,7 +23,7 @@ from kmflow.jobs.palette.color import (
     psnr,
     srgb_to_lab,
 )
-from kmflow.kernels.lloyd import nearest
+from kmflow.kernels.dense import nearest
 from kmflow.storage.images import encode_png, encode_png_indexed
 
 __all__ = [

@@ -35,8 +35,9 @@ from kmflow.jobs.palette.render import (
     histogram_error,
     to_fit_space,
 )
+from kmflow.kernels.dense import nearest
 from kmflow.kernels.drift import DriftReport, DriftThresholds, batch_statistics, drift_report
-from kmflow.kernels.lloyd import Callback, assign, nearest
+from kmflow.kernels.lloyd import Callback, assign
 from kmflow.kernels.metrics import internal_metrics, silhouette_sample
 from kmflow.kernels.split import holdout_items, holdout_rows
 from kmflow.kernels.validation import check_centers
