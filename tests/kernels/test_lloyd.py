@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.cluster import KMeans as SKKMeans
 
-from kmflow.kernels import assign, inertia, lloyd
 from kmflow.kernels.dense import tolerance
+from kmflow.kernels.lloyd import assign, inertia, lloyd
 
 # The worked example: six RGB points, three initial centroids (pure red, green, blue).
 TOY_POINTS = np.array(

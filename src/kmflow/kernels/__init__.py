@@ -5,21 +5,21 @@
 - :mod:`kmflow.kernels.dense`: the same on one in-memory array (nearest center, tolerance)
 - :mod:`kmflow.kernels.validation`: input checks and the validation pass
 - :mod:`kmflow.kernels.sweep`: fit and score several k at once, one pass per iteration
-  (``kmflow.kernels.sweep.sweep``; the function is not re-exported here, so the module
-  name stays the module)
+
+``kmflow.kernels.lloyd.lloyd`` and ``kmflow.kernels.sweep.sweep`` are not re-exported
+here, so those names stay the modules. The other names are imported on first use: a
+worker task that needs only the in-memory kernels never imports dask.array through here.
 """
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from kmflow.kernels.init import kmeans_parallel, kmeans_plusplus, random_centers
-    from kmflow.kernels.lloyd import IterationInfo, LloydResult, assign, inertia, lloyd
+    from kmflow.kernels.lloyd import IterationInfo, LloydResult, assign, inertia
     from kmflow.kernels.sweep import KResult, SweepInfo, SweepResult
 
-# Imported on first use: a worker task needing only the in-memory kernels (``_numba``,
-# ``dense``) then never imports dask.array through this package.
 _LAZY = {
     **dict.fromkeys(("kmeans_parallel", "kmeans_plusplus", "random_centers"), "init"),
-    **dict.fromkeys(("IterationInfo", "LloydResult", "assign", "inertia", "lloyd"), "lloyd"),
+    **dict.fromkeys(("IterationInfo", "LloydResult", "assign", "inertia"), "lloyd"),
     **dict.fromkeys(("KResult", "SweepInfo", "SweepResult"), "sweep"),
 }
 
@@ -44,6 +44,5 @@ __all__ = [
     "inertia",
     "kmeans_parallel",
     "kmeans_plusplus",
-    "lloyd",
     "random_centers",
 ]
