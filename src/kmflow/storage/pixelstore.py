@@ -917,14 +917,8 @@ class PixelStore(RowStoreBase):
         if on_batch is not None:
             on_batch(DecodedBatch(records, decoded, [where for *_, where in new]))
 
-        self._check_lease()
-        for name in self._row_derived(dict(group.arrays())):  # they no longer cover every row
-            del group[name]
-        # Every chunk written holds rows: Zarr's check for an all-fill-value chunk (a
-        # comparison of every byte, to skip writing it) is a wasted pass over the data.
-        target = self._array(group, "pixels").with_config({"write_empty_chunks": True})
         n = int(sizes.sum())
-        target.resize((rows_end + n, target.shape[1]))
+        target = self._grow_rows(group, rows_end, n)
         # The batch before may end inside the Zarr chunk this one starts in: then this
         # batch's first write waits for that batch's last one.
         tasks = _chunk_writes(
@@ -961,7 +955,6 @@ class PixelStore(RowStoreBase):
                 f"{self._shown}: wrote {written} pixels at row {writing.start} (expected "
                 f"{writing.end - writing.start}) after {record.n_rows} committed"
             )
-        self._check_lease()  # before the metadata: another writer may be appending its own
         new = writing.new
         now = np.datetime64(dt.datetime.now(dt.UTC).replace(tzinfo=None), "ns")
         meta = xr.Dataset(
@@ -975,15 +968,8 @@ class PixelStore(RowStoreBase):
                 "ingested_at": ("image", np.full(len(new), now, dtype="datetime64[ns]")),
             }
         )
-        hashes = [sha for _, sha, *_ in new]
-        new_record = Commit(
-            n_rows=writing.end,
-            n_items=record.n_items + len(new),
-            fingerprint=fingerprint([*tally.known, *hashes]),
-            meta=record.meta,
-        )
-        self._commit_items(group, record, new_record, meta)
-        tally.known.extend(hashes)
+        new_record = self._commit_appended(group, record, written, meta, tally.known)
+        tally.known.extend(sha for _, sha, *_ in new)
         tally.added.extend(writing.records)
         tally.n_pixels += writing.end - record.n_rows
         return new_record

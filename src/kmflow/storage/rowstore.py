@@ -581,13 +581,26 @@ class RowStoreBase:
         committed so far (the new fingerprint covers them and the new items). ``meta``
         replaces the record's meta when given.
         """
-        self._check_lease()
         computed = self._append_rows(group, record, rows, also)
         if callable(items):
             items = items(*computed)
+        return self._commit_appended(group, record, int(rows.shape[0]), items, known, meta)
+
+    def _commit_appended(
+        self,
+        group: zarr.Group,
+        record: Commit,
+        n_rows: int,
+        items: xr.Dataset,
+        known: Sequence[str],
+        meta: dict[str, Any] | None = None,
+    ) -> Commit:
+        """Commit ``n_rows`` rows written after ``record``'s and their ``items``: the new
+        record (lease checked first; see :meth:`_append` for ``known`` and ``meta``)."""
+        self._check_lease()
         lay = self.layout
         new = Commit(
-            n_rows=record.n_rows + int(rows.shape[0]),
+            n_rows=record.n_rows + n_rows,
             n_items=record.n_items + int(items.sizes.get(lay.item_dim, 0)),
             fingerprint=fingerprint([*known, *(str(h) for h in items[lay.hash_var].values)]),
             meta=record.meta if meta is None else meta,
@@ -595,23 +608,29 @@ class RowStoreBase:
         self._commit_items(group, record, new, items)
         return new
 
-    def _append_rows(
-        self, group: zarr.Group, record: Commit, rows: da.Array, also: Sequence[da.Array] = ()
-    ) -> tuple[Any, ...]:
-        """Append rows after the committed ones (invisible until committed); compute ``also``.
+    def _grow_rows(self, group: zarr.Group, start: int, n: int) -> zarr.Array[Any]:
+        """Make room for ``n`` rows at row ``start`` (invisible until committed): the row
+        array to write them to.
 
-        Derived variables along the row dimension are deleted first: they no longer cover
-        every row.
+        The lease is checked first. Derived variables along the row dimension are deleted:
+        they no longer cover every row.
         """
+        self._check_lease()
         for name in self._row_derived(dict(group.arrays())):
             del group[name]
         # Every chunk written holds rows: Zarr's check for an all-fill-value chunk (a
         # comparison of every byte, to skip writing it) is a wasted pass over the data.
         target = self._array(group, self.layout.rows).with_config({"write_empty_chunks": True})
-        chunk = target.chunks[0]
-        start, n = record.n_rows, int(rows.shape[0])
-        rows = rows.rechunk((aligned_chunks(start, n, chunk), -1))
         target.resize((start + n, target.shape[1]))
+        return target
+
+    def _append_rows(
+        self, group: zarr.Group, record: Commit, rows: da.Array, also: Sequence[da.Array] = ()
+    ) -> tuple[Any, ...]:
+        """Append rows after the committed ones (invisible until committed); compute ``also``."""
+        start, n = record.n_rows, int(rows.shape[0])
+        target = self._grow_rows(group, start, n)
+        rows = rows.rechunk((aligned_chunks(start, n, target.chunks[0]), -1))
         write = da.store(
             rows,
             target,  # type: ignore[arg-type]  # a zarr array takes __setitem__ writes
