@@ -216,9 +216,7 @@ class _Tally:
 class _Writing:
     """An ingest batch whose new pixels are being written: what its commit needs."""
 
-    new: list[tuple[ImageSource, str, int, int, tuple[int, int]]]  # source, sha256, h, w, where
-    records: list[ImageRecord]
-    offsets: np.ndarray
+    records: list[ImageRecord]  # its new images, in row order
     start: int  # its first pixel row
     end: int  # the pixel rows once it is committed
     writes: tuple[Any, ...]  # persisted write tasks, one per Zarr chunk, in row order
@@ -927,7 +925,7 @@ class PixelStore(RowStoreBase):
             [(decoded[gi], ii, int(size)) for (*_, (gi, ii)), size in zip(new, sizes, strict=True)],
             last.writes[-1] if last is not None else None,
         )
-        return _Writing(new, records, offsets, rows_end, rows_end + n, dask.persist(*tasks))
+        return _Writing(records, rows_end, rows_end + n, dask.persist(*tasks))
 
     def _report_batch(
         self,
@@ -955,21 +953,23 @@ class PixelStore(RowStoreBase):
                 f"{self._shown}: wrote {written} pixels at row {writing.start} (expected "
                 f"{writing.end - writing.start}) after {record.n_rows} committed"
             )
-        new = writing.new
+        new = writing.records
         now = np.datetime64(dt.datetime.now(dt.UTC).replace(tzinfo=None), "ns")
         meta = xr.Dataset(
             {
-                "source": ("image", np.array([s.url for s, *_ in new], dtype=_STRING)),
-                "relpath": ("image", np.array([s.relpath for s, *_ in new], dtype=_STRING)),
-                "sha256": ("image", np.array([sha for _, sha, *_ in new], dtype=_STRING)),
-                "height": ("image", np.array([h for _, _, h, _, _ in new], dtype=np.int64)),
-                "width": ("image", np.array([w for _, _, _, w, _ in new], dtype=np.int64)),
-                "offset": ("image", writing.offsets),
+                **{
+                    name: ("image", np.array([getattr(r, name) for r in new], dtype=_STRING))
+                    for name in _STR_VARS
+                },
+                **{
+                    name: ("image", np.array([getattr(r, name) for r in new], dtype=np.int64))
+                    for name in _INT_VARS
+                },
                 "ingested_at": ("image", np.full(len(new), now, dtype="datetime64[ns]")),
             }
         )
         new_record = self._commit_appended(group, record, written, meta, tally.known)
-        tally.known.extend(sha for _, sha, *_ in new)
+        tally.known.extend(r.sha256 for r in new)
         tally.added.extend(writing.records)
         tally.n_pixels += writing.end - record.n_rows
         return new_record
