@@ -165,6 +165,10 @@ def _run_kmflow(args: argparse.Namespace, work: Path, palette: str, mem: PeakRSS
     from kmflow.storage.pixelstore import PixelStore
 
     out = work / "out" / args.worker
+    store = work / f"{args.worker}.zarr"
+    # A retried run (see --retries) starts afresh: no stored pixels, histogram or palettes.
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(store, ignore_errors=True)
     t0 = time.perf_counter()
     # kmflow's own local cluster (as `kmflow quantize` starts it), sized to the peers.
     settings = ClusterSettings(n_workers=N_PROCESSES, threads_per_worker=1, dashboard_address=None)
@@ -173,9 +177,7 @@ def _run_kmflow(args: argparse.Namespace, work: Path, palette: str, mem: PeakRSS
         mem.mark_baseline()
         t0 = time.perf_counter()
         options = QuantizeOptions(n_colors=args.k, palette=palette, seed=args.seed)  # type: ignore[arg-type]
-        checked = plan(
-            [str(work / "images")], str(out), PixelStore(str(work / f"{args.worker}.zarr")), options
-        )
+        checked = plan([str(work / "images")], str(out), PixelStore(str(store)), options)
         t_plan = time.perf_counter() - t0
         with get_task_stream() as stream:
             result = run(checked, options, max_pixels=get_settings().storage.max_image_pixels)
